@@ -1,0 +1,30 @@
+# Two commands on a fresh clone (Python 3.11, nothing else installed):
+#   make run    executes notebooks 01..04 with papermill at default size; results in outputs/
+#   make test   runs the whole test suite
+# Both create the virtualenv .venv and install requirements.txt first (once; again when it changes).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PARAMS ?= notebooks/params/default.yaml
+
+.PHONY: run test bench venv clean-outputs
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+run: venv
+	$(PY) -m frankenstein_utils.notebooks --params $(PARAMS) --out outputs/notebooks
+
+test: venv
+	$(PY) -m pytest -q tests
+
+bench: venv
+	$(PY) bench/bench_depth.py
+
+clean-outputs:
+	rm -rf outputs/notebooks outputs/figures outputs/depth_synthetic outputs/tiny

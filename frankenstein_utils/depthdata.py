@@ -1,0 +1,184 @@
+"""Synthetic depth-map datasets from the face model: generate to disk (resumable, byte-reproducible) and read back.
+
+Layout of a generated set ``out_dir``::
+
+    meta.npz            coeffs (n, K) float32, poses (n, 6) float32, config (JSON string)
+    config.json         the same configuration, readable
+    depth/000000.png    16-bit greyscale depth in [0, 1] (value * 65535), near = bright, background 0
+    mask/000000.png     8-bit face mask (0 / 255)
+    ply/000000.ply      the face mesh in model cm (optional)
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from .facemodel import FaceModel, load_face_model, ply_bytes
+from .fileio import atomic_savez, atomic_write_bytes, atomic_write_json, load_png, png_bytes
+from .rasterize import PoseJitter, RenderConfig, apply_pose, render_depth
+
+DEPTH_SCALE = 65535.0
+# Faces are rendered in fixed blocks of consecutive indices, so float round-off (which can depend on how many faces
+# share a matrix product) is the same on every run and on resume: the same seed gives the same bytes.
+RENDER_BLOCK = 16
+
+
+@dataclass
+class DepthSetConfig:
+    """Everything that determines a generated set (saved with it; resuming checks it matches)."""
+
+    n: int
+    seed: int = 0
+    n_components: int = 15
+    truncation: float | None = None
+    render: RenderConfig = field(default_factory=RenderConfig)
+    pose: PoseJitter = field(default_factory=PoseJitter)
+    write_ply: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DepthSetConfig":
+        d = dict(d)
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown DepthSetConfig keys: {sorted(unknown)}")
+        d["render"] = RenderConfig.from_dict(d.get("render", {}))
+        d["pose"] = PoseJitter(**d.get("pose", {}))
+        return cls(**d)
+
+
+def sample_face_params(model: FaceModel, cfg: DepthSetConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Coefficients (n, K) and poses (n, 6) of a set, all drawn up front from one seeded generator."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    coeffs = model.sample_coefficients(cfg.n, cfg.n_components, generator=g, truncation=cfg.truncation)
+    poses = cfg.pose.sample(cfg.n, generator=g)
+    return coeffs, poses
+
+
+def _names(i: int) -> tuple[str, str, str]:
+    return f"depth/{i:06d}.png", f"mask/{i:06d}.png", f"ply/{i:06d}.ply"
+
+
+def generate_depth_dataset(n: int, out_dir, seed: int = 0, *, n_components: int = 15, truncation: float | None = None,
+                           render: RenderConfig | None = None, pose: PoseJitter | None = None, write_ply: bool = False,
+                           model: FaceModel | None = None, device: str | None = None, progress: bool = True) -> Path:
+    """Render ``n`` random faces into ``out_dir`` (see the module docstring for the layout).
+
+    The same seed and settings give the same bytes. Files are written atomically; a run that was interrupted resumes
+    where it stopped when called again with the same arguments (finished files are not redone). Asking for a
+    different configuration in a folder that holds another set raises ``ValueError``.
+    """
+    cfg = DepthSetConfig(n=n, seed=seed, n_components=n_components, truncation=truncation,
+                         render=render or RenderConfig(), pose=pose or PoseJitter(), write_ply=write_ply)
+    out = Path(out_dir)
+    model = model or load_face_model()
+    meta_path = out / "meta.npz"
+    config_json = json.dumps(cfg.to_dict(), sort_keys=True)
+    if meta_path.exists():
+        old = str(np.load(meta_path)["config"])
+        if old != config_json:
+            raise ValueError(f"{meta_path}: folder holds a set made with another configuration; use a new out_dir.\n"
+                             f"  existing: {old}\n  requested: {config_json}")
+    coeffs, poses = sample_face_params(model, cfg)
+    if not meta_path.exists():
+        atomic_write_json(out / "config.json", cfg.to_dict())
+        atomic_savez(meta_path, coeffs=coeffs.numpy(), poses=poses.numpy(), config=np.array(config_json))
+    def done(i):
+        return all((out / p).exists() for p in _names(i)[: 3 if write_ply else 2])
+
+    blocks = [range(b, min(b + RENDER_BLOCK, n)) for b in range(0, n, RENDER_BLOCK)]
+    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    region = model.region(cfg.render.region)
+    with tqdm(total=n, desc="depth maps", unit="face", disable=not progress) as bar:
+        for block in blocks:
+            todo = [i for i in block if not done(i)]
+            if not todo:
+                bar.update(len(block))
+                continue
+            c, p = coeffs[block.start:block.stop].to(dev), poses[block.start:block.stop].to(dev)
+            depth, mask = render_depth(model, c, cfg.render, p)
+            depth16 = torch.round(depth * DEPTH_SCALE).to(torch.int32).cpu().numpy().astype(np.uint16)
+            mask8 = mask.cpu().numpy().astype(np.uint8) * 255
+            if write_ply:
+                verts = apply_pose(model.vertices(c, cfg.render.region), p).cpu().numpy()
+            for i in todo:
+                j = i - block.start
+                d_name, m_name, p_name = _names(i)
+                if write_ply:
+                    atomic_write_bytes(out / p_name, ply_bytes(verts[j], region.faces.numpy()))
+                atomic_write_bytes(out / m_name, png_bytes(mask8[j]))
+                atomic_write_bytes(out / d_name, png_bytes(depth16[j]))
+            bar.update(len(block))
+    return out
+
+
+class DepthMapDataset(Dataset):
+    """Read a generated set: items are dicts with ``depth`` and ``mask`` (1, H, W) float in [0, 1], ``coeffs`` (K,),
+    ``pose`` (6,) and ``index``. ``transform`` (optional) is applied to the dict."""
+
+    def __init__(self, root, transform=None):
+        self.root = Path(root)
+        meta_path = self.root / "meta.npz"
+        if not meta_path.exists():
+            raise FileNotFoundError(f"{meta_path}: not a generated depth set (run generate_depth_dataset first)")
+        meta = np.load(meta_path)
+        self.coeffs = torch.from_numpy(meta["coeffs"])
+        self.poses = torch.from_numpy(meta["poses"])
+        self.config = DepthSetConfig.from_dict(json.loads(str(meta["config"])))
+        self.transform = transform
+        res = self.config.render.resolution
+        self.size = (res, res)
+        missing = [i for i in range(len(self.coeffs)) if not (self.root / _names(i)[0]).exists()]
+        if missing:
+            raise FileNotFoundError(f"{self.root}: {len(missing)} of {len(self.coeffs)} depth maps missing (first: "
+                                    f"{_names(missing[0])[0]}); resume generate_depth_dataset to finish the set")
+
+    def __len__(self):
+        return len(self.coeffs)
+
+    def __getitem__(self, i):
+        d_name, m_name, _ = _names(i)
+        depth = load_png(self.root / d_name, self.size)
+        if depth.dtype != np.uint16:
+            raise ValueError(f"{self.root / d_name}: expected a 16-bit PNG, got {depth.dtype}")
+        mask = load_png(self.root / m_name, self.size)
+        item = {"depth": torch.from_numpy(depth.astype(np.float32) / DEPTH_SCALE)[None],
+                "mask": torch.from_numpy((mask > 127).astype(np.float32))[None],
+                "coeffs": self.coeffs[i], "pose": self.poses[i], "index": i}
+        return self.transform(item) if self.transform else item
+
+
+class RenderedDepthDataset(Dataset):
+    """The same items as ``DepthMapDataset`` for the same configuration, rendered on the fly instead of read."""
+
+    def __init__(self, n: int, seed: int = 0, *, n_components: int = 15, truncation: float | None = None,
+                 render: RenderConfig | None = None, pose: PoseJitter | None = None, model: FaceModel | None = None,
+                 transform=None):
+        self.config = DepthSetConfig(n=n, seed=seed, n_components=n_components, truncation=truncation,
+                                     render=render or RenderConfig(), pose=pose or PoseJitter())
+        self.model = model or load_face_model()
+        self.coeffs, self.poses = sample_face_params(self.model, self.config)
+        self.transform = transform
+
+    def __len__(self):
+        return self.config.n
+
+    def render_batch(self, idx):
+        """Render several items at once (faster than one by one): depth and mask (B, 1, H, W), float32 in [0, 1]."""
+        depth, mask = render_depth(self.model, self.coeffs[idx], self.config.render, self.poses[idx])
+        return depth[:, None], mask[:, None].float()
+
+    def __getitem__(self, i):
+        depth, mask = self.render_batch([i])
+        # Quantise like the 16-bit PNG so both datasets give identical tensors.
+        depth = torch.round(depth[0] * DEPTH_SCALE) / DEPTH_SCALE
+        item = {"depth": depth, "mask": mask[0], "coeffs": self.coeffs[i], "pose": self.poses[i], "index": i}
+        return self.transform(item) if self.transform else item

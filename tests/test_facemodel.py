@@ -1,0 +1,139 @@
+import numpy as np
+import pytest
+import torch
+
+from frankenstein_utils.facemodel import FaceModel, read_obj, read_ply, write_ply
+
+
+def test_npz_model_shapes(face_model):
+    assert face_model.mean.shape == (26719, 3)
+    assert face_model.basis.shape == (100, 26719, 3)
+    assert face_model.faces.shape == (52220, 3)
+    face = face_model.region("face")
+    assert face.vertices.numel() == 19281 and face.faces.shape == (38052, 3)
+    chin = face_model.region("chin")
+    assert chin.vertices.numel() < face.vertices.numel()
+    assert set(chin.vertices.tolist()) <= set(face.vertices.tolist())
+    with pytest.raises(ValueError, match="unknown region"):
+        face_model.region("ears")
+
+
+def test_chin_region_removes_the_band_below_the_chin(face_model):
+    face, chin = face_model.region("face"), face_model.region("chin")
+    dropped = sorted(set(face.vertices.tolist()) - set(chin.vertices.tolist()))
+    v = face_model.mean[dropped]
+    assert len(dropped) > 100
+    assert (v[:, 1] < -5).all()  # only below the mouth
+    # the lowest kept vertex near the midline sits above the throat (which reaches y = -10.3 cm)
+    kept = face_model.mean[chin.vertices]
+    mid = kept[(kept[:, 0].abs() < 0.5) & (chin.vertices < 6706)]
+    assert mid[:, 1].min() > -9.0
+
+
+def test_obj_loader_on_original_files(face_model, ict_dir):
+    v, f = read_obj(ict_dir / "generic_neutral_mesh.obj")
+    assert v.shape == (26719, 3) and f.shape == (52220, 3)  # 25,836 quads + 548 triangles
+    np.testing.assert_array_equal(v, face_model.mean.numpy())
+    np.testing.assert_array_equal(f, face_model.faces.numpy())
+    v1, _ = read_obj(ict_dir / "identity000.obj")
+    np.testing.assert_allclose(v1 - v, face_model.basis[0].numpy(), atol=2e-6)
+
+
+def test_model_from_obj_dir_matches_npz(face_model, ict_dir, tmp_path):
+    for name in ("generic_neutral_mesh.obj", "identity000.obj"):
+        (tmp_path / name).symlink_to(ict_dir / name)
+    m = FaceModel.from_obj_dir(tmp_path)
+    assert m.n_components == 1
+    np.testing.assert_array_equal(m.basis[0].numpy(), face_model.basis[0].numpy())
+    np.testing.assert_array_equal(m.mean.numpy(), face_model.mean.numpy())
+    assert torch.equal(m.region("face").vertices, face_model.region("face").vertices)
+    assert torch.equal(m.region("face").faces, face_model.region("face").faces)
+
+
+def test_obj_errors_name_the_file(tmp_path):
+    p = tmp_path / "bad.obj"
+    p.write_text("v 0 0 0\nv 1 0 0\nf 1 2 7\n")
+    with pytest.raises(ValueError, match="bad.obj.*out of range"):
+        read_obj(p)
+    p.write_text("# nothing\n")
+    with pytest.raises(ValueError, match="bad.obj.*no vertices"):
+        read_obj(p)
+
+
+def test_sampling(face_model):
+    g = lambda: torch.Generator().manual_seed(7)
+    c = face_model.sample_coefficients(1000, 15, generator=g())
+    assert c.shape == (1000, 15)
+    assert torch.equal(c, face_model.sample_coefficients(1000, 15, generator=g()))
+    assert abs(c.mean()) < 0.05 and abs(c.std() - 1) < 0.05
+    t = face_model.sample_coefficients(5000, 15, generator=g(), truncation=1.5)
+    assert t.abs().max() <= 1.5 and t.abs().max() > 1.45
+    assert face_model.sample_coefficients(3, 100, generator=g()).shape == (3, 100)
+    with pytest.raises(ValueError, match="K=101"):
+        face_model.sample_coefficients(3, 101)
+
+
+def test_vertices_are_the_linear_model(face_model):
+    c = torch.randn(4, 15, generator=torch.Generator().manual_seed(0))
+    v = face_model.vertices(c)
+    expect = face_model.mean + torch.einsum("bk,knd->bnd", c, face_model.basis[:15])
+    torch.testing.assert_close(v, expect, atol=1e-4, rtol=0)
+    vr = face_model.vertices(c, "face")
+    torch.testing.assert_close(vr, v[:, face_model.region("face").vertices])
+    assert face_model.vertices(torch.zeros(3)).shape == (1, 26719, 3)  # any K, 1-D allowed
+
+
+def test_ply_roundtrip(tmp_path, face_model):
+    reg = face_model.region("face")
+    v = face_model.vertices(torch.ones(1, 15), "face")[0].numpy()
+    p = tmp_path / "face.ply"
+    write_ply(p, v, reg.faces.numpy())
+    assert p.read_bytes().startswith(b"ply\nformat binary_little_endian")
+    v2, f2 = read_ply(p)
+    np.testing.assert_array_equal(v2, v)
+    np.testing.assert_array_equal(f2, reg.faces.numpy())
+
+
+def _write_raw_ply(path, header_body: str, payload: bytes = b""):
+    path.write_bytes(("ply\nformat binary_little_endian 1.0\n" + header_body + "end_header\n").encode() + payload)
+
+
+@pytest.mark.parametrize("case,match", [
+    ("no_face", "missing 'face' element"),
+    ("no_vertex", "missing 'vertex' element"),
+    ("int_coords", "property 'x' has type"),
+    ("float_indices", "list of integers"),
+    ("out_of_range", "out of range"),
+    ("nan", "NaN"),
+    ("garbage", "not a readable PLY"),
+    ("truncated", "not a readable PLY"),
+])
+def test_ply_validation_names_file(tmp_path, case, match):
+    p = tmp_path / f"{case}.ply"
+    tri = np.array([[0, 1, 2]], np.int32)
+    v = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], np.float32)
+    if case == "no_face":
+        _write_raw_ply(p, "element vertex 3\nproperty float x\nproperty float y\nproperty float z\n", v.tobytes())
+    elif case == "no_vertex":
+        _write_raw_ply(p, "element face 1\nproperty list uchar int vertex_indices\n", b"\x03" + tri.tobytes())
+    elif case == "int_coords":
+        _write_raw_ply(p, "element vertex 3\nproperty int x\nproperty int y\nproperty int z\n"
+                          "element face 1\nproperty list uchar int vertex_indices\n",
+                       v.astype(np.int32).tobytes() + b"\x03" + tri.tobytes())
+    elif case == "float_indices":
+        _write_raw_ply(p, "element vertex 3\nproperty float x\nproperty float y\nproperty float z\n"
+                          "element face 1\nproperty list uchar float vertex_indices\n",
+                       v.tobytes() + b"\x03" + tri.astype(np.float32).tobytes())
+    elif case == "out_of_range":
+        write_ply(p, v, np.array([[0, 1, 5]]))
+    elif case == "nan":
+        v[1, 2] = np.nan
+        write_ply(p, v, tri)
+    elif case == "garbage":
+        p.write_bytes(b"\x00\x01 not a ply at all")
+    elif case == "truncated":
+        write_ply(p, v, tri)
+        p.write_bytes(p.read_bytes()[:-7])
+    with pytest.raises(ValueError, match=match) as e:
+        read_ply(p)
+    assert p.name in str(e.value)

@@ -1,0 +1,49 @@
+"""Each numbered notebook runs headlessly through papermill at tiny size and records sane numbers."""
+from pathlib import Path
+
+import pytest
+
+from frankenstein_utils import notebooks
+
+TINY = notebooks.load_params(notebooks.NOTEBOOK_DIR / "params" / "tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def out_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("nb")
+
+
+def params_for(stem, out_dir):
+    p = {**TINY.get("common", {}), **TINY[stem]}
+    for k in list(p):  # keep test outputs out of the repository
+        if k.endswith("_DIR"):
+            p[k] = str(out_dir / stem / k.lower())
+    return p
+
+
+def test_every_notebook_has_a_parameters_cell_and_tiny_params():
+    import papermill as pm
+
+    paths = notebooks.notebook_paths()
+    assert [p.stem[:2] for p in paths] == [f"{i:02d}" for i in range(1, len(paths) + 1)]
+    for p in paths:
+        assert pm.inspect_notebook(str(p)), f"{p.name} has no parameters cell"
+        notebooks.check_parameters(p, TINY[p.stem])  # a misspelt test parameter fails here
+    with pytest.raises(ValueError, match="unknown parameters"):
+        notebooks.check_parameters(paths[0], {"NN": 3})
+
+
+def test_01_data_generation(out_dir):
+    stem = "01_data_generation"
+    p = params_for(stem, out_dir)
+    rec = notebooks.execute(notebooks.NOTEBOOK_DIR / f"{stem}.ipynb", out_dir / f"{stem}.ipynb", p)
+    assert rec["n_faces"] == p["N"]
+    assert rec["preview_holes"] == 0
+    assert 0.2 < rec["mask_fraction"] < 0.6
+    assert rec["depth_in_mask_min"] >= 0.1 and rec["depth_max"] <= 1.0
+    assert rec["c0_mask_area_ratio"] < 0.8  # component 0 changes the face size a lot
+    assert rec["slider_update_ms_median"] > 0
+    figs = Path(p["FIG_DIR"])
+    for name in ("01_depth_grid.png", "01_components.png", "01_options.png"):
+        assert (figs / name).stat().st_size > 10_000
+    assert len(list((Path(p["OUT_DIR"]) / "depth").glob("*.png"))) == p["N"]
