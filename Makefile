@@ -25,6 +25,7 @@ test: venv
 
 bench: venv
 	$(PY) bench/bench_depth.py
+	$(PY) bench/bench_train.py
 
 clean-outputs:
 	rm -rf outputs/notebooks outputs/figures outputs/depth_synthetic outputs/tiny

@@ -31,3 +31,39 @@ def save_figure(fig, path, dpi: int = 110) -> Path:
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     atomic_write_bytes(path, buf.getvalue())
     return Path(path)
+
+
+def smooth(values, window: int = 25) -> np.ndarray:
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) < window:
+        return v
+    k = np.ones(window) / window
+    return np.convolve(v, k, mode="valid")
+
+
+def plot_loss_curves(histories: dict, keys=None, window: int = 25):
+    """One subplot per loss name; one line per run. ``histories``: run name -> list of {step, loss...} dicts."""
+    import matplotlib.pyplot as plt
+
+    names = keys or sorted({k for h in histories.values() for row in h for k in row if k != "step"})
+    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], names):
+        for run, h in histories.items():
+            ys = [row[key] for row in h if key in row]
+            if ys:
+                s = smooth(ys, window)
+                ax.plot(np.arange(len(s)) + (len(ys) - len(s)) + 1, s, label=run)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def markdown_table(rows: list[dict], columns: list[str] | None = None, digits: int = 3) -> str:
+    """A GitHub markdown table of dicts (floats rounded)."""
+    columns = columns or list(rows[0])
+    fmt = lambda v: f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)

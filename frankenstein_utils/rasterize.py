@@ -105,18 +105,27 @@ def _rasterize_chunk(P, F, H, W, cull, eps):
 # ---- pose ---------------------------------------------------------------------------------------------------------
 @dataclass
 class PoseJitter:
-    """Per-face random pose, uniform in [-r, r] for each range: rotation in degrees, scale as a fraction of 1,
-    shift in cm. All zero (the default) = frontal faces. Pose vectors are (yaw, pitch, roll, scale, tx, ty)."""
+    """Per-face random pose. Pose vectors are (yaw, pitch, roll, scale, tx, ty): rotations in degrees, scale a
+    factor around 1, shift in cm. ``distribution="uniform"``: each value uniform in [-r, r] for its range r;
+    ``"normal"``: r is a standard deviation (draws clamped at 3 r). All zero (the default) = frontal faces."""
 
     yaw_deg: float = 0.0
     pitch_deg: float = 0.0
     roll_deg: float = 0.0
     scale: float = 0.0
     shift_cm: float = 0.0
+    distribution: str = "uniform"
+
+    def __post_init__(self):
+        if self.distribution not in ("uniform", "normal"):
+            raise ValueError(f"PoseJitter.distribution must be 'uniform' or 'normal', got {self.distribution!r}")
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         r = torch.tensor([self.yaw_deg, self.pitch_deg, self.roll_deg, self.scale, self.shift_cm, self.shift_cm])
-        u = 2 * torch.rand(n, 6, generator=generator) - 1
+        if self.distribution == "uniform":
+            u = 2 * torch.rand(n, 6, generator=generator) - 1
+        else:
+            u = torch.randn(n, 6, generator=generator).clamp(-3, 3)
         p = u * r
         p[:, 3] += 1.0
         return p

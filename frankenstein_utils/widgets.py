@@ -75,15 +75,28 @@ class FaceExplorer:
             for k, s in enumerate(self._sliders):
                 s.observe(lambda ch, k=k: self._on_slider(k, ch["new"]), names="value")
             self._images = [W.Image(format="png") for _ in range(1 + len(self.panels))]
+            # Panels with latent directions (GeneratorPanel) get one slider per direction.
+            self._latent_sliders = []
+            for p_i, panel in enumerate(self.panels):
+                for j in range(getattr(panel, "n_latent", 0)):
+                    s = W.FloatSlider(value=0.0, min=-self._range, max=self._range, step=0.1,
+                                      description=f"z dir {j}", layout=W.Layout(width="320px"))
+                    s.observe(lambda ch, panel=panel, j=j: self._on_latent(panel, j, ch["new"]), names="value")
+                    self._latent_sliders.append(s)
             self._timing = W.Label()
             reset = W.Button(description="reset")
             reset.on_click(lambda _: self.set_coeffs(torch.zeros(self.k)))
-            self._widget = W.HBox([W.VBox(self._sliders + [reset, self._timing]), W.HBox(self._images)])
+            self._widget = W.HBox([W.VBox(self._sliders + self._latent_sliders + [reset, self._timing]),
+                                   W.HBox(self._images)])
             self.update()
         return self._widget
 
     def _on_slider(self, k, value):
         self.coeffs[0, k] = float(value)
+        self.update()
+
+    def _on_latent(self, panel, j, value):
+        panel.values[j] = float(value)
         self.update()
 
     def set_coeffs(self, coeffs):
@@ -101,3 +114,48 @@ class FaceExplorer:
 def face_sliders(model: FaceModel, n_components: int = 15, **kwargs):
     """The ipywidgets box of a new ``FaceExplorer`` (display it in a notebook cell)."""
     return FaceExplorer(model, n_components, **kwargs).widget
+
+
+class GeneratorPanel:
+    """A panel for ``FaceExplorer``: the face a trained run generates from the depth map.
+
+    For an appearance-conditioned run, ``z = mean + sum_j values_j * scales_j * directions_j`` where the directions are
+    the main directions (PCA) of the encoder's codes of real photos (``latent_directions``); each gets a slider.
+    Without directions z = 0 (the prior mean); a noise generator (NU) gets a fixed z."""
+
+    def __init__(self, run, directions: torch.Tensor | None = None, mean: torch.Tensor | None = None,
+                 scales: torch.Tensor | None = None, seed: int = 0):
+        self.run = run
+        z_dim = run.nets["G"].z_dim
+        self.directions = directions
+        self.mean = mean if mean is not None else torch.zeros(z_dim)
+        self.scales = scales
+        self.n_latent = 0 if directions is None else len(directions)
+        self.values = torch.zeros(self.n_latent)
+        self.fixed_z = torch.randn(1, z_dim, generator=torch.Generator().manual_seed(seed)) if z_dim else None
+
+    def z(self):
+        if self.directions is not None:
+            return (self.mean + (self.values * self.scales) @ self.directions)[None]
+        if "E" in self.run.nets:
+            return self.mean[None]
+        return self.fixed_z
+
+    def __call__(self, depth, mask):
+        dev = next(self.run.nets["G"].parameters()).device
+        z = self.z()
+        img = self.run.generate(depth.to(dev), mask.to(dev), z=None if z is None else z.to(dev))[0]
+        return ((img.cpu() + 1) / 2).permute(1, 2, 0).squeeze(-1)
+
+
+@torch.no_grad()
+def latent_directions(encoder, images: torch.Tensor, k: int = 4, batch_size: int = 256):
+    """Mean, the top-``k`` principal directions (k, z_dim) and their standard deviations of the encoder's mean codes
+    of ``images``."""
+    encoder.eval()
+    dev = next(encoder.parameters()).device
+    mu = torch.cat([encoder(images[s:s + batch_size].to(dev))[0].cpu() for s in range(0, len(images), batch_size)])
+    mean = mu.mean(0)
+    _, sv, vt = torch.linalg.svd(mu - mean, full_matrices=False)
+    std = sv / max(len(mu) - 1, 1) ** 0.5
+    return mean, vt[:k], std[:k]

@@ -47,3 +47,24 @@ def test_01_data_generation(out_dir):
     for name in ("01_depth_grid.png", "01_components.png", "01_options.png"):
         assert (figs / name).stat().st_size > 10_000
     assert len(list((Path(p["OUT_DIR"]) / "depth").glob("*.png"))) == p["N"]
+
+
+def test_02_supervised_baseline(out_dir):
+    stem = "02_supervised_baseline"
+    p = params_for(stem, out_dir)
+    rec = notebooks.execute(notebooks.NOTEBOOK_DIR / f"{stem}.ipynb", out_dir / f"{stem}.ipynb", p)
+    assert rec["n_train"] > rec["n_val"] > 0
+    for model in ("mean training photo", "linear map of depth", "U", "V", "F", "cvae, z = E(photo)",
+                  "cvae, z ~ N(0, I)"):
+        r = rec[f"val/{model}"]
+        assert 0 < r["l1_mask"] < 2 and 0 < r["psnr_mask"] < 60 and -1 <= r["ssim_mask"] <= 1
+    # synthetic and real faces are framed alike (centre and size within a few pixels at 32 px)
+    real, syn = rec["real_box"], rec["synthetic_box"]
+    assert all(abs(a - b) < 4 for a, b in zip(real, syn))
+    out = Path(p["OUT_DIR"])
+    for name in ("U", "V", "F", "cvae"):
+        assert (out / name / "checkpoint.pt").exists()
+    assert (out / "results.md").read_text().startswith("| model |")
+    for fig in ("02_real_vs_synthetic_depth.png", "02_pose_distributions.png", "02_loss_curves.png",
+                "02_validation_samples.png", "02_synthetic_outputs.png", "02_cvae_z.png"):
+        assert (Path(p["FIG_DIR"]) / fig).stat().st_size > 5_000

@@ -1,0 +1,78 @@
+"""Experience replay of generated images for the discriminator (Shrivastava et al. 2017; CycleGAN's ImagePool)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+class ReplayBuffer:
+    """A pool of earlier fakes. ``query(fakes)`` returns as many images as it is given: while the pool is not full
+    each fake is stored and returned as is; once full, each fake is, with probability 1/2, swapped for a random
+    stored one (which is returned, the new fake taking its place), else returned as is. So about half of each
+    discriminator batch comes from the history. Size 0 turns it off (pass-through).
+
+    Images are stored detached, on the CPU, in RAM or (``memmap_path``) in a disk-backed numpy memmap so large pools
+    do not use RAM. Sampling uses its own seeded ``torch.Generator``; ``state_dict`` saves the images and the RNG
+    so a resumed run continues exactly.
+    """
+
+    def __init__(self, size: int, seed: int = 0, memmap_path: str | None = None):
+        self.size = size
+        self.count = 0
+        self.gen = torch.Generator().manual_seed(seed)
+        self.memmap_path = memmap_path
+        self.store = None  # (size, C, H, W) float32 tensor or np.memmap
+
+    def _alloc(self, shape):
+        if self.memmap_path:
+            self.store = np.lib.format.open_memmap(self.memmap_path, mode="w+", dtype=np.float32,
+                                                   shape=(self.size, *shape))
+        else:
+            self.store = torch.zeros((self.size, *shape), dtype=torch.float32)
+
+    def _get(self, i):
+        x = self.store[i]
+        return torch.from_numpy(np.array(x)) if isinstance(x, np.ndarray) else x.clone()
+
+    def _set(self, i, img):
+        self.store[i] = img.numpy() if isinstance(self.store, np.ndarray) else img
+
+    @torch.no_grad()
+    def query(self, fakes: torch.Tensor) -> torch.Tensor:
+        if self.size == 0:
+            return fakes
+        device = fakes.device
+        fakes = fakes.detach().float().cpu()
+        if self.store is None:
+            self._alloc(fakes.shape[1:])
+        out = []
+        for img in fakes:
+            if self.count < self.size:
+                self._set(self.count, img)
+                self.count += 1
+                out.append(img)
+            elif torch.rand(1, generator=self.gen).item() < 0.5:
+                j = int(torch.randint(0, self.size, (1,), generator=self.gen))
+                old = self._get(j)
+                self._set(j, img)
+                out.append(old)
+            else:
+                out.append(img)
+        return torch.stack(out).to(device)
+
+    def state_dict(self) -> dict:
+        images = None
+        if self.store is not None:
+            images = torch.from_numpy(np.array(self.store[: self.count])) if isinstance(self.store, np.ndarray) \
+                else self.store[: self.count].clone()
+        return {"size": self.size, "count": self.count, "rng": self.gen.get_state(), "images": images}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["size"] != self.size:
+            raise ValueError(f"replay buffer size {state['size']} in the checkpoint, {self.size} configured")
+        self.count = state["count"]
+        self.gen.set_state(state["rng"])
+        if state["images"] is not None:
+            self._alloc(state["images"].shape[1:])
+            for i in range(self.count):
+                self._set(i, state["images"][i])

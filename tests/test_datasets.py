@@ -1,0 +1,116 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from frankenstein_utils.datasets import (HaarFaceDataset, ImageFolderDataset, PairedConfig, PairedFaceDataset,
+                                         estimate_poses, landmark_frame, mask_boxes, rotation_to_angles)
+from frankenstein_utils.paths import find_dataset
+from frankenstein_utils.rasterize import render_depth, rotation_matrices
+
+TINY = PairedConfig(size=32, limit=60, val_fraction=0.1, test_fraction=0.1)
+
+
+@pytest.fixture(scope="module")
+def paired(tmp_path_factory, face_model):
+    cache = tmp_path_factory.mktemp("cache")
+    return {s: PairedFaceDataset(s, TINY, cache_dir=cache, model=face_model, progress=False)
+            for s in ("train", "val", "test", "all")}
+
+
+def test_paired_items_and_split(paired):
+    tr, va, te, al = paired["train"], paired["val"], paired["test"], paired["all"]
+    assert len(tr) + len(va) + len(te) == len(al) == 60
+    assert not set(tr.indices) & set(va.indices) and not set(va.indices) & set(te.indices)
+    item = tr[0]
+    assert item["image"].shape == (3, 32, 32) and item["depth"].shape == (1, 32, 32)
+    assert -1 <= item["image"].min() and item["image"].max() <= 1
+    d, m = item["depth"], item["mask"]
+    assert (d[m == 0] == 0).all() and (d[m > 0] >= 0.1).all() and d.max() == 1.0  # near = 1 at the nearest point
+
+
+def test_split_is_saved_and_reused(paired, face_model):
+    again = PairedFaceDataset("val", TINY, cache_dir=paired["val"].cache_path.parent, model=face_model)
+    assert np.array_equal(again.indices, paired["val"].indices)
+    assert paired["val"].cache_path.with_suffix(".json").exists()
+
+
+def test_landmark_depth_lies_over_the_face(paired):
+    """The rasterized landmark mask is centred on the landmarks in the (cropped, resized) photo frame."""
+    ds = paired["all"]
+    lm = np.load(find_dataset("celeba_10k") / "landmarks_mediapipe.npz")
+    names = list(lm["names"])
+    near_frontal = [i for i in range(len(ds)) if abs(ds.poses_all[ds.indices[i], 0]) < 15]
+    assert len(near_frontal) > 20
+    # A turned head crowds the landmarks of its far side into a few pixels, which pulls their (vertex) centroid
+    # away from the area centroid of the mask; near-frontal faces are where the two must agree.
+    for i in near_frontal:
+        j = names.index(ds.names[ds.indices[i]])
+        pts = landmark_frame(lm["landmarks"][j:j + 1], TINY.crop, TINY.size)[0]
+        mask = ds[i]["mask"][0]
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        centroid = np.array([xs.float().mean() + 0.5, ys.float().mean() + 0.5])
+        # the landmark centroid is a vertex average, not an area average: allow a few pixels
+        assert np.linalg.norm(centroid - pts[:, :2].mean(0)) < 3.0
+        box = mask_boxes(mask[None])[0]
+        assert abs(box[2] - (pts[:, 0].max() - pts[:, 0].min())) < 2.5
+
+
+def test_synthetic_framing_matches_real(paired, face_model):
+    ds = paired["all"]
+    cfg = ds.render_config(face_model)
+    assert cfg.region == "chin" and cfg.depth_mode == "relative" and cfg.resolution == 32
+    c = face_model.sample_coefficients(40, generator=torch.Generator().manual_seed(0))
+    _, m = render_depth(face_model, c, cfg)
+    real = np.nanmedian(mask_boxes(ds.tensors()[2]), 0)
+    syn = np.nanmedian(mask_boxes(m), 0)
+    assert np.all(np.abs(real[:2] - syn[:2]) < 1.5)  # centred alike
+    assert np.all(np.abs(real[2:] / syn[2:] - 1) < 0.2)  # similar size
+
+
+def test_pose_estimation_recovers_known_rotations(face_model):
+    """Rotate a symmetric landmark-like shape by known angles; the estimate gets them back."""
+    lm = np.load(find_dataset("celeba_10k") / "landmarks_mediapipe.npz")
+    base = lm["landmarks"][lm["found"]][:200].mean(0)  # roughly frontal average face, photo pixels
+    X = (base - base.mean(0)) * np.array([1.0, -1.0, -1.0])
+    true = torch.tensor([[20.0, 0, 0, 1, 0, 0], [0, 12, 0, 1, 0, 0], [0, 0, -9, 1, 0, 0], [-15, 8, 5, 1, 0, 0]])
+    R = rotation_matrices(true).numpy()
+    shapes = np.einsum("bij,nj->bni", R, X) * np.array([1.0, -1.0, -1.0]) + 50
+    # add the unrotated shape many times so the reference (mean) stays frontal
+    batch = np.concatenate([shapes, np.repeat(base[None], 60, 0)])
+    est = estimate_poses(batch.astype(np.float32))[:4, :3]
+    np.testing.assert_allclose(est, true[:, :3].numpy(), atol=2.5)
+    np.testing.assert_allclose(rotation_to_angles(R), true[:, :3].numpy(), atol=1e-3)
+
+
+def test_pose_jitter_from_real_photos(paired, face_model):
+    pj = paired["all"].pose_jitter(face_model)
+    assert pj.distribution == "normal" and 3 < pj.yaw_deg < 40 and 0 < pj.roll_deg < 15
+    assert pj.sample(5).shape == (5, 6)
+
+
+def test_image_folder_and_bad_files(tmp_path):
+    for i in range(3):
+        Image.fromarray(np.full((40, 30, 3), 60 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    ds = ImageFolderDataset(tmp_path, size=16)
+    assert len(ds) == 4
+    x = ds[0]
+    assert x.shape == (3, 16, 16) and x.min() >= -1 and x.max() <= 1
+    with pytest.raises(ValueError, match="broken.jpg"):
+        ds[3]  # sorted: 0.png, 1.png, 2.png, broken.jpg
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        ok = ImageFolderDataset(tmp_path, size=16, grayscale=True, skip_bad=True)
+    assert len(ok) == 3 and ok.skipped == 1 and ok[2].shape == (1, 16, 16)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ImageFolderDataset(tmp_path / "nope")
+
+
+def test_haar_face_crops_orl_and_skips_non_faces(tmp_path):
+    orl = find_dataset("orl_faces") / "images"
+    for name in ("s01_1.png", "s02_1.png", "s03_1.png"):
+        (tmp_path / name).symlink_to(orl / name)
+    Image.fromarray(np.full((112, 92), 128, np.uint8)).save(tmp_path / "blank.png")
+    ds = HaarFaceDataset(tmp_path, size=32, grayscale=True)
+    assert ds.n_no_face >= 1 and any(p.name == "blank.png" for p in ds.no_face)
+    assert len(ds) >= 2 and ds[0].shape == (1, 32, 32)
