@@ -365,3 +365,19 @@ def mask_boxes(mask: torch.Tensor) -> np.ndarray:
             out[i] = [(cols[0] + cols[-1] + 1).item() / 2, (rows[0] + rows[-1] + 1).item() / 2,
                       (cols[-1] - cols[0] + 1).item(), (rows[-1] - rows[0] + 1).item()]
     return out
+
+
+class TensorDictDataset(Dataset):
+    """Items ``{key: tensors[key][i]}`` (plus ``index``) from equal-length tensors held in memory."""
+
+    def __init__(self, **tensors):
+        lengths = {len(v) for v in tensors.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"tensors of different lengths: { {k: len(v) for k, v in tensors.items()} }")
+        self.tensors = tensors
+
+    def __len__(self):
+        return len(next(iter(self.tensors.values())))
+
+    def __getitem__(self, i):
+        return {**{k: v[i] for k, v in self.tensors.items()}, "index": i}

@@ -64,3 +64,283 @@ class LinearDepthBaseline:
     def __call__(self, depth, mask=None, image=None):
         a, b = self.coef[0], self.coef[1]
         return (depth * a.view(1, -1, 1, 1) + b.view(1, -1, 1, 1)).clamp(-1, 1)
+
+
+# ---- networks the metrics use, trained here on the shipped data (no downloads) --------------------------------------
+import math  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from scipy.stats import spearmanr  # noqa: E402
+
+from .fileio import atomic_write_bytes  # noqa: E402
+from .losses import l1_loss  # noqa: E402
+from .models import Generator, conv_block, init_weights  # noqa: E402
+
+
+class FeatureNet(nn.Module):
+    """Face features for Frechet distance / KID / diversity: the encoder of an autoencoder trained to reconstruct
+    real photos. Why an autoencoder: no labels ship with the photos and no pretrained network may be downloaded;
+    reconstruction forces the code to describe what real faces look like (layout, tone, lighting, sharpness
+    at the code's scale), and the ladder checks in the tests show its distances order known cases correctly.
+    Output: a 32-channel map pooled to 2 x 2 -> 128 features per image."""
+
+    num_features = 128
+
+    def __init__(self, in_ch: int = 3, width: int = 32):
+        super().__init__()
+        w = width
+        self.encoder = nn.Sequential(conv_block(in_ch, w, "none", stride=2), conv_block(w, 2 * w, "batch", stride=2),
+                                     conv_block(2 * w, 4 * w, "batch", stride=2), nn.Conv2d(4 * w, 32, 1))
+        self.decoder = nn.Sequential(conv_block(32, 4 * w, "batch"), conv_block(4 * w, 2 * w, "batch", transpose=True),
+                                     conv_block(2 * w, w, "batch", transpose=True),
+                                     nn.ConvTranspose2d(w, in_ch, 4, 2, 1), nn.Tanh())
+
+    def forward(self, x):
+        return F.adaptive_avg_pool2d(self.encoder(x.float()), 2).flatten(1)
+
+    def reconstruct(self, x):
+        return self.decoder(self.encoder(x))
+
+
+def _batches(n, bs, g):
+    perm = torch.randperm(n, generator=g)
+    for s in range(0, n - bs + 1, bs):
+        yield perm[s:s + bs]
+
+
+def _cached(path, build):
+    """Load a metric network from ``path`` if it was trained before, else train it and save it atomically."""
+    if path is not None and Path(path).exists():
+        return torch.load(path, map_location="cpu", weights_only=False)
+    net = build()
+    if path is not None:
+        import io
+
+        buf = io.BytesIO()
+        torch.save(net, buf)
+        atomic_write_bytes(path, buf.getvalue())
+    return net
+
+
+def train_feature_net(real: torch.Tensor, steps: int = 600, batch_size: int = 64, seed: int = 0,
+                      cache=None) -> FeatureNet:
+    """Train (or load from ``cache``) the feature autoencoder on real photos (N, C, H, W) in [-1, 1]."""
+    def build():
+        torch.manual_seed(seed)
+        net = init_weights(FeatureNet(real.shape[1]))
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+        g = torch.Generator().manual_seed(seed)
+        step = 0
+        while step < steps:
+            for idx in _batches(len(real), batch_size, g):
+                loss = l1_loss(net.reconstruct(real[idx]), real[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                step += 1
+                if step >= steps:
+                    break
+        return net.eval()
+    return _cached(cache, build).eval()
+
+
+@torch.no_grad()
+def features(net, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    net.eval()
+    return torch.cat([net(images[s:s + batch_size]) for s in range(0, len(images), batch_size)])
+
+
+def frechet_distance(net: FeatureNet, real: torch.Tensor, fake: torch.Tensor) -> float:
+    """Frechet distance between Gaussians fitted to the features of two image sets (torchmetrics' FID with the
+    project's feature network): ||m_r - m_f||^2 + Tr(C_r + C_f - 2 (C_r C_f)^(1/2))."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    fid = FrechetInceptionDistance(feature=net.eval(), normalize=False)
+    with torch.no_grad():
+        for s in range(0, len(real), 256):
+            fid.update(real[s:s + 256], real=True)
+        for s in range(0, len(fake), 256):
+            fid.update(fake[s:s + 256], real=False)
+    return float(fid.compute())
+
+
+def kernel_distance(net: FeatureNet, real: torch.Tensor, fake: torch.Tensor, subset_size: int = 100,
+                    subsets: int = 50) -> tuple[float, float]:
+    """KID (Binkowski et al. 2018): unbiased MMD^2 with the cubic polynomial kernel on the features, mean and std over
+    random subsets (torchmetrics' KernelInceptionDistance with the project's feature network)."""
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    k = min(subset_size, len(real), len(fake))
+    kid = KernelInceptionDistance(feature=net.eval(), subsets=subsets, subset_size=k, normalize=False)
+    with torch.no_grad():
+        kid.update(real, real=True)
+        kid.update(fake, real=False)
+    m, s = kid.compute()
+    return float(m), float(s)
+
+
+class _C2STNet(nn.Module):
+    def __init__(self, in_ch, width=16):
+        super().__init__()
+        w = width
+        self.net = nn.Sequential(conv_block(in_ch, w, "none", stride=2), conv_block(w, 2 * w, "batch", stride=2),
+                                 conv_block(2 * w, 4 * w, "batch", stride=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                 nn.Linear(4 * w, 1))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a binomial proportion k / n."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return (c - h, c + h)
+
+
+def classifier_two_sample_test(real: torch.Tensor, fake: torch.Tensor, steps: int = 300, batch_size: int = 64,
+                               seed: int = 0) -> dict:
+    """C2ST (Lopez-Paz & Oquab 2017): a fresh small CNN learns real-vs-generated on half of each set; its accuracy on
+    the other half, with a 95 % Wilson interval. 0.5 = indistinguishable, 1.0 = trivially told apart."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    n = min(len(real), len(fake))
+    r, f = real[torch.randperm(len(real), generator=g)[:n]], fake[torch.randperm(len(fake), generator=g)[:n]]
+    h = n // 2
+    x_tr, y_tr = torch.cat([r[:h], f[:h]]), torch.cat([torch.ones(h), torch.zeros(h)])
+    x_te, y_te = torch.cat([r[h:], f[h:]]), torch.cat([torch.ones(n - h), torch.zeros(n - h)])
+    net = init_weights(_C2STNet(real.shape[1]))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    step = 0
+    while step < steps:
+        for idx in _batches(len(x_tr), min(batch_size, len(x_tr)), g):
+            loss = F.binary_cross_entropy_with_logits(net(x_tr[idx]).squeeze(1), y_tr[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+            if step >= steps:
+                break
+    net.eval()
+    with torch.no_grad():
+        pred = torch.cat([net(x_te[s:s + 256]).squeeze(1) for s in range(0, len(x_te), 256)]) > 0
+    correct = int((pred.float() == y_te).sum())
+    lo, hi = wilson_interval(correct, len(y_te))
+    return {"accuracy": correct / len(y_te), "ci_low": lo, "ci_high": hi, "n_test": len(y_te)}
+
+
+# ---- correspondence to the input depth ----------------------------------------------------------------------------
+def train_depth_estimator(images: torch.Tensor, depth: torch.Tensor, mask: torch.Tensor, steps: int = 800,
+                          batch_size: int = 32, width: int = 16, seed: int = 0, cache=None) -> nn.Module:
+    """Image (N, C, H, W) in [-1, 1] -> depth (N, 1, H, W) in [-1, 1] (U generator), L1 inside the face mask, trained
+    on the paired set's training split (or loaded from ``cache``)."""
+    def build():
+        torch.manual_seed(seed)
+        net = init_weights(Generator("U", images.shape[1], 1, width, "batch"))
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+        g = torch.Generator().manual_seed(seed)
+        step = 0
+        while step < steps:
+            for idx in _batches(len(images), batch_size, g):
+                loss = l1_loss(net(images[idx]), depth[idx] * 2 - 1, mask[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                step += 1
+                if step >= steps:
+                    break
+        return net.eval()
+    return _cached(cache, build).eval()
+
+
+def scale_shift_aligned_error(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor):
+    """Per image: fit a * pred + b to target inside the mask by least squares, then RMSE there; and the Pearson
+    correlation of pred and target inside the mask. Returns two (N,) tensors."""
+    rmse, corr = [], []
+    for p, t, m in zip(pred.flatten(1).double(), target.flatten(1).double(), mask.flatten(1) > 0.5):
+        p, t = p[m], t[m]
+        if len(p) < 3:
+            rmse.append(float("nan"))
+            corr.append(float("nan"))
+            continue
+        A = torch.stack([p, torch.ones_like(p)], 1)
+        sol = torch.linalg.lstsq(A, t[:, None]).solution
+        rmse.append(float(torch.sqrt(((A @ sol).squeeze(1) - t).pow(2).mean())))
+        pc, tc = p - p.mean(), t - t.mean()
+        corr.append(float((pc * tc).sum() / (pc.norm() * tc.norm()).clamp_min(1e-12)))
+    return torch.tensor(rmse), torch.tensor(corr)
+
+
+def mean_ci(values: torch.Tensor, z: float = 1.96) -> tuple[float, float, float]:
+    """Mean and a normal-approximation 95 % interval of the mean."""
+    v = values[torch.isfinite(values)].double()
+    m = float(v.mean())
+    h = z * float(v.std()) / math.sqrt(max(len(v), 1)) if len(v) > 1 else float("nan")
+    return m, m - h, m + h
+
+
+@torch.no_grad()
+def correspondence(estimator: nn.Module, images: torch.Tensor, depth: torch.Tensor, mask: torch.Tensor) -> dict:
+    """How well images correspond to depth maps: estimate each image's depth, compare with the given depth inside the
+    mask after a least-squares scale and shift (RMSE, lower is better; correlation, higher is better)."""
+    est = torch.cat([estimator(images[s:s + 256]) for s in range(0, len(images), 256)])
+    rmse, corr = scale_shift_aligned_error(est, depth * 2 - 1, mask)
+    m, lo, hi = mean_ci(rmse)
+    c, clo, chi = mean_ci(corr)
+    return {"rmse": m, "rmse_ci": [lo, hi], "corr": c, "corr_ci": [clo, chi]}
+
+
+# ---- diversity, shape sensitivity, identity ---------------------------------------------------------------------------
+@torch.no_grad()
+def mean_pairwise_feature_distance(net: FeatureNet, images: torch.Tensor, max_n: int = 500) -> float:
+    f = features(net, images[:max_n]).double()
+    d = torch.cdist(f, f)
+    n = len(f)
+    return float(d.sum() / (n * (n - 1)))
+
+
+def brightness_spread(images: torch.Tensor, mask: torch.Tensor) -> float:
+    """Standard deviation over images of the mean brightness inside the face mask (skin tone and lighting)."""
+    lum = images.float().mean(1, keepdim=True)
+    m = mask.float()
+    per = (lum * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1)
+    return float(per.std())
+
+
+@torch.no_grad()
+def shape_sensitivity(generate, net: FeatureNet, coeffs: torch.Tensor, depth: torch.Tensor, mask: torch.Tensor,
+                      z: torch.Tensor | None = None) -> float:
+    """Spearman rank correlation, over all pairs of faces, between the distance of their model coefficients and the
+    feature distance of the images generated from their depth maps (same z for all, if any). Near 0: the output
+    ignores the shape; positive: different shapes give different faces in proportion."""
+    imgs = generate(depth, mask, z)
+    f = features(net, imgs).double()
+    i, j = torch.triu_indices(len(f), len(f), 1)
+    dc = (coeffs[i] - coeffs[j]).norm(dim=1)
+    df = (f[i] - f[j]).norm(dim=1)
+    return float(spearmanr(dc.numpy(), df.numpy()).statistic)
+
+
+@torch.no_grad()
+def identity_consistency(generate, net: FeatureNet, depth: torch.Tensor, mask: torch.Tensor, n_ids: int,
+                         n_poses: int, z: torch.Tensor | None = None) -> dict:
+    """Same identity (coefficients and appearance code), several poses: the images should look like one person.
+    ``depth``/``mask`` are ordered identity-major (n_ids * n_poses). Reports the mean feature distance within an
+    identity, between identities, their ratio (lower is better) and the AUC that a within-identity pair is closer
+    than a between-identity pair (0.5 = no identity kept, 1 = perfect)."""
+    imgs = generate(depth, mask, z)
+    f = features(net, imgs).double()
+    ids = torch.arange(n_ids).repeat_interleave(n_poses)
+    d = torch.cdist(f, f)
+    i, j = torch.triu_indices(len(f), len(f), 1)
+    same = ids[i] == ids[j]
+    within, between = d[i, j][same], d[i, j][~same]
+    auc = float((within[:, None] < between[None, :]).double().mean())
+    return {"within": float(within.mean()), "between": float(between.mean()),
+            "ratio": float(within.mean() / between.mean()), "auc": auc}

@@ -38,9 +38,6 @@ class FiLM(nn.Module):
     def __init__(self, z_dim: int, ch: int):
         super().__init__()
         self.lin = nn.Linear(z_dim, 2 * ch) if z_dim else None
-        if self.lin is not None:
-            nn.init.zeros_(self.lin.weight)
-            nn.init.zeros_(self.lin.bias)
 
     def forward(self, x, z):
         if self.lin is None or z is None:
@@ -141,9 +138,13 @@ class AppearanceEncoder(nn.Module):
 
 
 def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:
-    """N(0, gain) for conv and linear weights (except FiLM, which starts as the identity), as pix2pix does."""
+    """N(0, gain) for conv and linear weights, as pix2pix does. FiLM layers get N(0, 0.1): a code must change the
+    output from the start, or the encoder gets no gradient and the KL term collapses the posterior to the prior."""
     for m in net.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) or (isinstance(m, nn.Linear) and not _is_film(net, m)):
+        if isinstance(m, nn.Linear) and _is_film(net, m):
+            nn.init.normal_(m.weight, 0.0, 0.1)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
             nn.init.normal_(m.weight, 0.0, gain)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)

@@ -67,7 +67,7 @@ class TrainConfig:
     l1_weight: float = 1.0
     masked_l1: bool = False
     mask_dilate: int = 3
-    kl_weight: float = 1e-2
+    kl_weight: float = 1e-3
     encoder_width: int = 32
     # adversarial modes
     gan_loss: str = "lsgan"
@@ -444,7 +444,7 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            self.history.append({"step": 0, "pretrain_photo": float(rec_p), "pretrain_depth": float(rec_d)})
+            self.history.append({"step": 0, "pretrain_photo": float(rec_p.detach()), "pretrain_depth": float(rec_d.detach())})
         enc.requires_grad_(False)
         G.dec.load_state_dict(self.nets["DecP"].state_dict())
         self.opts["G"] = self._optimizer("G")
@@ -511,8 +511,9 @@ class Trainer:
         src_d = self.data.get("synthetic") or self.val or self.data.get("paired")
         src_i = self.val or self.data.get("paired") or self.data.get("real")
         b = first(src_d, ("depth", "mask"))
-        b["image"] = first(src_i, ("image",))["image"][: len(b["depth"])]
-        return b
+        b["image"] = first(src_i, ("image",))["image"]
+        k = min(len(b["depth"]), len(b["image"]))
+        return {key: v[:k] for key, v in b.items()}
 
     @torch.no_grad()
     def generate(self, depth, mask, image=None, z=None):
@@ -558,7 +559,9 @@ class Trainer:
         ck = torch.load(path, map_location=self.device, weights_only=False)
         saved = ck["config"]
         mine = asdict(self.cfg)
-        differ = {k for k in mine if k not in ("steps", "out_dir", "device", "num_workers") and saved.get(k) != mine[k]}
+        # keys a run may change on resume; keys missing from an older checkpoint take their defaults
+        free = ("steps", "out_dir", "device", "num_workers", "checkpoint_every", "sample_every", "log_every")
+        differ = {k for k in mine if k not in free and k in saved and saved[k] != mine[k]}
         if differ:
             raise ValueError(f"{path}: checkpoint was made with another configuration ({sorted(differ)}); "
                              f"use a new out_dir or the same settings")

@@ -1,4 +1,5 @@
 """Each numbered notebook runs headlessly through papermill at tiny size and records sane numbers."""
+import json
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,39 @@ def test_02_supervised_baseline(out_dir):
     for fig in ("02_real_vs_synthetic_depth.png", "02_pose_distributions.png", "02_loss_curves.png",
                 "02_validation_samples.png", "02_synthetic_outputs.png", "02_cvae_z.png"):
         assert (Path(p["FIG_DIR"]) / fig).stat().st_size > 5_000
+
+
+def test_03_refinement_experiments(out_dir):
+    stem = "03_refinement_experiments"
+    p = params_for(stem, out_dir)
+    rec = notebooks.execute(notebooks.NOTEBOOK_DIR / f"{stem}.ipynb", out_dir / f"{stem}.ipynb", p)
+    from frankenstein_utils.experiments import VARIANTS
+
+    assert rec["n_variants"] == len(VARIANTS) and rec["n_ok"] == len(VARIANTS)
+    results = json.loads((Path(p["OUT_DIR"]) / "results.json").read_text())
+    for name, r in results.items():
+        assert r["status"] == "ok" and Path(r["checkpoint"]).exists() and r["config"]["seed"] == 0
+    assert (Path(p["FIG_DIR"]) / "03_variants_samples.png").stat().st_size > 10_000
+
+
+def test_04_evaluation(out_dir):
+    """After tiny runs of 02 and 03 (the tests above), notebook 04 finds their checkpoints and writes the table."""
+    stem = "04_evaluation"
+    p = params_for(stem, out_dir)
+    p["RUN_ROOTS"] = [params_for("02_supervised_baseline", out_dir)["OUT_DIR"],
+                      params_for("03_refinement_experiments", out_dir)["OUT_DIR"]]
+    roots_ok = [Path(r) for r in p["RUN_ROOTS"] if Path(r).exists()]
+    if len(roots_ok) < 2:
+        pytest.skip("needs the outputs of the notebook 02 and 03 tests (run the whole module)")
+    rec = notebooks.execute(notebooks.NOTEBOOK_DIR / f"{stem}.ipynb", out_dir / f"{stem}.ipynb", p)
+    metrics = json.loads((Path(p["OUT_DIR"]) / "metrics.json").read_text())
+    from frankenstein_utils.experiments import VARIANTS
+
+    assert set(metrics["runs"]) == {f"supervised/{m}" for m in ("U", "V", "F", "cvae")} | set(VARIANTS)
+    for name, r in metrics["runs"].items():
+        assert 0 <= r["c2st"] <= 1 and r["c2st_ci"][0] <= r["c2st"] + 1e-9 and r["fd"] >= 0
+        assert r["corr_rmse"] >= 0 and -1 <= r["shape_sensitivity"] <= 1 and 0 <= r["identity_auc"] <= 1
+    assert set(rec["ladder_checks"]) == {"c2st", "fd", "kid", "corr_rmse", "corr_r"}
+    assert (Path(p["OUT_DIR"]) / "metrics.md").read_text().startswith("Evaluation parameters")
+    for fig in ("04_realism_vs_correspondence.png", "04_all_runs_same_faces.png"):
+        assert (Path(p["FIG_DIR"]) / fig).stat().st_size > 10_000

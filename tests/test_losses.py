@@ -1,0 +1,103 @@
+import math
+
+import pytest
+import torch
+
+from frankenstein_utils.losses import (GANLoss, bottleneck_kl, clip_weights, feature_matching_loss, gradient_penalty,
+                                       kl_divergence, l1_loss, wgan_critic_steps)
+
+X = torch.tensor([2.0, -1.0, 0.5])  # hand-made logits / critic scores
+
+
+def sig(v):
+    return 1 / (1 + math.exp(-v))
+
+
+def test_log_gan_loss():
+    L = GANLoss("log")
+    assert L(X, True).item() == pytest.approx(sum(-math.log(sig(v)) for v in X.tolist()) / 3, rel=1e-6)
+    assert L(X, False).item() == pytest.approx(sum(-math.log(1 - sig(v)) for v in X.tolist()) / 3, rel=1e-6)
+    assert L(X, True, for_d=False).item() == L(X, True).item()  # non-saturating G: -log D(G(z))
+
+
+def test_lsgan_loss():
+    L = GANLoss("lsgan")
+    assert L(X, True).item() == pytest.approx(((2 - 1) ** 2 + (-1 - 1) ** 2 + (0.5 - 1) ** 2) / 3)
+    assert L(X, False).item() == pytest.approx((4 + 1 + 0.25) / 3)
+
+
+def test_wgan_loss():
+    L = GANLoss("wgan")
+    assert L(X, True).item() == pytest.approx(-(2 - 1 + 0.5) / 3)
+    assert L(X, False).item() == pytest.approx((2 - 1 + 0.5) / 3)
+    assert L(X, True, for_d=False).item() == pytest.approx(-(1.5) / 3)
+
+
+def test_hinge_loss():
+    L = GANLoss("hinge")
+    assert L(X, True, for_d=True).item() == pytest.approx((0 + 2 + 0.5) / 3)  # relu(1 - x)
+    assert L(X, False, for_d=True).item() == pytest.approx((3 + 0 + 1.5) / 3)  # relu(1 + x)
+    assert L(X, True, for_d=False).item() == pytest.approx(-(1.5) / 3)  # -x, not the D hinge
+    with pytest.raises(ValueError, match="unknown GAN loss"):
+        GANLoss("relativistic")
+
+
+class Linear(torch.nn.Module):
+    """D(x) = sum(w * x): its input gradient is w everywhere, so the gradient norm is ||w||."""
+
+    def __init__(self, w):
+        super().__init__()
+        self.w = torch.nn.Parameter(w)
+
+    def forward(self, x):
+        return (x * self.w).flatten(1).sum(1, keepdim=True)
+
+
+def test_gradient_penalty_uses_the_gradient_norm():
+    w = torch.full((1, 2, 2), 0.5)  # ||w|| = sqrt(4 * 0.25) = 1 -> penalty 0
+    real, fake = torch.rand(3, 1, 2, 2), torch.rand(3, 1, 2, 2)
+    assert gradient_penalty(Linear(w), real, fake).item() == pytest.approx(0.0, abs=1e-6)
+    w2 = torch.full((1, 2, 2), 1.5)  # ||w|| = 3 -> (3 - 1)^2 = 4
+    D = Linear(w2)
+    gp = gradient_penalty(D, real, fake)
+    assert gp.item() == pytest.approx(4.0, rel=1e-5)
+    gp.backward()  # d/dw (||w|| - 1)^2 = 2 (||w|| - 1) w / ||w||
+    torch.testing.assert_close(D.w.grad, 2 * (3 - 1) * w2 / 3)
+    zero = Linear(torch.zeros(1, 2, 2))
+    assert math.isfinite(gradient_penalty(zero, real, fake).item())  # zero gradient: finite, = 1
+
+
+def test_gradient_penalty_interpolates_per_sample():
+    class Spy(torch.nn.Module):
+        def forward(self, x):
+            self.seen = x.detach()
+            return x.flatten(1).sum(1)
+
+    spy = Spy()
+    real, fake = torch.ones(4, 1, 3, 3), torch.zeros(4, 1, 3, 3)
+    gradient_penalty(spy, real, fake)
+    per_sample = spy.seen.flatten(1)
+    assert torch.allclose(per_sample, per_sample[:, :1].expand_as(per_sample))  # one alpha per sample
+    assert per_sample[:, 0].unique().numel() == 4
+
+
+def test_other_terms():
+    p, t = torch.tensor([[[[1.0, -1.0]]]]), torch.tensor([[[[0.0, 1.0]]]])
+    assert l1_loss(p, t).item() == pytest.approx(1.5)
+    assert l1_loss(p, t, torch.tensor([[[[1.0, 0.0]]]])).item() == pytest.approx(1.0)
+    mu, logvar = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, math.log(2.0)]])
+    assert kl_divergence(mu, logvar).item() == pytest.approx(0.5 * (1 + 1 - 0 - 1) + 0.5 * (0 + 2 - math.log(2) - 1))
+    fr = [torch.tensor([[1.0, 2.0], [3.0, 4.0]])]
+    ff = [torch.tensor([[0.0, 0.0], [0.0, 0.0]])]
+    assert feature_matching_loss(fr, ff).item() == pytest.approx((2 + 3) / 2)
+    h = torch.randn(512, 4, 3, 3)
+    assert bottleneck_kl(h).item() < 0.02 and bottleneck_kl(h * 3 + 2).item() > 1
+
+
+def test_clipping_and_critic_schedule():
+    D = torch.nn.Linear(3, 3)
+    with torch.no_grad():
+        D.weight.fill_(5)
+    clip_weights(D, 0.01)
+    assert D.weight.abs().max() <= 0.01 and D.bias.abs().max() <= 0.01
+    assert [wgan_critic_steps(s) for s in (0, 24, 25, 26, 500, 501)] == [100, 100, 5, 5, 100, 5]

@@ -1,0 +1,97 @@
+"""Every trainer mode and experiment variant: a few CPU steps at 16x16, finite losses, a reloadable checkpoint and a
+resume that continues at the right step (pytorch-CycleGAN's test_before_push, as pytest)."""
+import math
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from frankenstein_utils.experiments import VARIANTS, output_spread, run_variants, variant_config
+from frankenstein_utils.training import Trainer, load_run
+from test_training import ToyPairs
+
+
+class Only(Dataset):
+    def __init__(self, base, keys):
+        self.base, self.keys = base, keys
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        item = self.base[i]
+        return {k: item[k] for k in self.keys}
+
+
+def streams():
+    return {"paired": ToyPairs(16), "synthetic": Only(ToyPairs(16), ("depth", "mask", "index")),
+            "real": Only(ToyPairs(16), ("image", "index"))}
+
+
+SMALL = dict(image_size=16, width=8, d_width=8, encoder_width=8, z_dim=4, batch_size=4, log_every=1,
+             sample_every=2, checkpoint_every=2, pretrain_steps=2, wgan_burst=3, wgan_burst_until=1)
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_variant_runs_and_resumes(tmp_path, name):
+    cfg = variant_config(name, out_dir=str(tmp_path), steps=2, **SMALL)
+    t = Trainer(cfg, streams())
+    hist = t.fit(progress=False)
+    assert t.step == 2
+    assert all(math.isfinite(v) for row in hist for k, v in row.items())
+    run = load_run(tmp_path / "checkpoint.pt")
+    assert run.step == 2 and run.cfg.mode == cfg.mode
+    cfg3 = variant_config(name, out_dir=str(tmp_path), steps=3, **SMALL)
+    t3 = Trainer(cfg3, streams())
+    assert t3.step == 2
+    t3.fit(progress=False)
+    assert t3.step == 3 and t3.history[-1]["step"] == 3
+    out = run.generate(torch.rand(2, 1, 16, 16), torch.ones(2, 1, 16, 16))
+    assert out.shape == (2, 3, 16, 16) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", ["gan-lsgan", "replay", "adaptive", "l1+gan+replay+fm", "cvae-gan"])
+def test_adversarial_resume_is_exact(tmp_path, name):
+    full = Trainer(variant_config(name, out_dir=str(tmp_path / "a"), steps=4, **SMALL), streams())
+    full.fit(progress=False)
+    part = Trainer(variant_config(name, out_dir=str(tmp_path / "b"), steps=2, **SMALL), streams())
+    part.fit(progress=False)
+    rest = Trainer(variant_config(name, out_dir=str(tmp_path / "b"), steps=4, **SMALL), streams())
+    rest.fit(progress=False)
+    assert rest.history == full.history
+
+
+def test_adaptive_schedule_steps_the_right_net(tmp_path, monkeypatch):
+    t = Trainer(variant_config("adaptive", out_dir=str(tmp_path), steps=5, adaptive_low=0.1, adaptive_high=0.5,
+                               **SMALL), streams())
+    margins = iter([0.0, 0.6, 0.3, 0.05, 0.3])
+    monkeypatch.setattr(t, "_margin", lambda r, f: next(margins))
+    snap = lambda n: [p.detach().clone() for p in t.nets[n].parameters()]
+    changed = lambda before, n: any(not torch.equal(a, b) for a, b in zip(before, t.nets[n].parameters()))
+    seen = []
+    for _ in range(5):
+        g0, d0 = snap("G"), snap("D")
+        log = t._step_adversarial()
+        t.step += 1
+        seen.append((log["d_stepped"], log["g_stepped"], changed(d0, "D"), changed(g0, "G")))
+    # state: D (margin 0 < high) -> G (0.6 > high) -> G (0.3, in between: keep) -> D (0.05 < low) -> D (0.3: keep)
+    assert seen == [(1.0, 0.0, True, False), (0.0, 1.0, False, True), (0.0, 1.0, False, True),
+                    (1.0, 0.0, True, False), (1.0, 0.0, True, False)]
+
+
+def test_diverging_variant_is_recorded_and_others_go_on(tmp_path):
+    bad = streams()
+    bad["real"] = Only(ToyPairs(16, poison=True), ("image", "index"))
+    fixed = torch.rand(3, 1, 16, 16)
+    res = run_variants(["gan-lsgan", "supervised-l1"], bad, None, fixed, torch.ones_like(fixed), tmp_path,
+                       progress=False, steps=2, **{k: v for k, v in SMALL.items()})
+    assert res["gan-lsgan"]["status"] == "diverged" and "d_real" in res["gan-lsgan"]["message"]
+    assert res["supervised-l1"]["status"] == "ok" and res["supervised-l1"]["output_spread"] >= 0
+    assert (tmp_path / "results.json").exists()
+
+
+def test_output_spread():
+    same = torch.ones(4, 3, 8, 8)
+    assert output_spread(same) == 0.0
+    two = torch.stack([torch.zeros(3, 8, 8), torch.ones(3, 8, 8)])
+    assert output_spread(two) == pytest.approx(1.0)
