@@ -13,14 +13,13 @@ from .depthdata import RenderedDepthDataset
 from .training import load_run
 
 
-def discover_runs(*roots) -> dict[str, Path]:
-    """``<root>/<name>/checkpoint.pt`` for every root: name -> checkpoint (supervised models get a prefix)."""
+def discover_runs(roots: dict) -> dict[str, Path]:
+    """Every ``<folder>/<run>/checkpoint.pt`` of ``roots`` = {prefix: folder}; runs are named ``prefix/run`` (or
+    ``run`` for an empty prefix)."""
     found = {}
-    for root in roots:
-        root = Path(root)
-        for ck in sorted(root.glob("*/checkpoint.pt")):
-            prefix = "supervised/" if root.name == "supervised" else ""
-            found[prefix + ck.parent.name] = ck
+    for prefix, root in roots.items():
+        for ck in sorted(Path(root).glob("*/checkpoint.pt")):
+            found[f"{prefix}/{ck.parent.name}" if prefix else ck.parent.name] = ck
     return found
 
 

@@ -110,6 +110,23 @@ def _batches(n, bs, g):
         yield perm[s:s + bs]
 
 
+def _fit(net, loss_fn, n: int, steps: int, batch_size: int, seed: int, lr: float = 1e-3):
+    """Adam on ``loss_fn(index batch)`` for ``steps`` steps over shuffled epochs of n items (seeded)."""
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    step = 0
+    while step < steps:
+        for idx in _batches(n, min(batch_size, n), g):
+            loss = loss_fn(idx)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+            if step >= steps:
+                break
+    return net.eval()
+
+
 def _cached(path, build):
     """Load a metric network from ``path`` if it was trained before, else train it and save it atomically."""
     if path is not None and Path(path).exists():
@@ -130,19 +147,8 @@ def train_feature_net(real: torch.Tensor, steps: int = 600, batch_size: int = 64
     def build():
         torch.manual_seed(seed)
         net = init_weights(FeatureNet(real.shape[1]))
-        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-        g = torch.Generator().manual_seed(seed)
-        step = 0
-        while step < steps:
-            for idx in _batches(len(real), batch_size, g):
-                loss = l1_loss(net.reconstruct(real[idx]), real[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                step += 1
-                if step >= steps:
-                    break
-        return net.eval()
+        return _fit(net, lambda idx: l1_loss(net.reconstruct(real[idx]), real[idx]), len(real), steps, batch_size,
+                    seed)
     return _cached(cache, build).eval()
 
 
@@ -216,17 +222,8 @@ def classifier_two_sample_test(real: torch.Tensor, fake: torch.Tensor, steps: in
     x_tr, y_tr = torch.cat([r[:h], f[:h]]), torch.cat([torch.ones(h), torch.zeros(h)])
     x_te, y_te = torch.cat([r[h:], f[h:]]), torch.cat([torch.ones(n - h), torch.zeros(n - h)])
     net = init_weights(_C2STNet(real.shape[1]))
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    step = 0
-    while step < steps:
-        for idx in _batches(len(x_tr), min(batch_size, len(x_tr)), g):
-            loss = F.binary_cross_entropy_with_logits(net(x_tr[idx]).squeeze(1), y_tr[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            step += 1
-            if step >= steps:
-                break
+    _fit(net, lambda idx: F.binary_cross_entropy_with_logits(net(x_tr[idx]).squeeze(1), y_tr[idx]), len(x_tr), steps,
+         batch_size, seed)
     net.eval()
     with torch.no_grad():
         pred = torch.cat([net(x_te[s:s + 256]).squeeze(1) for s in range(0, len(x_te), 256)]) > 0
@@ -243,19 +240,8 @@ def train_depth_estimator(images: torch.Tensor, depth: torch.Tensor, mask: torch
     def build():
         torch.manual_seed(seed)
         net = init_weights(Generator("U", images.shape[1], 1, width, "batch"))
-        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-        g = torch.Generator().manual_seed(seed)
-        step = 0
-        while step < steps:
-            for idx in _batches(len(images), batch_size, g):
-                loss = l1_loss(net(images[idx]), depth[idx] * 2 - 1, mask[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                step += 1
-                if step >= steps:
-                    break
-        return net.eval()
+        return _fit(net, lambda idx: l1_loss(net(images[idx]), depth[idx] * 2 - 1, mask[idx]), len(images), steps,
+                    batch_size, seed)
     return _cached(cache, build).eval()
 
 

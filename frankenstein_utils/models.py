@@ -26,9 +26,9 @@ def norm_layer(kind: str, ch: int) -> nn.Module:
 def conv_block(cin, cout, norm, k=3, stride=1, transpose=False):
     """conv (or transposed conv, x2 upsampling) -> norm -> leaky ReLU(0.2)."""
     if transpose:
-        conv = nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1, bias=norm != "batch")
+        conv = nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1, bias=norm == "none")
     else:
-        conv = nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=norm != "batch")
+        conv = nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=norm == "none")  # a norm cancels a bias
     return nn.Sequential(conv, norm_layer(norm, cout), nn.LeakyReLU(0.2, inplace=True))
 
 

@@ -142,12 +142,17 @@ class NonFiniteLossError(RuntimeError):
 
 class ResumableBatchSampler(Sampler):
     """Endless batches of indices: a fresh permutation each epoch, seeded by (seed, epoch), starting at batch
-    ``start`` so a resumed run sees exactly the batches the uninterrupted one would have."""
+    ``start`` so a resumed run sees exactly the batches the uninterrupted one would have. Under DDP each of
+    ``world`` processes gets the slice ``rank::world`` of every global batch (a position-based DistributedSampler:
+    torch's own shards whole epochs and cannot start mid-epoch)."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, start: int = 0):
+    def __init__(self, n: int, batch_size: int, seed: int, start: int = 0, rank: int = 0, world: int = 1):
         if n < batch_size:
             raise ValueError(f"dataset of {n} items is smaller than the batch size {batch_size}")
+        if batch_size % world:
+            raise ValueError(f"batch size {batch_size} must be divisible by the number of processes {world}")
         self.n, self.bs, self.seed, self.start = n, batch_size, seed, start
+        self.rank, self.world = rank, world
         self.per_epoch = n // batch_size  # drop the last partial batch
 
     def __iter__(self):
@@ -156,16 +161,31 @@ class ResumableBatchSampler(Sampler):
             epoch, pos = divmod(b, self.per_epoch)
             perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
             for p in range(pos, self.per_epoch):
-                yield perm[p * self.bs:(p + 1) * self.bs].tolist()
+                # every process draws the same global batch and keeps its own slice of it (DDP), so the update
+                # equals a single process's on the whole batch, and resuming stays exact
+                yield perm[p * self.bs:(p + 1) * self.bs][self.rank::self.world].tolist()
             b = (epoch + 1) * self.per_epoch
 
     def __len__(self):  # endless; DataLoader only needs this for len(loader)
         return 2 ** 62
 
 
+def distributed_info() -> tuple[int, int]:
+    """(rank, world size) of a torchrun process group, (0, 1) outside one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            import os
+
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
     return torch.device(name)
 
 
@@ -186,7 +206,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
+        self.rank, self.world = distributed_info()
         self.nets = self._build_nets()
+        self.tn = self.nets  # the modules training steps call: DDP-wrapped in fit() when running under torchrun
         self.opts = {name: self._optimizer(name) for name in self.trainable}
         self.step = 0
         self.history: list[dict] = []
@@ -245,7 +267,7 @@ class Trainer:
     def _stream(self, name: str, start: int):
         ds = self.data[name]
         sampler = ResumableBatchSampler(len(ds), self.cfg.batch_size, self.cfg.seed + zlib.crc32(name.encode()) % 1000,
-                                        start)
+                                        start, rank=self.rank, world=self.world)
         # A generator of its own: the loader must not draw from the global RNG, or resuming would shift it.
         loader = DataLoader(ds, batch_sampler=sampler, num_workers=self.cfg.num_workers,
                             pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(0))
@@ -270,7 +292,7 @@ class Trainer:
 
     def _step_l1(self):
         b = self._next("paired")
-        G, opt = self.nets["G"], self.opts["G"]
+        G, opt = self.tn["G"], self.opts["G"]
         with self._autocast():
             fake = G(self._gin(b))
             loss = l1_loss(fake.float(), b["image"], self._loss_mask(b["mask"]))
@@ -282,7 +304,7 @@ class Trainer:
 
     def _step_cvae(self):
         b = self._next("paired")
-        G, E = self.nets["G"], self.nets["E"]
+        G, E = self.tn["G"], self.tn["E"]
         with self._autocast():
             mu, logvar = E(b["image"])
             z = reparameterize(mu.float(), logvar.float())
@@ -306,13 +328,13 @@ class Trainer:
 
     def _generator_pass(self, b: dict):
         """Fakes to show D (B', C, H, W) and the generator's other loss terms {name: (weight, value)}."""
-        c, G = self.cfg, self.nets["G"]
+        c, G = self.cfg, self.tn["G"]
         terms = {}
         syn = b["synthetic"]
         if c.mode in ("gan", "gan+recon", "cross-encoder"):
             fake, bott = G(self._gin(syn), return_bottleneck=True)
             if c.mode == "gan+recon":
-                R = self.nets["R"]
+                R = self.tn["R"]
                 terms["recon"] = (c.recon_weight, l1_loss(R(fake).float(), syn["depth"] * 2 - 1))
                 if c.full_cycle:  # photo -> R -> depth -> G -> photo
                     real = b["real"]["image"]
@@ -320,8 +342,8 @@ class Trainer:
                     back = G(generator_input(d_hat, (d_hat > 0.05).float(), c.mask_input))
                     terms["cycle"] = (c.recon_weight, l1_loss(back.float(), real))
             if c.mode == "cross-encoder":
-                enc = G.enc
-                code_in = enc(G.as_image(self._gin(syn))).detach()
+                enc, Gm = self.nets["G"].enc, self.nets["G"]
+                code_in = enc(Gm.as_image(self._gin(syn))).detach()
                 terms["code"] = (c.code_weight, l1_loss(enc(fake).float(), code_in.float()))
         elif c.mode == "l1+gan":
             p = b["paired"]
@@ -330,7 +352,7 @@ class Trainer:
             fake_s, bott = G(self._gin(syn), return_bottleneck=True)
             fake = torch.cat([fake_p, fake_s])
         else:  # cvae-gan
-            p, E = b["paired"], self.nets["E"]
+            p, E = b["paired"], self.tn["E"]
             mu, logvar = E(p["image"])
             fake_p = G(self._gin(p), reparameterize(mu.float(), logvar.float()))
             terms["l1"] = (c.l1_weight, l1_loss(fake_p.float(), p["image"], self._loss_mask(p["mask"])))
@@ -355,7 +377,7 @@ class Trainer:
         return float(d_real.float().mean() - d_fake.float().mean())
 
     def _d_step(self, b, fake) -> dict:
-        c, D, opt = self.cfg, self.nets["D"], self.opts["D"]
+        c, D, opt = self.cfg, self.tn["D"], self.opts["D"]
         real = b["real"]["image"]
         fake = self.replay.query(fake.detach())
         with self._autocast():
@@ -376,7 +398,7 @@ class Trainer:
         return {k: float(v.detach()) for k, v in out.items()}
 
     def _step_adversarial(self):
-        c, D = self.cfg, self.nets["D"]
+        c, D = self.cfg, self.tn["D"]
         b = self._batches()
         log = {}
         do_d = do_g = True
@@ -403,8 +425,9 @@ class Trainer:
             with self._autocast():
                 fake, terms = self._generator_pass(b)
                 if c.feature_matching > 0:
-                    real_feats, _ = D.features(b["real"]["image"])
-                    fake_feats, d_fake = D.features(fake)
+                    Dm = self.nets["D"]  # features() bypasses DDP; D is frozen during the G step anyway
+                    real_feats, _ = Dm.features(b["real"]["image"])
+                    fake_feats, d_fake = Dm.features(fake)
                     terms["feature_matching"] = (c.feature_matching, feature_matching_loss(real_feats, fake_feats))
                 else:
                     d_fake = D(fake)
@@ -469,11 +492,21 @@ class Trainer:
         step_fn = {"l1": self._step_l1, "cvae": self._step_cvae}.get(c.mode, self._step_adversarial)
         for net in self.nets.values():
             net.train()
-        writer = self._writer()
+        main = self.rank == 0  # logging, samples and checkpoints on rank 0 only
+        progress = progress and main
+        writer = self._writer() if main else None
         self._sample_batch = self._fixed_val_batch()
         if c.mode == "cross-encoder" and not self.pretrained:
             self._pretrain_cross_encoder(progress)
-            self.save()
+            if main:
+                self.save()
+        # after pre-training: wrapping broadcasts rank 0's weights to every process
+        if self.world > 1 and self.tn is self.nets:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.tn = {k: DDP(v, device_ids=ids, find_unused_parameters=True)
+                       if any(p.requires_grad for p in v.parameters()) else v for k, v in self.nets.items()}
         t0 = time.perf_counter()
         with tqdm(total=c.steps, initial=self.step, desc=f"{c.mode}/{c.generator}", disable=not progress) as bar:
             while self.step < c.steps:
@@ -483,9 +516,9 @@ class Trainer:
                 if writer and (self.step % c.log_every == 0 or self.step == c.steps):
                     for k, v in losses.items():
                         writer.add_scalar(f"loss/{k}", v, self.step)
-                if c.sample_every and self.step % c.sample_every == 0:
+                if main and c.sample_every and self.step % c.sample_every == 0:
                     self.save_samples()
-                if (c.checkpoint_every and self.step % c.checkpoint_every == 0) or self.step == c.steps:
+                if main and ((c.checkpoint_every and self.step % c.checkpoint_every == 0) or self.step == c.steps):
                     self.save()
                 bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
                 bar.update(1)

@@ -88,9 +88,9 @@ def test_04_evaluation(out_dir):
     """After tiny runs of 02 and 03 (the tests above), notebook 04 finds their checkpoints and writes the table."""
     stem = "04_evaluation"
     p = params_for(stem, out_dir)
-    p["RUN_ROOTS"] = [params_for("02_supervised_baseline", out_dir)["OUT_DIR"],
-                      params_for("03_refinement_experiments", out_dir)["OUT_DIR"]]
-    roots_ok = [Path(r) for r in p["RUN_ROOTS"] if Path(r).exists()]
+    p["RUN_ROOTS"] = {"supervised": params_for("02_supervised_baseline", out_dir)["OUT_DIR"],
+                      "": params_for("03_refinement_experiments", out_dir)["OUT_DIR"]}
+    roots_ok = [Path(r) for r in p["RUN_ROOTS"].values() if Path(r).exists()]
     if len(roots_ok) < 2:
         pytest.skip("needs the outputs of the notebook 02 and 03 tests (run the whole module)")
     rec = notebooks.execute(notebooks.NOTEBOOK_DIR / f"{stem}.ipynb", out_dir / f"{stem}.ipynb", p)
