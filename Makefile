@@ -26,6 +26,7 @@ test: venv
 bench: venv
 	$(PY) bench/bench_depth.py
 	$(PY) bench/bench_train.py
+	$(PY) bench/bench_data.py
 
 clean-outputs:
 	rm -rf outputs/notebooks outputs/figures outputs/depth_synthetic outputs/tiny

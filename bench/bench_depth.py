@@ -67,6 +67,28 @@ def main(argv=None):
     diffs = [np.abs(d[sm & m[i]] - z[i][sm & m[i]]).mean() for i, (d, sm) in enumerate(splats)]
     agree = [(sm == m[i]).mean() for i, (_, sm) in enumerate(splats)]
 
+    # trimesh ray casting on the same meshes, when installed (orthographic rays down -z through pixel centres)
+    tm_rate = None
+    try:
+        import trimesh
+
+        ys, xs = np.meshgrid(np.arange(R) + 0.5, np.arange(R) + 0.5, indexing="ij")
+        origins = np.stack([xs.ravel(), ys.ravel(), np.full(R * R, 1e3)], 1)
+        dirs = np.tile([0.0, 0.0, -1.0], (R * R, 1))
+        n_tm = min(4, a.n_splat)
+        t0 = time.perf_counter()
+        tm_diff = []
+        for i in range(n_tm):
+            mesh = trimesh.Trimesh(px_np[i], f_np, process=False)
+            loc, ray_idx, _ = mesh.ray.intersects_location(origins, dirs, multiple_hits=False)
+            zmap = np.zeros(R * R)
+            zmap[ray_idx] = loc[:, 2]
+            both = (zmap.reshape(R, R) != 0) & m[i]
+            tm_diff.append(np.abs(zmap.reshape(R, R)[both] - z[i][both]).mean())
+        tm_rate = n_tm / (time.perf_counter() - t0)
+    except ImportError:
+        pass
+
     ex = FaceExplorer(model, 15, cfg)
     lat = []
     for k in range(30):
@@ -80,6 +102,11 @@ def main(argv=None):
     print(f"z-buffer (ours):      {z_rate:8.1f} depth maps/s")
     print(f"point splat (orig.):  {s_rate:8.1f} depth maps/s  (100,000 samples, max-z splat, row interpolation)")
     print(f"ratio: {z_rate / s_rate:.1f}x")
+    if tm_rate is None:
+        print("trimesh ray casting: trimesh not installed, skipped (pip install trimesh to compare)")
+    else:
+        print(f"trimesh ray casting:  {tm_rate:8.1f} depth maps/s, ratio ours/trimesh {z_rate / tm_rate:.1f}x, "
+              f"mean |depth difference| {np.mean(tm_diff):.4f}")
     print(f"agreement: mean |depth difference| inside both masks {np.mean(diffs):.3f} cm "
           f"(pixel = {24.5 / R:.3f} cm); masks agree on {100 * np.mean(agree):.2f} % of pixels")
     print(f"slider update (render + PNG, one face): median {statistics.median(lat):.1f} ms, max {max(lat):.1f} ms")

@@ -1,13 +1,16 @@
-"""Training throughput of each supervised generator: images/s at 128x128, batch 8, with parameter counts.
+"""Training throughput per mode and generator: images/s at 128x128, batch 8, parameter counts and peak memory.
 
-Each model runs the real training step (``Trainer``) on in-memory random pairs, after warm-up steps; the ratio column
-is its rate relative to the U generator measured in the same run. Usage: python bench/bench_train.py [--steps 10]
+Each configuration runs the real training step (``Trainer``) on in-memory random data after warm-up steps; the
+ratio column is its rate relative to the first row (supervised U), measured in the same run. Peak memory: the
+process's maximum resident set (CPU) or ``torch.cuda.max_memory_allocated`` (GPU) after that configuration.
+Usage: python bench/bench_train.py [--steps 10] [--device cuda]
 """
 from __future__ import annotations
 
 import argparse
 import os
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -18,10 +21,21 @@ from torch.utils.data import Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from frankenstein_utils.models import count_parameters  # noqa: E402
-from frankenstein_utils.training import Trainer, supervised_config  # noqa: E402
+from frankenstein_utils.training import TrainConfig, Trainer  # noqa: E402
+
+CONFIGS = [  # (label, TrainConfig overrides)
+    ("supervised U", dict(mode="l1", generator="U")),
+    ("supervised V", dict(mode="l1", generator="V")),
+    ("supervised F", dict(mode="l1", generator="F")),
+    ("supervised NU", dict(mode="l1", generator="NU")),
+    ("cvae", dict(mode="cvae")),
+    ("gan (lsgan)", dict(mode="gan")),
+    ("gan+recon", dict(mode="gan+recon")),
+    ("l1+gan", dict(mode="l1+gan")),
+]
 
 
-class RandomPairs(Dataset):
+class RandomData(Dataset):
     def __init__(self, n, size):
         g = torch.Generator().manual_seed(0)
         self.img = torch.rand(n, 3, size, size, generator=g) * 2 - 1
@@ -34,6 +48,12 @@ class RandomPairs(Dataset):
         return {"image": self.img[i], "depth": self.depth[i], "mask": (self.depth[i] > 0.3).float(), "index": i}
 
 
+def peak_memory_mb(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--size", type=int, default=128)
@@ -41,17 +61,20 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--width", type=int, default=32)
-    ap.add_argument("--models", nargs="*", default=["U", "V", "F", "NU", "cvae"])
+    ap.add_argument("--only", nargs="*", help="labels to run (default: all)")
     ap.add_argument("--device", default="auto")
     a = ap.parse_args(argv)
-    data = {"paired": RandomPairs(4 * a.batch, a.size)}
+    data = RandomData(4 * a.batch, a.size)
+    streams = {"paired": data, "synthetic": data, "real": data}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in a.models:
-            cfg = supervised_config(name, image_size=a.size, batch_size=a.batch, width=a.width, device=a.device,
-                                    steps=a.warmup, out_dir=f"{tmp}/{name}", checkpoint_every=0, sample_every=0,
-                                    log_every=10 ** 9)
-            t = Trainer(cfg, data, resume=False)
+        for label, over in CONFIGS:
+            if a.only and label not in a.only:
+                continue
+            cfg = TrainConfig(image_size=a.size, batch_size=a.batch, width=a.width, d_width=a.width, device=a.device,
+                              steps=a.warmup, out_dir=f"{tmp}/{len(rows)}", checkpoint_every=0, sample_every=0,
+                              log_every=10 ** 9, **over)
+            t = Trainer(cfg, streams, resume=False)
             t.fit(progress=False)  # warm-up
             t.cfg.steps = a.warmup + a.steps
             t0 = time.perf_counter()
@@ -60,14 +83,15 @@ def main(argv=None):
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t0
             params = sum(count_parameters(n) for n in t.nets.values())
-            rows.append((name, a.steps * a.batch / dt, dt / a.steps, params, t.device))
+            rows.append((label, a.steps * a.batch / dt, dt / a.steps, params, peak_memory_mb(t.device), t.device))
     ref = rows[0][1]
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; {a.size}x{a.size}, batch {a.batch}, width {a.width}, "
           f"{a.steps} timed steps after {a.warmup} warm-up")
-    print(f"{'model':6} {'device':6} {'images/s':>9} {'s/step':>8} {'params':>10} {'vs ' + rows[0][0]:>7}")
-    for name, rate, sps, params, dev in rows:
-        print(f"{name:6} {dev.type:6} {rate:9.1f} {sps:8.3f} {params:10,d} {rate / ref:6.2f}x")
+    print(f"{'configuration':14} {'device':6} {'images/s':>9} {'s/step':>8} {'params':>10} {'peak MB':>8} "
+          f"{'vs ' + rows[0][0]:>16}")
+    for label, rate, sps, params, mem, dev in rows:
+        print(f"{label:14} {dev.type:6} {rate:9.1f} {sps:8.3f} {params:10,d} {mem:8.0f} {rate / ref:15.2f}x")
 
 
 if __name__ == "__main__":

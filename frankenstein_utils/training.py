@@ -98,6 +98,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    channels_last: bool = True  # NHWC memory layout on CUDA (faster convolutions); ignored on CPU
+    compile: bool = False  # torch.compile the training modules (the raw modules are what checkpoints save)
     num_workers: int = 0
     checkpoint_every: int = 500
     sample_every: int = 250
@@ -245,6 +247,8 @@ class Trainer:
         if c.mode == "gan+recon":
             nets["R"] = Generator("U", c.out_channels, 1, c.width, c.norm)
         nets = {k: init_weights(v).to(self.device) for k, v in nets.items()}
+        if c.channels_last and self.device.type == "cuda":
+            nets = {k: v.to(memory_format=torch.channels_last) for k, v in nets.items()}
         if c.mode == "cross-encoder":
             nets["G"].enc.requires_grad_(False)  # trained only in pre-training (through DecP / DecD)
         return nets
@@ -366,9 +370,6 @@ class Trainer:
         if c.bottleneck_kl > 0:
             terms["bottleneck_kl"] = (c.bottleneck_kl, bottleneck_kl(bott.float()))
         return fake, terms
-
-    def _d_scores(self, x):
-        return self.nets["D"](x)
 
     def _margin(self, d_real, d_fake) -> float:
         """Mean D(real) - D(fake), as probabilities for the log loss, raw scores otherwise."""
@@ -507,6 +508,9 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.tn = {k: DDP(v, device_ids=ids, find_unused_parameters=True)
                        if any(p.requires_grad for p in v.parameters()) else v for k, v in self.nets.items()}
+        if c.compile and not getattr(self, "_compiled", False):
+            self.tn = {k: torch.compile(v) for k, v in self.tn.items()}
+            self._compiled = True
         t0 = time.perf_counter()
         with tqdm(total=c.steps, initial=self.step, desc=f"{c.mode}/{c.generator}", disable=not progress) as bar:
             while self.step < c.steps:
@@ -593,7 +597,8 @@ class Trainer:
         saved = ck["config"]
         mine = asdict(self.cfg)
         # keys a run may change on resume; keys missing from an older checkpoint take their defaults
-        free = ("steps", "out_dir", "device", "num_workers", "checkpoint_every", "sample_every", "log_every")
+        free = ("steps", "out_dir", "device", "num_workers", "checkpoint_every", "sample_every", "log_every", "amp",
+                "channels_last", "compile")
         differ = {k for k in mine if k not in free and k in saved and saved[k] != mine[k]}
         if differ:
             raise ValueError(f"{path}: checkpoint was made with another configuration ({sorted(differ)}); "
