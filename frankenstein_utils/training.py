@@ -413,18 +413,22 @@ class Trainer:
                 self.adaptive_state = "D"
             do_d, do_g = self.adaptive_state == "D", self.adaptive_state == "G"
             log["margin"] = m
+        # One generator pass serves both steps: D sees its output detached, G's step reuses it with its graph.
+        with torch.set_grad_enabled(do_g), self._autocast():
+            fake, terms = self._generator_pass(b)
         if do_d:
             n_d = c.n_critic
             if c.gan_loss in ("wgan", "wgan-gp") and c.wgan_burst:
                 n_d = wgan_critic_steps(self.step, c.n_critic, c.wgan_burst, c.wgan_burst_until, c.wgan_burst_every)
             for k in range(n_d):
-                bk = b if k == 0 else self._batches()
-                with torch.no_grad(), self._autocast():
-                    fake, _ = self._generator_pass(bk)
-                log.update(self._d_step(bk, fake))
+                bk, fk = b, fake
+                if k:  # further critic steps: fresh batches
+                    bk = self._batches()
+                    with torch.no_grad(), self._autocast():
+                        fk, _ = self._generator_pass(bk)
+                log.update(self._d_step(bk, fk.detach()))
         if do_g:
             with self._autocast():
-                fake, terms = self._generator_pass(b)
                 if c.feature_matching > 0:
                     Dm = self.nets["D"]  # features() bypasses DDP; D is frozen during the G step anyway
                     real_feats, _ = Dm.features(b["real"]["image"])
