@@ -34,6 +34,9 @@ class EvalContext:
     syn_depth: torch.Tensor  # synthetic inputs (N, 1, S, S)
     syn_mask: torch.Tensor
     syn_coeffs: torch.Tensor
+    shape_depth: torch.Tensor  # frontal renders of shape_coeffs: shape sensitivity must not be swamped by pose
+    shape_mask: torch.Tensor
+    shape_coeffs: torch.Tensor
     id_depth: torch.Tensor  # n_ids * n_poses, identity-major
     id_mask: torch.Tensor
     n_ids: int
@@ -58,6 +61,8 @@ def build_context(model, train, val, n_synthetic: int = 500, n_ids: int = 16, n_
     from .rasterize import render_depth
 
     idd, idm = render_depth(model, c, render, p)
+    sc = model.sample_coefficients(60, 15, generator=g)
+    sd, sm = render_depth(model, sc, render)  # frontal
     ti, td, tm = train.tensors()
     vi, vd, vm = val.tensors()
     cache = Path(cache_dir) if cache_dir else None
@@ -66,8 +71,8 @@ def build_context(model, train, val, n_synthetic: int = 500, n_ids: int = 16, n_
                                cache=cache / f"feature_net_{key}_{feature_steps}.pt" if cache else None)
     est = M.train_depth_estimator(ti, td, tm, steps=depth_steps, seed=seed,
                                   cache=cache / f"depth_estimator_{key}_{depth_steps}.pt" if cache else None)
-    return EvalContext(ti, vi, vd, vm, d, m, syn.coeffs, idd[:, None], idm[:, None].float(), n_ids, n_poses, feat, est,
-                       c2st_steps, seed)
+    return EvalContext(ti, vi, vd, vm, d, m, syn.coeffs, sd[:, None], sm[:, None].float(), sc, idd[:, None],
+                       idm[:, None].float(), n_ids, n_poses, feat, est, c2st_steps, seed)
 
 
 def generator_fn(run, seed: int = 0):
@@ -104,10 +109,10 @@ def evaluate_images(ctx: EvalContext, images: torch.Tensor, generate=None, z_dim
     out["diversity"] = M.mean_pairwise_feature_distance(ctx.feature_net, images)
     out["brightness_spread"] = M.brightness_spread(images, ctx.syn_mask)
     if generate is not None:
-        n = min(60, len(ctx.syn_depth))
+        n = len(ctx.shape_depth)
         z0 = torch.zeros(n, z_dim) if z_dim else None
-        out["shape_sensitivity"] = M.shape_sensitivity(generate, ctx.feature_net, ctx.syn_coeffs[:n],
-                                                       ctx.syn_depth[:n], ctx.syn_mask[:n], z0)
+        out["shape_sensitivity"] = M.shape_sensitivity(generate, ctx.feature_net, ctx.shape_coeffs, ctx.shape_depth,
+                                                       ctx.shape_mask, z0)
         zid = None
         if z_dim:  # the same appearance code for all poses of one identity
             zid = torch.randn(ctx.n_ids, z_dim, generator=torch.Generator().manual_seed(ctx.seed)).repeat_interleave(
@@ -145,6 +150,13 @@ def reference_rows(ctx: EvalContext) -> dict:
     oracle = M.correspondence(ctx.depth_estimator, vi, ctx.val_depth, ctx.val_mask)
     perm = torch.roll(torch.arange(len(vi)), 1)
     shuffled = M.correspondence(ctx.depth_estimator, vi[perm], ctx.val_depth, ctx.val_mask)
+    as_image = lambda d, m, z=None: (d * 2 - 1).expand(-1, vi.shape[1], -1, -1)
+    rows["reference: depth maps as images"]["shape_sensitivity"] = M.shape_sensitivity(
+        as_image, ctx.feature_net, ctx.shape_coeffs, ctx.shape_depth, ctx.shape_mask)
+    constant = lambda d, m, z=None: vi[:1].expand(len(d), -1, -1, -1) + 1e-3 * torch.randn(
+        len(d), *vi.shape[1:], generator=torch.Generator().manual_seed(0))
+    rows["reference: one photo for every shape"] = {"shape_sensitivity": M.shape_sensitivity(
+        constant, ctx.feature_net, ctx.shape_coeffs, ctx.shape_depth, ctx.shape_mask)}
     rows["reference: correspondence oracle"] = {"corr_rmse": oracle["rmse"], "corr_rmse_ci": oracle["rmse_ci"],
                                                 "corr_r": oracle["corr"]}
     rows["reference: correspondence shuffled"] = {"corr_rmse": shuffled["rmse"], "corr_rmse_ci": shuffled["rmse_ci"],
@@ -161,6 +173,10 @@ def ladder_checks(rows: dict) -> dict:
     o, s = rows["reference: correspondence oracle"], rows["reference: correspondence shuffled"]
     ok["corr_rmse"] = o["corr_rmse_ci"][1] < s["corr_rmse_ci"][0]
     ok["corr_r"] = o["corr_r"] > s["corr_r"]
+    # shape sensitivity: the depth map itself (the shape, nothing else) must rank shape differences, a constant
+    # output must not
+    const = rows["reference: one photo for every shape"]["shape_sensitivity"]
+    ok["shape_sensitivity"] = dep["shape_sensitivity"] > abs(const) + 0.1
     return ok
 
 

@@ -101,7 +101,7 @@ def test_04_evaluation(out_dir):
     for name, r in metrics["runs"].items():
         assert 0 <= r["c2st"] <= 1 and r["c2st_ci"][0] <= r["c2st"] + 1e-9 and r["fd"] >= 0
         assert r["corr_rmse"] >= 0 and -1 <= r["shape_sensitivity"] <= 1 and 0 <= r["identity_auc"] <= 1
-    assert set(rec["ladder_checks"]) == {"c2st", "fd", "kid", "corr_rmse", "corr_r"}
+    assert set(rec["ladder_checks"]) == {"c2st", "fd", "kid", "corr_rmse", "corr_r", "shape_sensitivity"}
     assert (Path(p["OUT_DIR"]) / "metrics.md").read_text().startswith("Evaluation parameters")
     for fig in ("04_realism_vs_correspondence.png", "04_all_runs_same_faces.png"):
         assert (Path(p["FIG_DIR"]) / fig).stat().st_size > 10_000
