@@ -39,6 +39,7 @@ from .losses import (GANLoss, bottleneck_kl, clip_weights, dilate_mask, feature_
 from .models import (AppearanceEncoder, ConvDecoder, ConvEncoder, Generator, count_parameters, define_discriminator,
                      init_weights)
 from .replay import ReplayBuffer
+from .widgets import to_uint8
 
 MODES = ("l1", "cvae", "gan", "gan+recon", "l1+gan", "cvae-gan", "cross-encoder")
 ADVERSARIAL = ("gan", "gan+recon", "l1+gan", "cvae-gan", "cross-encoder")
@@ -577,7 +578,7 @@ class Trainer:
         fake = self.generate(b["depth"], b["mask"], b["image"])
         rows = [b["depth"].expand(-1, self.cfg.out_channels, -1, -1), (fake + 1) / 2, (b["image"] + 1) / 2]
         grid = image_grid(torch.cat(rows).clamp(0, 1), ncol=len(fake))
-        atomic_write_bytes(self.out / "samples" / f"step_{self.step:06d}.png", png_bytes(_u8(grid)))
+        atomic_write_bytes(self.out / "samples" / f"step_{self.step:06d}.png", png_bytes(to_uint8(grid)))
 
     # ---- checkpoints ----------------------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -627,10 +628,6 @@ class Trainer:
         random.setstate(ck["rng"]["python"])
         if ck["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
-
-
-def _u8(img: np.ndarray) -> np.ndarray:
-    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 def load_run(path, device: str = "cpu") -> Trainer:
