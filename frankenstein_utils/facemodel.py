@@ -1,6 +1,8 @@
-"""The linear identity face model (ICT-FaceKit): load it, sample faces, read and write meshes.
+"""The linear face model (ICT-FaceKit): load it, sample faces, read and write meshes.
 
-A face is ``mean + sum_k c_k * basis[k]`` with ``c_k ~ N(0, 1)``; units are centimetres, +Y up, +Z toward the viewer.
+A face is ``mean + sum_k c_k * basis[k] + sum_j w_j * expression_basis[j]`` with identity coefficients
+``c_k ~ N(0, 1)`` and expression (blendshape) weights ``w_j`` in [0, 1] (0 = neutral); units are centimetres, +Y up,
++Z toward the viewer.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from .fileio import atomic_savez, atomic_write_bytes
 from .paths import find_dataset
 
 NPZ_NAME = "ict_identity_model.npz"
+EXPRESSION_NPZ_NAME = "ict_expression_model.npz"
 NEUTRAL_OBJ = "generic_neutral_mesh.obj"
 # Vertex ranges of the frontal face region (ICT-FaceKit README geometry table): narrow face, mouth socket,
 # gums and tongue, teeth, both eyeballs. See ../shared/data/ict_facekit/README.md for why these.
@@ -44,7 +47,8 @@ class MeshRegion:
 class FaceModel:
     """Mean shape, identity basis and topology of a linear face model (torch tensors, float32)."""
 
-    def __init__(self, mean, basis, faces, face_region=None, source: str = "?"):
+    def __init__(self, mean, basis, faces, face_region=None, source: str = "?", expression_basis=None,
+                 expression_names=None, landmarks68=None):
         self.mean = torch.as_tensor(np.asarray(mean, dtype=np.float32))  # (N, 3)
         self.basis = torch.as_tensor(np.asarray(basis, dtype=np.float32))  # (K_max, N, 3)
         self.faces = torch.as_tensor(np.asarray(faces, dtype=np.int64))  # (T, 3)
@@ -56,6 +60,19 @@ class FaceModel:
             raise ValueError(f"{source}: basis must have shape (K, {n}, 3), got {tuple(self.basis.shape)}")
         if self.faces.numel() and (self.faces.min() < 0 or self.faces.max() >= n):
             raise ValueError(f"{source}: face indices out of range [0, {n})")
+        # Expression blendshapes (E, N, 3); a model without them has E = 0 and only takes neutral faces.
+        self.expression_basis = torch.zeros(0, n, 3) if expression_basis is None else \
+            torch.as_tensor(np.asarray(expression_basis, dtype=np.float32))
+        if self.expression_basis.shape[1:] != self.mean.shape:
+            raise ValueError(f"{source}: expression basis must have shape (E, {n}, 3), "
+                             f"got {tuple(self.expression_basis.shape)}")
+        self.expression_names = [str(x) for x in (expression_names if expression_names is not None else
+                                                  [f"expr{j}" for j in range(len(self.expression_basis))])]
+        if len(self.expression_names) != len(self.expression_basis):
+            raise ValueError(f"{source}: {len(self.expression_names)} expression names for "
+                             f"{len(self.expression_basis)} blendshapes")
+        # iBUG 68-point markup as vertex indices (the jaw points 0-16 are fixed substitutes for silhouette points).
+        self.landmarks68 = None if landmarks68 is None else torch.as_tensor(np.asarray(landmarks68, dtype=np.int64))
         if face_region is None:
             face_region = np.concatenate([np.arange(a, min(b, n)) for a, b in FACE_REGION_RANGES if a < n])
         self._regions: dict[str, MeshRegion] = {}
@@ -75,7 +92,15 @@ class FaceModel:
             raise ValueError(f"{path}: missing array {e} (expected mean, basis, faces)") from e
         except Exception as e:
             raise ValueError(f"{path}: cannot read face model ({e})") from e
-        return cls(arrays["mean"], arrays["basis"], arrays["faces"], region, source=str(path))
+        expr = {}
+        expr_path = path.with_name(EXPRESSION_NPZ_NAME)
+        if expr_path.exists():
+            try:
+                e = np.load(expr_path)
+                expr = dict(expression_basis=e["basis"], expression_names=e["names"], landmarks68=e["landmarks68"])
+            except Exception as err:
+                raise ValueError(f"{expr_path}: cannot read expression model ({err})") from err
+        return cls(arrays["mean"], arrays["basis"], arrays["faces"], region, source=str(path), **expr)
 
     @classmethod
     def from_obj_dir(cls, folder, max_identities: int | None = None) -> "FaceModel":
@@ -127,6 +152,15 @@ class FaceModel:
     def n_components(self) -> int:
         return self.basis.shape[0]
 
+    @property
+    def n_expressions(self) -> int:
+        return self.expression_basis.shape[0]
+
+    def expression_index(self, name: str) -> int:
+        if name not in self.expression_names:
+            raise ValueError(f"{self.source}: unknown expression {name!r}; the model has {self.expression_names}")
+        return self.expression_names.index(name)
+
     # ---- sampling -----------------------------------------------------------------------------------------------
     def sample_coefficients(self, n: int, k: int = 15, generator: torch.Generator | None = None,
                             truncation: float | None = None) -> torch.Tensor:
@@ -144,12 +178,29 @@ class FaceModel:
         if not 1 <= k <= self.n_components:
             raise ValueError(f"{self.source}: K={k} components requested, the model holds 1..{self.n_components}")
 
-    def vertices(self, coeffs: torch.Tensor, region: str = "full") -> torch.Tensor:
-        """Vertices (B, N_r, 3) in cm for coefficients (B, K); K may be any number up to ``n_components``."""
+    def vertices(self, coeffs: torch.Tensor, region: str = "full", expressions: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+        """Vertices (B, N_r, 3) in cm for identity coefficients (B, K), K any number up to ``n_components``, and
+        optional expression weights (B, E) with E = ``n_expressions`` (None = neutral). Weights are used as given;
+        the blendshapes are meant for [0, 1]."""
         coeffs = torch.as_tensor(coeffs, dtype=torch.float32)
         if coeffs.ndim == 1:
             coeffs = coeffs[None]
         self._check_k(coeffs.shape[1])
+        if expressions is not None:
+            expressions = torch.as_tensor(expressions, dtype=torch.float32, device=coeffs.device)
+            if expressions.ndim == 1:
+                expressions = expressions[None]
+            if expressions.shape != (coeffs.shape[0], self.n_expressions):
+                raise ValueError(f"{self.source}: expressions must have shape ({coeffs.shape[0]}, "
+                                 f"{self.n_expressions}), got {tuple(expressions.shape)}")
+            key = (region, "expr", coeffs.device)
+            cache = self.__dict__.setdefault("_flat_cache", {})
+            if key not in cache:
+                idx = self.region(region).vertices
+                cache[key] = self.expression_basis[:, idx].reshape(self.n_expressions, -1).to(coeffs.device)
+            neutral = self.vertices(coeffs, region)
+            return neutral + (expressions @ cache[key]).view_as(neutral)
         key = (region, coeffs.shape[1], coeffs.device)
         cache = self.__dict__.setdefault("_flat_cache", {})
         if key not in cache:  # the basis of a region, flattened for one matmul: (K, N_r*3)
@@ -160,8 +211,21 @@ class FaceModel:
         return torch.addmm(mean, coeffs, basis).view(coeffs.shape[0], -1, 3)
 
 
+def render_faces(model: FaceModel, coeffs: torch.Tensor, cfg=None, poses: torch.Tensor | None = None,
+                 expressions: torch.Tensor | None = None):
+    """``rasterize.render_depth`` with expressions: depth maps and masks (B, H, W) of faces with identity
+    coefficients (B, K), optional poses (B, 6) and optional expression weights (B, E). Same render path
+    (``render_mesh_depth``) as ``render_depth``, so neutral faces give identical maps."""
+    from .rasterize import RenderConfig, render_mesh_depth
+
+    cfg = cfg or RenderConfig()
+    verts = model.vertices(coeffs, cfg.region, expressions)
+    return render_mesh_depth(verts, model.region(cfg.region).faces, cfg, poses)
+
+
 def load_face_model() -> FaceModel:
-    """The face model from the data root (npz if present, else the ICT-FaceKit .obj files)."""
+    """The face model from the data root (npz if present, else the ICT-FaceKit .obj files); the expression
+    blendshapes and 68 landmarks come from ``ict_expression_model.npz`` beside it when present."""
     try:
         return FaceModel.from_npz(find_dataset("ict_facekit", NPZ_NAME) / NPZ_NAME)
     except FileNotFoundError:

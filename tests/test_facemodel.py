@@ -137,3 +137,34 @@ def test_ply_validation_names_file(tmp_path, case, match):
     with pytest.raises(ValueError, match=match) as e:
         read_ply(p)
     assert p.name in str(e.value)
+
+
+def test_expressions_add_blendshapes(face_model):
+    from frankenstein_utils.facemodel import render_faces
+    from frankenstein_utils.rasterize import RenderConfig, render_depth
+
+    assert face_model.n_expressions == 53 and face_model.landmarks68.shape == (68,)
+    c = torch.randn(2, 15, generator=torch.Generator().manual_seed(0))
+    w = torch.zeros(2, 53)
+    jaw = face_model.expression_index("jawOpen")
+    w[0, jaw] = 1.0
+    w[1, face_model.expression_index("mouthSmile_L")] = 0.5
+    v = face_model.vertices(c, "full", w)
+    expect = face_model.vertices(c, "full") + torch.einsum("be,enc->bnc", w, face_model.expression_basis)
+    torch.testing.assert_close(v, expect, atol=1e-4, rtol=0)
+    chin = face_model.landmarks68[8]
+    assert v[0, chin, 1] < face_model.vertices(c[:1])[0, chin, 1] - 1.0  # jaw opens by more than 1 cm
+    # region subsets agree with the full mesh
+    idx = face_model.region("chin").vertices
+    torch.testing.assert_close(face_model.vertices(c, "chin", w), v[:, idx], atol=1e-4, rtol=0)
+    # neutral weights render exactly as render_depth; an open jaw changes the depth map
+    cfg = RenderConfig(resolution=32)
+    d0, m0 = render_depth(face_model, c, cfg)
+    d1, m1 = render_faces(face_model, c, cfg, None, torch.zeros(2, 53))
+    assert torch.equal(d0, d1) and torch.equal(m0, m1)
+    d2, _ = render_faces(face_model, c, cfg, None, w)
+    assert (d2[0] - d0[0]).abs().max() > 0.1
+    with pytest.raises(ValueError, match="expressions must have shape"):
+        face_model.vertices(c, "full", torch.zeros(2, 52))
+    with pytest.raises(ValueError, match="unknown expression"):
+        face_model.expression_index("frown")
