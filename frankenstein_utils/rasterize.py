@@ -23,7 +23,7 @@ DEFAULT_DEPTH_RANGE_CM = (1.0, 15.0)
 
 
 def rasterize_depth(verts: torch.Tensor, faces: torch.Tensor, height: int, width: int, *,
-                    cull_backfaces: bool = False, chunk: int = 8, eps: float = 1e-5):
+                    cull_backfaces: bool = False, chunk: int = 8, eps: float = 1e-5, backend: str = "auto"):
     """Z-buffer ``verts`` (B, N, 3), pixel coordinates, with ``faces`` (T, 3) into (B, H, W) depth and mask.
 
     Returns ``(z, mask)``: z is the largest (nearest) interpolated z at each covered pixel centre and 0 elsewhere;
@@ -31,9 +31,24 @@ def rasterize_depth(verts: torch.Tensor, faces: torch.Tensor, height: int, width
     clipped. ``cull_backfaces`` drops triangles that are clockwise as seen in the image (counter-clockwise seen
     from the viewer in a y-up frame, i.e. facing away); the ICT and MediaPipe meshes face the viewer that way.
     ``eps`` widens the inside test slightly so that pixel centres on a shared edge are never lost to round-off.
+
+    ``backend``: ``"numba"`` (the compiled loop of ``raster_numba``, ``torch.get_num_threads()`` threads over
+    faces), ``"torch"`` (batched tensor operations, any device), or ``"auto"``: numba for CPU tensors, torch on a
+    GPU. Both give the same float32 results (tests/test_rasterize.py); bench/bench_depth.py measures the two.
+    No gradients flow through the numba path (depth maps are data here, not a loss).
     """
     if verts.ndim != 3 or verts.shape[-1] != 3:
         raise ValueError(f"verts must have shape (B, N, 3), got {tuple(verts.shape)}")
+    if backend not in ("auto", "numba", "torch"):
+        raise ValueError(f"backend must be 'auto', 'numba' or 'torch', got {backend!r}")
+    if backend == "numba" or (backend == "auto" and verts.device.type == "cpu"):
+        if verts.device.type != "cpu":
+            raise ValueError(f"backend='numba' needs CPU tensors, got device {verts.device}")
+        from .raster_numba import rasterize_depth_numba  # imported on first use: numba loads in ~0.5 s
+
+        z, mask = rasterize_depth_numba(verts.detach().numpy(), faces.cpu().numpy(), height, width,
+                                        cull_backfaces=cull_backfaces, eps=eps, threads=torch.get_num_threads())
+        return torch.from_numpy(z), torch.from_numpy(mask)
     faces = faces.to(device=verts.device, dtype=torch.long)
     zs, ms = [], []
     for start in range(0, verts.shape[0], chunk):  # small chunks stay in cache: faster than one big batch on CPU

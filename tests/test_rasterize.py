@@ -4,8 +4,12 @@ import numpy as np
 import pytest
 import torch
 
+from frankenstein_utils.raster_numba import rasterize_depth_numba
 from frankenstein_utils.rasterize import (PoseJitter, RenderConfig, apply_pose, normalize_depth, rasterize_depth,
-                                          render_depth, render_mesh_depth, rotation_matrices)
+                                          render_depth, render_mesh_depth, rotation_matrices, to_pixels)
+
+# Every analytic test runs on both CPU backends: the compiled loop (the CPU default) and the batched torch path.
+BACKENDS = ["numba", "torch"]
 
 
 def grid_mesh(n, x0, x1, y0, y1, jitter=0.0, seed=0):
@@ -32,14 +36,15 @@ def pixel_centres(h, w):
     return torch.stack([xs, ys], -1)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("n,jitter", [(1, 0.0), (40, 0.3), (150, 0.3)])
-def test_tilted_plane_is_exact_and_watertight(n, jitter):
+def test_tilted_plane_is_exact_and_watertight(n, jitter, backend):
     """Big or tiny triangles: the depth equals the plane at every pixel centre and no pixel is missed."""
     H, W = 48, 64
     xy, f = grid_mesh(n, -3.0, W + 3.0, -3.0, H + 3.0, jitter)  # covers (and overhangs) the frame
     v = torch.cat([xy, plane_z(xy)[:, None]], 1)[None]
     for cull in (False, True):
-        z, mask = rasterize_depth(v, f, H, W, cull_backfaces=cull)
+        z, mask = rasterize_depth(v, f, H, W, cull_backfaces=cull, backend=backend)
         assert mask.all()
         torch.testing.assert_close(z[0], plane_z(pixel_centres(H, W)), atol=2e-4, rtol=0)
 
@@ -57,12 +62,13 @@ def uv_sphere(r, cx, cy, n_lat=48, n_lon=96):
     return torch.tensor(v, dtype=torch.float32), torch.tensor(f), np.pi / n_lat, 2 * np.pi / n_lon
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("cull", [False, True])
-def test_sphere_matches_closed_form(cull):
+def test_sphere_matches_closed_form(cull, backend):
     H = W = 96
     r, cx, cy = 40.0, 48.0, 47.0
     v, f, dth, dph = uv_sphere(r, cx, cy)
-    z, mask = rasterize_depth(v[None], f, H, W, cull_backfaces=cull)
+    z, mask = rasterize_depth(v[None], f, H, W, cull_backfaces=cull, backend=backend)
     q = pixel_centres(H, W)
     d2 = (q[..., 0] - cx) ** 2 + (q[..., 1] - cy) ** 2
     inner = d2 < (0.95 * r) ** 2
@@ -80,7 +86,8 @@ def test_sphere_matches_closed_form(cull):
     assert err.max() > 0.2 * sag  # the bound is tight enough to mean something
 
 
-def test_hidden_surface_stays_hidden():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_hidden_surface_stays_hidden(backend):
     H = W = 32
     back_xy, back_f = grid_mesh(4, 0, 32, 0, 32)
     front_xy, front_f = grid_mesh(3, 8, 24, 8, 24)
@@ -92,33 +99,124 @@ def test_hidden_surface_stays_hidden():
         fb = front_f if first is back else back_f
         v = torch.cat([first, second])[None]
         f = torch.cat([fa, fb + n1])
-        z, mask = rasterize_depth(v, f, H, W)
+        z, mask = rasterize_depth(v, f, H, W, backend=backend)
         assert mask.all()
         assert (z[0, 8:24, 8:24] == 10).all()
         assert (z[0, :8] == 2).all() and (z[0, 24:] == 2).all()
 
 
-def test_triangles_outside_the_frame_are_clipped():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_triangles_outside_the_frame_are_clipped(backend):
     H = W = 16
     v = torch.tensor([[[-50.0, -50, 1], [-40, -50, 1], [-50, -40, 1],  # wholly outside
                        [-10, -10, 5], [30, -10, 5], [-10, 30, 5]]])  # partly outside, covers the top-left half
     f = torch.tensor([[0, 2, 1], [3, 5, 4]])
-    z, mask = rasterize_depth(v, f, H, W)
+    z, mask = rasterize_depth(v, f, H, W, backend=backend)
     q = pixel_centres(H, W)
     inside = (q[..., 0] + q[..., 1]) <= 20
     assert torch.equal(mask[0], inside)
     assert (z[0][inside] == 5).all() and (z[0][~inside] == 0).all()
-    z, mask = rasterize_depth(v[:, :3], f[:1], H, W)
+    z, mask = rasterize_depth(v[:, :3], f[:1], H, W, backend=backend)
     assert not mask.any()
 
 
-def test_backface_culling_drops_triangles_facing_away():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backface_culling_drops_triangles_facing_away(backend):
     v = torch.tensor([[[1.0, 1, 1], [15, 1, 1], [1, 15, 1]]])
     facing = torch.tensor([[0, 2, 1]])  # counter-clockwise on screen (y down)
     away = torch.tensor([[0, 1, 2]])
-    assert rasterize_depth(v, facing, 16, 16, cull_backfaces=True)[1].any()
-    assert not rasterize_depth(v, away, 16, 16, cull_backfaces=True)[1].any()
-    assert rasterize_depth(v, away, 16, 16, cull_backfaces=False)[1].any()
+    assert rasterize_depth(v, facing, 16, 16, cull_backfaces=True, backend=backend)[1].any()
+    assert not rasterize_depth(v, away, 16, 16, cull_backfaces=True, backend=backend)[1].any()
+    assert rasterize_depth(v, away, 16, 16, cull_backfaces=False, backend=backend)[1].any()
+
+
+# ---- the compiled loop against the torch path -------------------------------------------------------------------
+def assert_same_raster(verts, faces, H, W, cull):
+    """numba and torch backends: the same mask and the same z within 1e-6 (the same float32 arithmetic)."""
+    zn, mn = rasterize_depth(verts, faces, H, W, cull_backfaces=cull, backend="numba")
+    zt, mt = rasterize_depth(verts, faces, H, W, cull_backfaces=cull, backend="torch")
+    assert zn.dtype == zt.dtype == torch.float32 and mn.dtype == mt.dtype == torch.bool
+    assert torch.equal(mn, mt), f"masks differ at {int((mn != mt).sum())} pixels"
+    torch.testing.assert_close(zn, zt, atol=1e-6, rtol=0)
+    return mn
+
+
+def triangle_soup(n, H, W, seed, snap=False):
+    """Random overlapping triangles from sub-pixel to frame-sized, partly outside the frame; ``snap`` puts every
+    corner on a pixel centre or a pixel corner so that many edges run exactly through pixel centres."""
+    g = torch.Generator().manual_seed(seed)
+    centre = torch.rand(n, 1, 2, generator=g) * torch.tensor([W + 8.0, H + 8.0]) - 4
+    size = torch.exp(torch.rand(n, 1, 1, generator=g) * 4 - 1.5)  # 0.2 .. 12 px
+    xy = centre + (torch.rand(n, 3, 2, generator=g) - 0.5) * size
+    if snap:
+        xy = torch.round(xy * 2) / 2
+    z = torch.rand(n, 3, 1, generator=g) * 10
+    return torch.cat([xy, z], -1).reshape(1, -1, 3), torch.arange(3 * n).view(n, 3)
+
+
+@pytest.mark.parametrize("cull", [False, True])
+def test_numba_matches_torch_on_analytic_meshes(cull):
+    H, W = 48, 64
+    for n, jitter in ((1, 0.0), (40, 0.3), (150, 0.3)):
+        xy, f = grid_mesh(n, -3.0, W + 3.0, -3.0, H + 3.0, jitter)
+        assert_same_raster(torch.cat([xy, plane_z(xy)[:, None]], 1)[None], f, H, W, cull)
+    v, f, _, _ = uv_sphere(40.0, 48.0, 47.0)
+    assert_same_raster(v[None], f, 96, 96, cull)
+    v = torch.tensor([[[-50.0, -50, 1], [-40, -50, 1], [-50, -40, 1], [-10, -10, 5], [30, -10, 5], [-10, 30, 5]]])
+    assert_same_raster(v, torch.tensor([[0, 2, 1], [3, 5, 4]]), 16, 16, cull)
+    for seed, snap in ((0, False), (1, True)):
+        v, f = triangle_soup(3000, H, W, seed, snap)
+        m = assert_same_raster(v, f, H, W, cull)
+        assert 0.3 < m.float().mean() < 1  # the soup covers a fair part of the frame, not all of it
+
+
+def test_numba_matches_torch_on_200_random_faces(face_model):
+    g = torch.Generator().manual_seed(7)
+    c = face_model.sample_coefficients(200, generator=g)
+    poses = PoseJitter(yaw_deg=35, pitch_deg=20, roll_deg=15, scale=0.1, shift_cm=1.5).sample(200, g)
+    cfg = RenderConfig()
+    px = to_pixels(apply_pose(face_model.vertices(c, cfg.region), poses), cfg)
+    faces = face_model.region(cfg.region).faces
+    m = assert_same_raster(px, faces, 128, 128, cull=True)
+    assert (m.flatten(1).float().mean(1) > 0.2).all()  # real faces, not empty frames
+    # without culling the far side of turned heads is drawn too and must lose the depth test the same way
+    px64 = to_pixels(apply_pose(face_model.vertices(c[:40], cfg.region), poses[:40]), RenderConfig(resolution=64))
+    assert_same_raster(px64, faces, 64, 64, cull=False)
+
+
+def test_numba_threads_split_faces_without_changing_results(face_model):
+    c = face_model.sample_coefficients(5, generator=torch.Generator().manual_seed(8))
+    px = to_pixels(face_model.vertices(c, "face"), RenderConfig(resolution=64)).numpy()
+    f = face_model.region("face").faces.numpy()
+    z1, m1 = rasterize_depth_numba(px, f, 64, 64, cull_backfaces=True, threads=1)
+    for threads in (2, 3, 8):  # more threads than faces too
+        z, m = rasterize_depth_numba(px, f, 64, 64, cull_backfaces=True, threads=threads)
+        assert np.array_equal(z, z1) and np.array_equal(m, m1)
+    with pytest.raises(ValueError, match="faces index vertices"):
+        rasterize_depth_numba(px, f + 1, 64, 64)
+
+
+class _RenderOne(torch.utils.data.Dataset):
+    def __init__(self, px, faces):
+        self.px, self.faces = px, faces
+
+    def __len__(self):
+        return len(self.px)
+
+    def __getitem__(self, i):
+        return rasterize_depth(self.px[i:i + 1], self.faces, 32, 32, cull_backfaces=True)[0][0]
+
+
+def test_numba_path_works_in_forked_dataloader_workers(face_model):
+    """The kernel runs in DataLoader workers forked after the parent used it (numba's OpenMP ``parallel=True``
+    layer aborts there: "fork() called from a process already using GNU OpenMP")."""
+    c = face_model.sample_coefficients(4, generator=torch.Generator().manual_seed(9))
+    px = to_pixels(face_model.vertices(c, "face"), RenderConfig(resolution=32))
+    faces = face_model.region("face").faces
+    z, _ = rasterize_depth(px, faces, 32, 32, cull_backfaces=True)  # the parent first, with its threads
+    loader = torch.utils.data.DataLoader(_RenderOne(px, faces), batch_size=None, num_workers=2,
+                                         multiprocessing_context="fork")
+    assert torch.equal(torch.stack(list(loader)), z)
 
 
 def test_batch_equals_one_by_one(face_model):
@@ -205,6 +303,8 @@ def test_bad_arguments():
         rasterize_depth(torch.zeros(5, 3), torch.zeros(1, 3, dtype=torch.long), 8, 8)
     with pytest.raises(ValueError, match="unknown RenderConfig keys"):
         RenderConfig.from_dict({"resolutoin": 64})
+    with pytest.raises(ValueError, match="backend must be"):
+        rasterize_depth(torch.zeros(1, 3, 3), torch.zeros(1, 3, dtype=torch.long), 8, 8, backend="opengl")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
