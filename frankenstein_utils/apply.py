@@ -3,56 +3,137 @@
     python -m frankenstein_utils.apply --checkpoint outputs/experiments/.../checkpoint.pt --input DIR --output DIR
 
 Depth PNGs may be 16-bit (as ``generate_depth_dataset`` writes them) or 8-bit; near = bright, background 0. The mask
-is taken from ``DIR/../mask/<name>`` when present, else depth > 0. Each must have the checkpoint's image size.
-An appearance-conditioned or noise generator uses z = 0, or z ~ N(0, I) with ``--z-seed``.
+is taken from ``DIR/../mask/<name>`` when present, else depth > 0. An appearance-conditioned or noise generator uses
+z = 0, or z ~ N(0, I) with ``--z-seed``.
+
+The input must follow the checkpoint's input convention (recorded in it: framing and window, depth mode and range,
+region, ...). When the folder (or its parent) holds the ``config.json`` of a generated set, it is compared with the
+checkpoint's: a different resolution is converted (resized to the checkpoint's size), anything else is refused with
+a message saying what differs. A PNG that cannot be read stops the run (``--on-error stop``, the default) or is
+skipped and counted (``--on-error skip``).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .fileio import load_png, save_png
 from .training import load_run
 
+# RenderConfig keys that change what a depth map means, and the keys that matter only under one setting
+CONVENTION_KEYS = ("framing", "depth_mode", "fg_floor", "region")
+CONVENTION_DEPENDENT = {("framing", "fixed"): "window_cm", ("framing", "fit"): "fit_margin",
+                        ("depth_mode", "fixed"): "depth_range_cm", ("depth_mode", "relative"): "relative_span_cm"}
 
-def read_depth(path, size: int) -> torch.Tensor:
+
+def read_depth(path) -> torch.Tensor:
+    """A depth PNG as (1, 1, H, W) float in [0, 1]; errors name the file."""
     a = load_png(path)
     if a.ndim != 2:
         raise ValueError(f"{path}: depth map must be single-channel, got shape {a.shape}")
-    if a.shape != (size, size):
-        raise ValueError(f"{path}: depth map is {a.shape[1]}x{a.shape[0]}, the checkpoint expects {size}x{size}")
     scale = 65535.0 if a.dtype == np.uint16 else 255.0
     return torch.from_numpy(a.astype(np.float32) / scale)[None, None]
 
 
+def folder_convention(input_dir) -> tuple[dict | None, Path | None]:
+    """The RenderConfig of a generated set holding ``input_dir`` (its ``config.json``), or (None, None)."""
+    for d in (Path(input_dir), Path(input_dir).parent):
+        f = d / "config.json"
+        if f.exists():
+            try:
+                render = json.loads(f.read_text()).get("render")
+            except (ValueError, AttributeError) as e:
+                raise ValueError(f"{f}: not a readable set configuration ({e})") from e
+            if isinstance(render, dict):
+                return render, f
+    return None, None
+
+
+def convention_differences(expected: dict, found: dict) -> list[str]:
+    """What differs between two RenderConfig dicts, apart from the resolution (which ``apply`` converts)."""
+    keys = list(CONVENTION_KEYS) + [dep for (k, v), dep in CONVENTION_DEPENDENT.items() if expected.get(k) == v]
+    norm = lambda v: list(v) if isinstance(v, (list, tuple)) else v
+    return [f"{k}: checkpoint {norm(expected.get(k))!r}, input {norm(found.get(k))!r}" for k in keys
+            if norm(expected.get(k)) != norm(found.get(k))]
+
+
+def check_convention(run, input_dir) -> list[str]:
+    """Refuse input of another convention (``ValueError`` saying what differs); returns notes to print."""
+    expected = run.cfg.input_convention.get("render")
+    found, where = folder_convention(input_dir)
+    if expected is None:
+        return ["the checkpoint does not record its input convention (an older run): only the size is checked"]
+    if found is None:
+        return [f"{input_dir}: no config.json of a generated set here or above: the input convention cannot be "
+                f"checked; the checkpoint expects {expected}"]
+    diff = convention_differences(expected, found)
+    if diff:
+        raise ValueError(f"{where}: the depth maps follow another convention than the checkpoint's ("
+                         + "; ".join(diff) + "); generate them with the checkpoint's RenderConfig "
+                         "(load_run(...).cfg.input_convention['render'])")
+    return []
+
+
+def fit_size(depth: torch.Tensor, mask: torch.Tensor, size: int):
+    """Resize a depth map and its mask to ``size`` (the one conversion apply makes): depth by area averaging /
+    bilinear inside the face, mask by nearest neighbour; the background stays 0."""
+    if depth.shape[-1] == size and depth.shape[-2] == size:
+        return depth, mask
+    mask = F.interpolate(mask, size=(size, size), mode="nearest-exact")
+    w = F.interpolate(mask.new_ones(1, 1, *depth.shape[-2:]) * (depth > 0), size=(size, size), mode="bilinear",
+                      antialias=True)
+    d = F.interpolate(depth, size=(size, size), mode="bilinear", antialias=True) / w.clamp_min(1e-6)
+    return d.clamp(0, 1) * mask, mask
+
+
 def apply_folder(checkpoint, input_dir, output_dir, z_seed: int | None = None, device: str = "cpu",
-                 progress: bool = True) -> list[Path]:
+                 progress: bool = True, on_error: str = "stop", report: dict | None = None) -> list[Path]:
+    """Generate a face for every depth PNG of ``input_dir`` into ``output_dir`` (same names); returns the written
+    files. ``on_error="skip"`` skips unreadable PNGs, listed in ``report["skipped"]`` if a dict is given."""
+    if on_error not in ("stop", "skip"):
+        raise ValueError(f"on_error must be 'stop' or 'skip', got {on_error!r}")
     run = load_run(checkpoint, device)
     size = run.cfg.image_size
     files = sorted(Path(input_dir).glob("*.png"))
     if not files:
         raise FileNotFoundError(f"{input_dir}: no .png depth maps")
+    notes = check_convention(run, input_dir)
     g = torch.Generator().manual_seed(z_seed) if z_seed is not None else None
     z_dim = run.nets["G"].z_dim
-    written = []
+    written, skipped, resized = [], [], 0
     for f in tqdm(files, desc="apply", disable=not progress):
-        depth = read_depth(f, size)
-        mask_file = Path(input_dir).parent / "mask" / f.name
-        mask = (torch.from_numpy(load_png(mask_file, (size, size)) > 127).float()[None, None]
-                if mask_file.exists() else (depth > 0).float())
+        try:
+            depth = read_depth(f)
+            mask_file = Path(input_dir).parent / "mask" / f.name
+            mask = (torch.from_numpy(load_png(mask_file, depth.shape[-2:]) > 127).float()[None, None]
+                    if mask_file.exists() else (depth > 0).float())
+        except ValueError as e:
+            if on_error == "stop":
+                raise
+            skipped.append(f"{e}")
+            continue
+        resized += depth.shape[-1] != size or depth.shape[-2] != size
+        depth, mask = fit_size(depth, mask, size)
         z = None
-        if z_dim:
+        if z_dim:  # drawn for every file in order, so a skipped file does not change the others' z
             z = torch.randn(1, z_dim, generator=g) if g is not None else torch.zeros(1, z_dim)
         img = run.generate(depth.to(run.device), mask.to(run.device), z=None if z is None else z.to(run.device))[0]
         arr = ((img.cpu().clamp(-1, 1) + 1) * 127.5 + 0.5).to(torch.uint8).numpy()
         out = Path(output_dir) / f.name
         save_png(out, arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0))
         written.append(out)
+    if resized:
+        notes.append(f"{resized} depth map(s) resized to the checkpoint's {size}x{size}")
+    if report is not None:
+        report.update(skipped=skipped, notes=notes)
     return written
 
 
@@ -63,9 +144,25 @@ def main(argv=None):
     ap.add_argument("--output", required=True)
     ap.add_argument("--z-seed", type=int, default=None, help="sample z ~ N(0, I) with this seed (default z = 0)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--on-error", choices=("stop", "skip"), default="stop",
+                    help="an unreadable PNG stops the run (default) or is skipped and counted")
+    ap.add_argument("--debug", action="store_true", help="show the traceback of expected errors too")
     a = ap.parse_args(argv)
-    written = apply_folder(a.checkpoint, a.input, a.output, a.z_seed, a.device)
-    print(f"wrote {len(written)} images to {a.output}")
+    report = {}
+    try:
+        written = apply_folder(a.checkpoint, a.input, a.output, a.z_seed, a.device, on_error=a.on_error,
+                               report=report)
+    except (ValueError, OSError) as e:
+        if a.debug:
+            traceback.print_exc()
+        print(f"apply: error: {e}", file=sys.stderr)
+        return 1
+    for note in report["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    for s in report["skipped"]:
+        print(f"skipped: {s}", file=sys.stderr)
+    print(f"wrote {len(written)} images to {a.output}" + (f", skipped {len(report['skipped'])}" if report["skipped"]
+                                                          else ""))
     return 0
 
 

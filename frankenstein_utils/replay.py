@@ -1,6 +1,8 @@
 """Experience replay of generated images for the discriminator (Shrivastava et al. 2017; CycleGAN's ImagePool)."""
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import torch
 
@@ -12,8 +14,9 @@ class ReplayBuffer:
     discriminator batch comes from the history. Size 0 turns it off (pass-through).
 
     Images are stored detached, on the CPU, in RAM or (``memmap_path``) in a disk-backed numpy memmap so large pools
-    do not use RAM. Sampling uses its own seeded ``torch.Generator``; ``state_dict`` saves the images and the RNG
-    so a resumed run continues exactly.
+    do not use RAM. Sampling uses its own seeded ``torch.Generator``. ``save(prefix)`` snapshots the pool and its RNG
+    to files (``prefix.npy``, ``prefix.pt``; a memmap pool is streamed, never copied into RAM) and ``load(prefix)``
+    restores it, so a resumed run continues exactly. Only a training process opens ``memmap_path`` (for writing).
     """
 
     def __init__(self, size: int, seed: int = 0, memmap_path: str | None = None):
@@ -59,6 +62,40 @@ class ReplayBuffer:
             else:
                 out.append(img)
         return torch.stack(out).to(device)
+
+    def save(self, prefix) -> None:
+        """Write the pool's images (``prefix.npy``) and then its counters and RNG (``prefix.pt``), atomically."""
+        from .fileio import atomic_write_bytes, atomic_write_with
+
+        images = self.store[: self.count] if self.store is not None else np.zeros((0,), np.float32)
+        if torch.is_tensor(images):
+            images = images.numpy()
+        atomic_write_with(f"{prefix}.npy", lambda f: np.save(f, images))  # a memmap slice streams from disk
+        buf = io.BytesIO()
+        torch.save({"size": self.size, "count": self.count, "rng": self.gen.get_state()}, buf)
+        atomic_write_bytes(f"{prefix}.pt", buf.getvalue())
+
+    def load(self, prefix) -> None:
+        """Restore a pool written by ``save``; errors name the file."""
+        try:
+            meta = torch.load(f"{prefix}.pt", weights_only=False)
+            images = np.load(f"{prefix}.npy", mmap_mode="r")
+        except Exception as e:
+            raise ValueError(f"{prefix}.pt / .npy: not a readable replay pool ({type(e).__name__}: {e})") from e
+        if meta["size"] != self.size:
+            raise ValueError(f"{prefix}.pt: replay buffer size {meta['size']} saved, {self.size} configured")
+        if len(images) != meta["count"] and meta["count"]:
+            raise ValueError(f"{prefix}.npy: {len(images)} images, {meta['count']} expected")
+        self.count = meta["count"]
+        self.gen.set_state(meta["rng"])
+        if self.count:
+            self._alloc(images.shape[1:])
+            if isinstance(self.store, np.ndarray):
+                for s in range(0, self.count, 256):  # chunks: a big pool never sits in RAM whole
+                    self.store[s:s + 256] = images[s:s + 256]
+                self.store.flush()
+            else:
+                self.store[: self.count] = torch.from_numpy(np.array(images))
 
     def state_dict(self) -> dict:
         images = None

@@ -14,35 +14,78 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import fields
+import traceback
+from dataclasses import asdict, fields
 
 import torch
 
-from .training import TrainConfig, Trainer
+from .fileio import FolderBusyError
+from .training import PRESETS, NonFiniteLossError, TrainConfig, Trainer, input_convention
+
+EXPECTED_ERRORS = (ValueError, OSError, FolderBusyError, NonFiniteLossError)  # reported in one line (--debug: all)
 
 
-def _parser():
+def parse_bool(s: str) -> bool:
+    """A strict boolean: ``--masked-l1 ture`` is an error, not False."""
+    v = s.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
+
+
+def _parser(preset: str | None = None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    defaults = TrainConfig()
+    defaults = asdict(TrainConfig(**PRESETS[preset])) if preset else asdict(TrainConfig())
     for f in fields(TrainConfig):
-        if f.name in ("data", "image_size"):
+        if f.name in ("data", "image_size", "input_convention"):
             continue
-        v = getattr(defaults, f.name)
+        v = defaults[f.name]
         name = "--" + f.name.replace("_", "-")
-        if isinstance(v, bool):
-            ap.add_argument(name, type=lambda s: s.lower() in ("1", "true", "yes"), default=v)
-        else:
-            ap.add_argument(name, type=type(v), default=v)
-    ap.add_argument("--size", type=int, default=64, help="image size (paired set and synthetic depth)")
+        ap.add_argument(name, type=parse_bool if isinstance(v, bool) else type(v), default=v)
+    ap.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                    help="named settings, e.g. 'original': greyscale 128 px, RMSProp, D lr 1e-4, G lr 1e-3, batch 8 "
+                         "(options given explicitly win)")
+    ap.add_argument("--size", type=int, default=defaults["image_size"], help="image size (paired set and synthetic depth)")
     ap.add_argument("--limit", type=int, default=0, help="use only the first N photos (0 = all)")
     ap.add_argument("--n-synthetic", type=int, default=2000)
     ap.add_argument("--cache-dir", default="outputs/cache")
     ap.add_argument("--dump-params", action="store_true", help="write each rank's final parameters (tests)")
+    ap.add_argument("--debug", action="store_true", help="show the traceback of expected errors too")
     return ap
 
 
+def parse_args(argv=None):
+    """Options, with a preset's values as the defaults when ``--preset`` is given. Every check that needs no data
+    runs here, before the paired set is built (which takes a while)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", choices=sorted(PRESETS), default=None)
+    preset = pre.parse_known_args(argv)[0].preset
+    ap = _parser(preset)
+    a = ap.parse_args(argv)
+    if a.limit < 0 or a.n_synthetic < 1:
+        ap.error(f"--limit must be >= 0 and --n-synthetic >= 1, got {a.limit} and {a.n_synthetic}")
+    try:
+        cfg = TrainConfig(**{f.name: getattr(a, f.name) for f in fields(TrainConfig)
+                             if f.name not in ("data", "image_size", "input_convention")}, image_size=a.size)
+    except ValueError as e:
+        ap.error(str(e))
+    return a, cfg
+
+
 def main(argv=None):
-    a = _parser().parse_args(argv)
+    a, cfg = parse_args(argv)
+    try:
+        return run(a, cfg)
+    except EXPECTED_ERRORS as e:
+        if a.debug:
+            traceback.print_exc()
+        print(f"train: error: {e}", file=sys.stderr)
+        return 1
+
+
+def run(a, cfg: TrainConfig) -> int:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
         import torch.distributed as dist
@@ -56,7 +99,7 @@ def main(argv=None):
     from .facemodel import load_face_model
 
     model = load_face_model()
-    pcfg = PairedConfig(size=a.size, limit=a.limit or None)
+    pcfg = PairedConfig(size=cfg.image_size, limit=a.limit or None, grayscale=cfg.out_channels == 1)
     rank = int(os.environ.get("RANK", "0"))
     if world > 1 and rank != 0:  # let rank 0 build the cached paired set first
         torch.distributed.barrier()
@@ -65,12 +108,13 @@ def main(argv=None):
     if world > 1 and rank == 0:
         torch.distributed.barrier()
     data = {"paired": train, "real": train}
-    if a.mode not in ("l1", "cvae"):
-        data["synthetic"] = RenderedDepthDataset(a.n_synthetic, seed=a.seed, render=train.render_config(model),
+    render = train.render_config(model)
+    if cfg.mode not in ("l1", "cvae"):
+        data["synthetic"] = RenderedDepthDataset(a.n_synthetic, seed=cfg.seed, render=render,
                                                  pose=train.pose_jitter(model), model=model).materialize()
-    cfg = TrainConfig(**{f.name: getattr(a, f.name) for f in fields(TrainConfig) if f.name not in ("data",
-                                                                                                    "image_size")},
-                      image_size=a.size, data={"paired": vars(pcfg), "n_synthetic": a.n_synthetic})
+    cfg.data = {"paired": vars(pcfg), "n_synthetic": a.n_synthetic}
+    cfg.input_convention = input_convention(render, "CelebA landmark-mesh depth (paired) and face-model renders "
+                                                    "with the same RenderConfig (synthetic)")
     t = Trainer(cfg, data, val)
     if a.dump_params:
         os.makedirs(cfg.out_dir, exist_ok=True)

@@ -13,8 +13,12 @@ Modes (``TrainConfig.mode``):
 - ``cvae-gan``: BicycleGAN-style: cvae + adversarial loss on E-coded and prior-sampled outputs + latent regression;
 - ``cross-encoder``: a shared encoder with two decoders (photos, depth) is pre-trained and frozen; the generator is
   the frozen encoder + a trainable decoder, adversarial loss plus L1 between the codes of output and input.
-Switches that compose with the adversarial modes: ``replay_size`` (experience replay), ``adaptive`` (D/G
-schedule by the margin D(real) - D(fake)), ``feature_matching``, ``bottleneck_kl``, generator ``NU`` (noise input).
+Switches that compose with the adversarial modes: ``replay_size`` (experience replay), ``adaptive`` (the original's
+D/G schedule by the margin D(real) - D(fake): always one G step, D 0, 1 or several times), ``feature_matching``,
+``bottleneck_kl``, generator ``NU`` (noise input).
+
+Under DDP every decision that depends on data (the adaptive margin, the NaN guard) is all-reduced, so all processes
+take the same branch; each process keeps its own replay pool, and every pool is saved beside the checkpoint.
 """
 from __future__ import annotations
 
@@ -32,17 +36,19 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from .fileio import atomic_write_bytes, atomic_write_json, png_bytes
+from .fileio import FolderBusyError, FolderLock, atomic_write_bytes, atomic_write_json, png_bytes, remove_orphan_tmp
 from .figures import image_grid
 from .losses import (GANLoss, bottleneck_kl, clip_weights, dilate_mask, feature_matching_loss, gradient_penalty, kl_divergence,
                      l1_loss, reparameterize, wgan_critic_steps)
 from .models import (AppearanceEncoder, ConvDecoder, ConvEncoder, Generator, count_parameters, define_discriminator,
                      init_weights)
 from .replay import ReplayBuffer
+from .flagship import OBJECTIVES  # flagship / peers: mode -> class owning its nets, losses and step
 from .widgets import to_uint8
 
 MODES = ("l1", "cvae", "gan", "gan+recon", "l1+gan", "cvae-gan", "cross-encoder")
 ADVERSARIAL = ("gan", "gan+recon", "l1+gan", "cvae-gan", "cross-encoder")
+MODES += tuple(OBJECTIVES)  # flagship / peers
 GAN_LOSSES = ("log", "lsgan", "wgan", "wgan-gp", "hinge")
 
 
@@ -88,14 +94,25 @@ class TrainConfig:
     full_cycle: bool = False
     replay_size: int = 0
     replay_memmap: str = ""
-    adaptive: bool = False
-    adaptive_low: float = 0.1
-    adaptive_high: float = 0.5
+    adaptive: bool = False  # the original's schedule (dvg13/image-model basic_gan), thresholds on D(real) - D(fake)
+    adaptive_low: float = 0.05  # below it D trains again (up to adaptive_max_d times per step)
+    adaptive_high: float = 0.95  # at or above it D skips this step
+    adaptive_max_d: int = 10  # cap on D steps per G step (the original loops without one)
     feature_matching: float = 0.0
     bottleneck_kl: float = 0.0
     latent_weight: float = 0.5
     code_weight: float = 10.0
     pretrain_steps: int = 200  # cross-encoder: shared encoder + two decoders
+    # flagship / peers (modes flagship, pix2pix, bicyclegan: frankenstein_utils/flagship.py)
+    fs_bottleneck: int = 4  # generator bottleneck in px (4 at 64 px: one unit sees the whole face)
+    fs_upsample: str = "resize"  # resize (nearest x2 then conv) | transpose
+    fs_modulation: str = "spade"  # spade (depth per pixel + z per channel) | adain (z only) | none
+    fs_skips: bool = True
+    fs_scales: int = 2  # multi-scale PatchGAN
+    fs_r1: float = 1.0  # R1 gamma (0 = off), applied lazily every fs_r1_every steps
+    fs_r1_every: int = 4
+    fs_diffaug: str = "color,translation,cutout"  # DiffAugment policy, "" = off
+    fs_ema: float = 0.999  # EMA decay of G's weights (sampling uses the average), 0 = off
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
@@ -106,6 +123,10 @@ class TrainConfig:
     sample_every: int = 250
     log_every: int = 10
     max_loss: float = 1e4  # a loss above this (or NaN/Inf) stops the run
+    max_param: float = 1e4  # a parameter above this in magnitude (or NaN/Inf) stops the run before it is saved
+    # what the generator's input looks like (the depth's RenderConfig: resolution, framing/window, depth mode,
+    # region, ...) plus where it came from; recorded in every checkpoint and checked by ``apply``. {} = not recorded.
+    input_convention: dict = field(default_factory=dict)
     out_dir: str = "outputs/runs/default"
     data: dict = field(default_factory=dict)  # how the data was made (recorded, not interpreted)
 
@@ -114,8 +135,20 @@ class TrainConfig:
             raise ValueError(f"unknown mode {self.mode!r}; choose one of {MODES}")
         if self.optimizer not in ("adam", "rmsprop"):
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose adam or rmsprop")
-        if self.image_size % 4:
-            raise ValueError(f"image_size must be divisible by 4, got {self.image_size}")
+        if self.image_size % 4 or self.image_size < 4:
+            raise ValueError(f"image_size must be a positive multiple of 4, got {self.image_size}")
+        for k in ("steps", "batch_size", "width", "d_width", "encoder_width", "n_critic", "adaptive_max_d"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
+        for k in ("checkpoint_every", "sample_every", "log_every", "replay_size", "num_workers", "pretrain_steps"):
+            if getattr(self, k) < 0:
+                raise ValueError(f"{k} must be >= 0, got {getattr(self, k)}")
+        if not self.lr > 0 or not self.d_lr >= 0:  # NaN fails both
+            raise ValueError(f"lr must be > 0 and d_lr >= 0, got lr={self.lr}, d_lr={self.d_lr}")
+        if self.out_channels not in (1, 3):
+            raise ValueError(f"out_channels must be 1 (greyscale) or 3 (RGB), got {self.out_channels}")
+        if not self.adaptive_low <= self.adaptive_high:
+            raise ValueError(f"adaptive_low ({self.adaptive_low}) must not exceed adaptive_high ({self.adaptive_high})")
         if self.gan_loss not in GAN_LOSSES:
             raise ValueError(f"unknown gan_loss {self.gan_loss!r}; choose one of {GAN_LOSSES}")
 
@@ -137,6 +170,27 @@ class TrainConfig:
     @property
     def in_channels(self) -> int:
         return 2 if self.mask_input else 1
+
+
+# Named settings: ``preset_config("original", ...)`` or ``train --preset original``.
+PRESETS: dict[str, dict] = {
+    # the original study's setting (dvg13/image-model): greyscale 128 px, RMSProp, D lr 1e-4, G lr 1e-3, batch 8
+    "original": dict(out_channels=1, image_size=128, optimizer="rmsprop", lr=1e-3, d_lr=1e-4, batch_size=8),
+}
+
+
+def preset_config(name: str, **overrides) -> TrainConfig:
+    """A ``TrainConfig`` from a named preset, then ``overrides``."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return TrainConfig(**{**PRESETS[name], **overrides})
+
+
+# Settings a resumed run may change (recorded in the checkpoint's ``config_history``); any other difference is
+# another run and is refused.
+RESUME_FREE = ("steps", "lr", "d_lr", "max_loss", "max_param")
+RESUME_FREE_SILENT = ("out_dir", "device", "num_workers", "checkpoint_every", "sample_every", "log_every", "amp",
+                      "channels_last", "compile")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -210,14 +264,21 @@ class Trainer:
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         self.rank, self.world = distributed_info()
+        self.objective = None  # flagship / peers: set by _build_nets for modes in OBJECTIVES
         self.nets = self._build_nets()
         self.tn = self.nets  # the modules training steps call: DDP-wrapped in fit() when running under torchrun
         self.opts = {name: self._optimizer(name) for name in self.trainable}
         self.step = 0
         self.history: list[dict] = []
         self.positions: dict[str, int] = {}  # batches consumed per data stream (exact resume)
-        self.replay = ReplayBuffer(cfg.replay_size, cfg.seed, cfg.replay_memmap or None)
-        self.adaptive_state = "D"
+        # one pool per process, seeded apart; a memmap pool gets one file per process
+        memmap = cfg.replay_memmap or None
+        if memmap and self.world > 1:
+            memmap = str(Path(memmap).with_name(f"{Path(memmap).stem}.rank{self.rank}{Path(memmap).suffix}"))
+        self.replay = ReplayBuffer(cfg.replay_size, cfg.seed + 7919 * self.rank, memmap)
+        self.margin = 0.0  # adaptive schedule: D(real) - D(fake) as measured by the last D pass
+        self.config_history: list[dict] = []  # settings changed on resume: {"step", "changed": {key: [old, new]}}
+        self._ckpt_stamp = None  # (inode, size, mtime) of the checkpoint this trainer last loaded or wrote
         self.pretrained = False
         self.gan = GANLoss("wgan" if cfg.gan_loss == "wgan-gp" else cfg.gan_loss) if cfg.mode in ADVERSARIAL else None
         self.ckpt_path = self.out / "checkpoint.pt"
@@ -228,6 +289,9 @@ class Trainer:
     # ---- construction ---------------------------------------------------------------------------------------------
     def _build_nets(self) -> dict:
         c = self.cfg
+        if c.mode in OBJECTIVES:  # flagship / peers: the objective builds and owns its networks
+            self.objective = OBJECTIVES[c.mode](self)
+            return self.objective.nets
         conditioned = c.mode in ("cvae", "cvae-gan")
         z_dim = c.z_dim if (conditioned or c.generator == "NU") else 0
         if c.mode == "cross-encoder":
@@ -256,9 +320,11 @@ class Trainer:
 
     @property
     def trainable(self) -> list[str]:
-        return list(self.nets)
+        return self.objective.trainable if self.objective else list(self.nets)
 
     def _optimizer(self, name):
+        if self.objective:  # flagship / peers
+            return self.objective.optimizer(name)
         c = self.cfg
         lr = c.d_lr if (name == "D" and c.d_lr > 0) else c.lr
         params = [p for p in self.nets[name].parameters() if p.requires_grad]
@@ -364,19 +430,40 @@ class Trainer:
             terms["kl"] = (c.kl_weight, kl_divergence(mu.float(), logvar.float()))
             z_r = torch.randn(len(syn["depth"]), c.z_dim, device=self.device)
             fake_s, bott = G(self._gin(syn), z_r, return_bottleneck=True)
-            E.requires_grad_(False)  # latent regression trains G only (BicycleGAN)
-            terms["latent"] = (c.latent_weight, l1_loss(E(fake_s)[0].float(), z_r))
-            E.requires_grad_(True)
+            Em = self.nets["E"]  # the raw module: under DDP a frozen wrapped module would wait for gradients
+            Em.requires_grad_(False)  # latent regression trains G only (BicycleGAN)
+            terms["latent"] = (c.latent_weight, l1_loss(Em(fake_s)[0].float(), z_r))
+            Em.requires_grad_(True)
             fake = torch.cat([fake_p, fake_s])
         if c.bottleneck_kl > 0:
             terms["bottleneck_kl"] = (c.bottleneck_kl, bottleneck_kl(bott.float()))
         return fake, terms
 
-    def _margin(self, d_real, d_fake) -> float:
-        """Mean D(real) - D(fake), as probabilities for the log loss, raw scores otherwise."""
+    def _local_margin(self, d_real, d_fake) -> torch.Tensor:
+        """Mean D(real) - D(fake) on this process's batch, as probabilities for the log loss, raw scores otherwise."""
         if self.cfg.gan_loss == "log":
             d_real, d_fake = torch.sigmoid(d_real), torch.sigmoid(d_fake)
-        return float(d_real.float().mean() - d_fake.float().mean())
+        return (d_real.detach().float().mean() - d_fake.detach().float().mean()).reshape(1)
+
+    def _margin(self, d_real, d_fake) -> float:
+        """The margin averaged over all processes: every process must take the same number of D steps."""
+        m = self._local_margin(d_real, d_fake)
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(m)
+            m = m / self.world
+        return float(m)
+
+    def _any_process(self, flag: bool) -> bool:
+        """True if ``flag`` is true on any process (a NaN on one rank must stop them all, not hang the others)."""
+        if self.world == 1:
+            return flag
+        import torch.distributed as dist
+
+        t = torch.tensor([float(flag)], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
 
     def _d_step(self, b, fake) -> dict:
         c, D, opt = self.cfg, self.tn["D"], self.opts["D"]
@@ -384,6 +471,8 @@ class Trainer:
         fake = self.replay.query(fake.detach())
         with self._autocast():
             d_real, d_fake = D(real), D(fake)
+            if c.adaptive:  # measured before this update, as the original fetched it with the training op
+                self.margin = self._margin(d_real, d_fake)
             l_real, l_fake = self.gan(d_real, True, True), self.gan(d_fake, False, True)
             loss = l_real + l_fake
             out = {"d_real": l_real, "d_fake": l_fake}
@@ -399,58 +488,69 @@ class Trainer:
             clip_weights(D, c.wgan_clip)
         return {k: float(v.detach()) for k, v in out.items()}
 
+    def _d_inputs(self, b: dict, fake: torch.Tensor, k: int):
+        """Batches and fakes for the k-th D step of an iteration: the iteration's own for the first, fresh ones after."""
+        if k == 0:
+            return b, fake.detach()
+        bk = self._batches()
+        with torch.no_grad(), self._autocast():
+            fk, _ = self._generator_pass(bk)
+        return bk, fk
+
     def _step_adversarial(self):
-        c, D = self.cfg, self.tn["D"]
+        c = self.cfg
         b = self._batches()
         log = {}
-        do_d = do_g = True
-        if c.adaptive:  # hysteresis: train D until the margin exceeds `high`, then G until it falls below `low`
-            with torch.no_grad(), self._autocast():
-                fake, _ = self._generator_pass(b)
-                m = self._margin(D(b["real"]["image"]), D(fake))
-            if self.adaptive_state == "D" and m > c.adaptive_high:
-                self.adaptive_state = "G"
-            elif self.adaptive_state == "G" and m < c.adaptive_low:
-                self.adaptive_state = "D"
-            do_d, do_g = self.adaptive_state == "D", self.adaptive_state == "G"
-            log["margin"] = m
-        # One generator pass serves both steps: D sees its output detached, G's step reuses it with its graph.
-        with torch.set_grad_enabled(do_g), self._autocast():
+        # One generator pass serves both steps: D sees its output detached, G's step reuses it with its graph (G's
+        # parameters do not change during D's steps).
+        with self._autocast():
             fake, terms = self._generator_pass(b)
-        if do_d:
+        n_d = 0
+        if c.adaptive:
+            # The original schedule (dvg13/image-model, basic_gan). With m = D(real) - D(fake) as measured by the last
+            # D pass: no D step if m >= high; else one, repeated while m < low (at most adaptive_max_d). Then one G step.
+            while self.margin < c.adaptive_high and (n_d == 0 or self.margin < c.adaptive_low) \
+                    and n_d < c.adaptive_max_d:
+                log.update(self._d_step(*self._d_inputs(b, fake, n_d)))
+                n_d += 1
+        else:
             n_d = c.n_critic
             if c.gan_loss in ("wgan", "wgan-gp") and c.wgan_burst:
                 n_d = wgan_critic_steps(self.step, c.n_critic, c.wgan_burst, c.wgan_burst_until, c.wgan_burst_every)
             for k in range(n_d):
-                bk, fk = b, fake
-                if k:  # further critic steps: fresh batches
-                    bk = self._batches()
-                    with torch.no_grad(), self._autocast():
-                        fk, _ = self._generator_pass(bk)
-                log.update(self._d_step(bk, fk.detach()))
-        if do_g:
-            with self._autocast():
-                if c.feature_matching > 0:
-                    Dm = self.nets["D"]  # features() bypasses DDP; D is frozen during the G step anyway
-                    real_feats, _ = Dm.features(b["real"]["image"])
-                    fake_feats, d_fake = Dm.features(fake)
-                    terms["feature_matching"] = (c.feature_matching, feature_matching_loss(real_feats, fake_feats))
-                else:
-                    d_fake = D(fake)
-                adv = self.gan(d_fake, True, for_d=False)
-                loss = c.gan_weight * adv + sum(w * v for w, v in terms.values())
+                log.update(self._d_step(*self._d_inputs(b, fake, k)))
+        # G step. The raw D, frozen before its forward (CycleGAN's set_requires_grad): no gradients land in D, and
+        # under DDP no wrapped module waits for gradients that never come.
+        Dm = self.nets["D"]
+        Dm.requires_grad_(False)
+        with self._autocast():
+            if c.feature_matching > 0:
+                real_feats, _ = Dm.features(b["real"]["image"])
+                fake_feats, d_fake = Dm.features(fake)
+                terms["feature_matching"] = (c.feature_matching, feature_matching_loss(real_feats, fake_feats))
+            else:
+                d_fake = Dm(fake)
+            adv = self.gan(d_fake, True, for_d=False)
+            loss = c.gan_weight * adv + sum(w * v for w, v in terms.values())
+        try:
             self._check({"g_adv": adv, **{k: v for k, (w, v) in terms.items()}})
             names = [n for n in ("G", "E", "R") if n in self.opts]
             for n in names:
                 self.opts[n].zero_grad(set_to_none=True)
-            D.requires_grad_(False)  # G's step must not leave gradients in D
             loss.backward()
-            D.requires_grad_(True)
-            for n in names:
-                self.opts[n].step()
-            log["g_adv"] = float(adv.detach())
-            log.update({k: float(v.detach()) for k, (w, v) in terms.items()})
-        log["d_stepped"], log["g_stepped"] = float(do_d), float(do_g)
+        finally:
+            Dm.requires_grad_(True)
+        for n in names:
+            self.opts[n].step()
+        if c.adaptive and n_d == 0:  # no D pass measured the margin: measure it now without training (as the original)
+            with torch.no_grad(), self._autocast():
+                fk, _ = self._generator_pass(b)
+                self.margin = self._margin(self.tn["D"](b["real"]["image"]), self.tn["D"](fk))
+        log["g_adv"] = float(adv.detach())
+        log.update({k: float(v.detach()) for k, (w, v) in terms.items()})
+        log["d_steps"] = float(n_d)
+        if c.adaptive:
+            log["margin"] = self.margin
         return log
 
     def _pretrain_cross_encoder(self, progress: bool):
@@ -483,19 +583,64 @@ class Trainer:
         on = self.cfg.amp and self.device.type == "cuda"
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=on)
 
+    def _diverged(self, what: str, step: int):
+        kept = f"last good checkpoint kept at {self.ckpt_path}" if self.ckpt_path.exists() else \
+            "no checkpoint was written yet"
+        return NonFiniteLossError(f"run {self.out}: {what} at step {step} (diverged); stopped, {kept}; resume with "
+                                  f"another lr / max_loss / max_param to go on from it")
+
     def _check(self, losses: dict):
+        """NaN guard on losses; under DDP all processes learn of a bad loss on any of them and stop together."""
+        bad = None
         for name, v in losses.items():
             v = float(v.detach()) if torch.is_tensor(v) else float(v)
             if not math.isfinite(v) or abs(v) > self.cfg.max_loss:
-                kept = f"last good checkpoint kept at {self.ckpt_path}" if self.ckpt_path.exists() else \
-                    "no checkpoint was written yet"
-                raise NonFiniteLossError(f"run {self.out}: loss '{name}' = {v} at step {self.step + 1} "
-                                         f"(diverged); stopped, {kept}")
+                bad = bad or f"loss '{name}' = {v}"
+        if self._any_process(bad is not None):
+            raise self._diverged(bad or "a loss on another process was non-finite or too large", self.step + 1)
+
+    def _check_params(self):
+        """NaN guard on the networks: every parameter finite and within max_param, every buffer finite. Run before
+        each checkpoint, so a checkpoint never holds a diverged network (a loss can stay finite while weights blow
+        up: tanh outputs saturate)."""
+        bad = None
+        for name, net in self.nets.items():
+            params = [p.detach() for p in net.parameters()]
+            buffers = [b.detach() for b in net.buffers() if b.is_floating_point()]
+            top = torch.stack([p.abs().amax() for p in params]).amax().item() if params else 0.0
+            fin = all(bool(torch.isfinite(b).all()) for b in buffers)
+            if not math.isfinite(top) or top > self.cfg.max_param or not fin:
+                bad = bad or f"network {name}: largest |parameter| = {top} (max_param {self.cfg.max_param})" + \
+                    ("" if fin else ", non-finite buffers")
+        if self._any_process(bad is not None):
+            raise self._diverged(bad or "a network on another process diverged", self.step)
 
     # ---- loop -----------------------------------------------------------------------------------------------------
     def fit(self, progress: bool = True) -> list[dict]:
+        """Train to ``cfg.steps``. Rank 0 holds the folder's lock meanwhile: a second writer fails clearly."""
+        if self.rank != 0:
+            return self._fit(progress)
+        with FolderLock(self.out, f"training {self.cfg.mode}"):
+            if self._stamp() != self._ckpt_stamp:
+                raise FolderBusyError(f"{self.ckpt_path}: another run wrote this checkpoint after this trainer was "
+                                      f"created; use another out_dir, or create the trainer again to resume it")
+            removed = remove_orphan_tmp(self.out)  # temporary files of writes killed mid-way
+            if removed:
+                print(f"{self.out}: removed {removed} temporary file(s) left by an interrupted run")
+            return self._fit(progress)
+
+    def _stamp(self):
+        try:
+            st = self.ckpt_path.stat()
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
+    def _fit(self, progress: bool) -> list[dict]:
         c = self.cfg
         step_fn = {"l1": self._step_l1, "cvae": self._step_cvae}.get(c.mode, self._step_adversarial)
+        if self.objective:  # flagship / peers
+            step_fn = self.objective.step
         for net in self.nets.values():
             net.train()
         main = self.rank == 0  # logging, samples and checkpoints on rank 0 only
@@ -504,8 +649,7 @@ class Trainer:
         self._sample_batch = self._fixed_val_batch()
         if c.mode == "cross-encoder" and not self.pretrained:
             self._pretrain_cross_encoder(progress)
-            if main:
-                self.save()
+            self.save()
         # after pre-training: wrapping broadcasts rank 0's weights to every process
         if self.world > 1 and self.tn is self.nets:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -527,8 +671,10 @@ class Trainer:
                         writer.add_scalar(f"loss/{k}", v, self.step)
                 if main and c.sample_every and self.step % c.sample_every == 0:
                     self.save_samples()
-                if main and ((c.checkpoint_every and self.step % c.checkpoint_every == 0) or self.step == c.steps):
-                    self.save()
+                if (c.checkpoint_every and self.step % c.checkpoint_every == 0) or self.step == c.steps:
+                    self.save()  # every process: each saves its replay pool
+                if self.step % c.log_every == 0:
+                    self._check_params()
                 bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
                 bar.update(1)
         if writer:
@@ -560,6 +706,8 @@ class Trainer:
     @torch.no_grad()
     def generate(self, depth, mask, image=None, z=None):
         """Generated images for depth maps; a cvae uses z = E(image) mean if an image is given, else z (or 0)."""
+        if self.objective:  # flagship / peers (the EMA generator where there is one)
+            return self.objective.generate(depth, mask, image, z)
         G = self.nets["G"]
         G.eval()
         if "E" in self.nets:
@@ -583,46 +731,96 @@ class Trainer:
     # ---- checkpoints ----------------------------------------------------------------------------------------------
     def state(self) -> dict:
         return {"config": asdict(self.cfg), "step": self.step, "history": self.history,
-                "positions": dict(self.positions), "replay": self.replay.state_dict(),
-                "adaptive_state": self.adaptive_state, "pretrained": self.pretrained,
+                "positions": dict(self.positions), "margin": self.margin, "pretrained": self.pretrained,
+                "replay_pools": {"world": self.world} if self.replay.size else None,  # files beside the checkpoint
+                "config_history": self.config_history,
                 "nets": {k: v.state_dict() for k, v in self.nets.items()},
                 "opts": {k: v.state_dict() for k, v in self.opts.items()},
                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
                         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}
 
+    def _pool_prefix(self, rank: int, step: int) -> Path:
+        return self.out / "replay" / f"rank{rank}.step{step:08d}"
+
     def save(self, path=None):
-        """Write the checkpoint atomically (never a half-written file under the final name)."""
+        """Write the checkpoint atomically (never a half-written file under the final name). Called by every process:
+        each first writes its replay pool beside the checkpoint (``replay/rank<r>.step<s>.*``, not inside it: a big
+        pool would need its size in RAM twice), then rank 0 writes the checkpoint and drops older pools. The networks
+        are checked first: a diverged network is never saved."""
+        self._check_params()
+        if self.replay.size:
+            self.replay.save(self._pool_prefix(self.rank, self.step))
+            if self.world > 1:
+                import torch.distributed as dist
+
+                dist.barrier()  # every pool is on disk before the checkpoint that refers to them
+        if self.rank != 0:
+            return
         buf = io.BytesIO()
         torch.save(self.state(), buf)
         atomic_write_bytes(path or self.ckpt_path, buf.getvalue())
         atomic_write_json(self.out / "config.json", asdict(self.cfg))
+        if path is None:
+            self._ckpt_stamp = self._stamp()
+            for old in (self.out / "replay").glob("rank*.step*.*"):
+                if int(old.name.split(".step")[1].split(".")[0]) < self.step:
+                    old.unlink(missing_ok=True)
 
-    def _load(self, path):
-        ck = torch.load(path, map_location=self.device, weights_only=False)
-        saved = ck["config"]
+    def _load_pool(self, path, ck):
+        """This process's replay pool of the checkpoint's step (or, from checkpoints of before pools were kept beside
+        them, the pool inside the checkpoint)."""
+        prefix = self._pool_prefix(self.rank, ck["step"])
+        if ck.get("replay_pools"):
+            if Path(f"{prefix}.pt").exists():
+                self.replay.load(prefix)
+            elif self.rank < ck["replay_pools"]["world"]:
+                raise ValueError(f"{prefix}.pt: replay pool of {path} (step {ck['step']}) is missing; restore it or start "
+                                 f"over in a new out_dir")
+            # else: a process the saved run did not have starts with an empty pool
+        elif ck.get("replay") is not None and self.rank == 0:
+            self.replay.load_state_dict(ck["replay"])
+
+    def _load(self, path, training: bool = True):
+        """Restore a run from its checkpoint. ``training=False`` (``load_run``: apply, notebooks) leaves the replay
+        pools alone: a running trainer may own them."""
+        try:
+            ck = torch.load(path, map_location=self.device, weights_only=False)
+            saved = ck["config"]
+        except Exception as e:  # torch raises several types for damaged files
+            raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e}); delete it to start "
+                             f"over") from e
         mine = asdict(self.cfg)
-        # keys a run may change on resume; keys missing from an older checkpoint take their defaults
-        free = ("steps", "out_dir", "device", "num_workers", "checkpoint_every", "sample_every", "log_every", "amp",
-                "channels_last", "compile")
-        differ = {k for k in mine if k not in free and k in saved and saved[k] != mine[k]}
+        # keys missing from an older checkpoint take their defaults
+        differ = {k for k in mine if k not in RESUME_FREE + RESUME_FREE_SILENT and k in saved and saved[k] != mine[k]}
         if differ:
             raise ValueError(f"{path}: checkpoint was made with another configuration ({sorted(differ)}); "
-                             f"use a new out_dir or the same settings")
+                             f"use a new out_dir or the same settings (a resume may change {', '.join(RESUME_FREE)})")
+        self.config_history = list(ck.get("config_history", []))
+        changed = {k: [saved[k], mine[k]] for k in RESUME_FREE if k in saved and saved[k] != mine[k]}
+        if changed and training:
+            self.config_history.append({"step": ck["step"], "changed": changed})
         for k, v in ck["nets"].items():
             self.nets[k].load_state_dict(v)
         for k, v in ck["opts"].items():
             if not (k == "G" and self.cfg.mode == "cross-encoder"):
+                lrs = [g["lr"] for g in self.opts[k].param_groups]  # this run's learning rates, not the saved ones
                 self.opts[k].load_state_dict(v)
+                for g, lr in zip(self.opts[k].param_groups, lrs):
+                    g["lr"] = lr
         self.step, self.history = ck["step"], ck["history"]
         self.positions = dict(ck.get("positions", {}))
-        if "replay" in ck:
-            self.replay.load_state_dict(ck["replay"])
-        self.adaptive_state = ck.get("adaptive_state", "D")
+        if training and self.replay.size:
+            self._load_pool(path, ck)
+        self.margin = ck.get("margin", 0.0)
         self.pretrained = ck.get("pretrained", False)
         if self.cfg.mode == "cross-encoder" and self.pretrained:
             self.nets["G"].enc.requires_grad_(False)
             self.opts["G"] = self._optimizer("G")
+            lrs = [g["lr"] for g in self.opts["G"].param_groups]
             self.opts["G"].load_state_dict(ck["opts"]["G"])
+            for g, lr in zip(self.opts["G"].param_groups, lrs):
+                g["lr"] = lr
+        self._ckpt_stamp = self._stamp()
         torch.set_rng_state(ck["rng"]["torch"])
         np.random.set_state(ck["rng"]["numpy"])
         random.setstate(ck["rng"]["python"])
@@ -642,10 +840,16 @@ def load_run(path, device: str = "cpu") -> Trainer:
         raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
     cfg.out_dir = str(path.parent)
     t = Trainer(cfg, data={}, resume=False)
-    t._load(path)
+    t._load(path, training=False)
     for net in t.nets.values():
         net.eval()
     return t
+
+
+def input_convention(render, source: str) -> dict:
+    """What a checkpoint's generator expects as input: the depth maps' ``RenderConfig`` (resolution, framing and
+    window, depth mode and range, region, ...) and where the training depth came from. ``apply`` checks it."""
+    return {"render": render.to_dict(), "source": source}
 
 
 def supervised_config(name: str, **overrides) -> TrainConfig:

@@ -67,6 +67,21 @@ def test_gradient_penalty_uses_the_gradient_norm():
     assert math.isfinite(gradient_penalty(zero, real, fake).item())  # zero gradient: finite, = 1
 
 
+def test_gradient_penalty_takes_the_score_the_loss_uses():
+    """A PatchGAN-like critic that repeats one score over 14 x 14 patches: GANLoss (a mean over the patches) sees the
+    same critic as the one-output version, so the penalty must be the same too (a sum would be 196^2 times larger)."""
+
+    class Patches(Linear):
+        def forward(self, x):
+            return super().forward(x)[:, :, None, None].expand(-1, 1, 14, 14)
+
+    w = torch.full((1, 2, 2), 1.5)  # ||w|| = 3
+    real, fake = torch.rand(3, 1, 2, 2), torch.rand(3, 1, 2, 2)
+    one, many = gradient_penalty(Linear(w), real, fake), gradient_penalty(Patches(w), real, fake)
+    assert one.item() == pytest.approx(4.0, rel=1e-5) and many.item() == pytest.approx(4.0, rel=1e-5)
+    assert GANLoss("wgan")(Patches(w)(real), True).item() == pytest.approx(GANLoss("wgan")(Linear(w)(real), True).item())
+
+
 def test_gradient_penalty_interpolates_per_sample():
     class Spy(torch.nn.Module):
         def forward(self, x):

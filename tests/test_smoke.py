@@ -61,11 +61,14 @@ def test_adversarial_resume_is_exact(tmp_path, name):
     assert rest.history == full.history
 
 
-def test_adaptive_schedule_steps_the_right_net(tmp_path, monkeypatch):
-    t = Trainer(variant_config("adaptive", out_dir=str(tmp_path), steps=5, adaptive_low=0.1, adaptive_high=0.5,
-                               **SMALL), streams())
-    margins = iter([0.0, 0.6, 0.3, 0.05, 0.3])
-    monkeypatch.setattr(t, "_margin", lambda r, f: next(margins))
+def test_adaptive_schedule_is_the_originals(tmp_path, monkeypatch):
+    """dvg13/image-model basic_gan: one G step every step; D 0 times if the last measured margin >= 0.95, else once,
+    and again while the margin stays < 0.05; with no D step the margin is measured after the G step."""
+    t = Trainer(variant_config("adaptive", out_dir=str(tmp_path), steps=5, **SMALL), streams())
+    assert (t.cfg.adaptive_low, t.cfg.adaptive_high) == (0.05, 0.95)
+    # margins in the order they are measured (each D pass, or the measurement after a G step without D)
+    margins = iter([0.01, 0.02, 0.5, 0.97, 0.99, 0.6, 0.04, 0.3])
+    monkeypatch.setattr(t, "_local_margin", lambda r, f: torch.tensor([next(margins)]))
     snap = lambda n: [p.detach().clone() for p in t.nets[n].parameters()]
     changed = lambda before, n: any(not torch.equal(a, b) for a, b in zip(before, t.nets[n].parameters()))
     seen = []
@@ -73,10 +76,11 @@ def test_adaptive_schedule_steps_the_right_net(tmp_path, monkeypatch):
         g0, d0 = snap("G"), snap("D")
         log = t._step_adversarial()
         t.step += 1
-        seen.append((log["d_stepped"], log["g_stepped"], changed(d0, "D"), changed(g0, "G")))
-    # state: D (margin 0 < high) -> G (0.6 > high) -> G (0.3, in between: keep) -> D (0.05 < low) -> D (0.3: keep)
-    assert seen == [(1.0, 0.0, True, False), (0.0, 1.0, False, True), (0.0, 1.0, False, True),
-                    (1.0, 0.0, True, False), (1.0, 0.0, True, False)]
+        seen.append((int(log["d_steps"]), changed(d0, "D"), changed(g0, "G"), round(t.margin, 2)))
+    # start 0 < low: D until >= low (0.01, 0.02, 0.5: 3 steps); 0.5: one D step (-> 0.97); 0.97 >= high: no D,
+    # measured after G (0.99); again none (-> 0.6); 0.6: one D step (-> 0.04 < low) and again (-> 0.3)
+    assert seen == [(3, True, True, 0.5), (1, True, True, 0.97), (0, False, True, 0.99), (0, False, True, 0.6),
+                    (2, True, True, 0.3)]
 
 
 def test_diverging_variant_is_recorded_and_others_go_on(tmp_path):

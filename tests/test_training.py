@@ -111,21 +111,141 @@ def test_batch_sampler_is_a_function_of_position():
     assert sorted(sum(first[:3], [])) == sorted(set(sum(first[:3], [])))  # no repeats within an epoch
 
 
-def test_apply_command_on_a_folder(tmp_path, face_model):
-    t = Trainer(cfg(tmp_path / "run", steps=2), {"paired": ToyPairs()})
-    t.fit(progress=False)
-    gen = generate_depth_dataset(3, tmp_path / "depthset", render=RenderConfig(resolution=16), model=face_model,
-                                 progress=False)
-    from frankenstein_utils.apply import main
-
-    assert main(["--checkpoint", str(tmp_path / "run" / "checkpoint.pt"), "--input", str(gen / "depth"),
-                 "--output", str(tmp_path / "faces")]) == 0
+def test_apply_command_on_a_folder(tmp_path, face_model, capsys):
+    """apply writes what Trainer.generate gives for the same depth maps; a bigger set is resized to the checkpoint's
+    size; a set of another convention is refused with what differs; a broken PNG stops or is skipped."""
+    import numpy as np
     from PIL import Image
 
+    from frankenstein_utils.apply import main, read_depth
+    from frankenstein_utils.train import input_convention
+
+    c = cfg(tmp_path / "run", steps=2, input_convention=input_convention(RenderConfig(resolution=16), "test"))
+    Trainer(c, {"paired": ToyPairs()}).fit(progress=False)
+    ckpt = str(tmp_path / "run" / "checkpoint.pt")
+    gen = generate_depth_dataset(3, tmp_path / "depthset", render=RenderConfig(resolution=16), model=face_model,
+                                 progress=False)
+    assert main(["--checkpoint", ckpt, "--input", str(gen / "depth"), "--output", str(tmp_path / "faces")]) == 0
     outs = sorted((tmp_path / "faces").glob("*.png"))
     assert [p.name for p in outs] == ["000000.png", "000001.png", "000002.png"]
-    assert Image.open(outs[0]).size == (16, 16) and Image.open(outs[0]).mode == "RGB"
+    run = load_run(ckpt)
+    for p in outs:
+        d = read_depth(gen / "depth" / p.name)
+        m = torch.from_numpy(np.array(Image.open(gen / "mask" / p.name)) > 127).float()[None, None]
+        want = ((run.generate(d, m)[0].clamp(-1, 1) + 1) * 127.5 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
+        got = np.array(Image.open(p))
+        assert got.shape == (16, 16, 3) and np.array_equal(got, want)
+    # a 32 px set of the same convention: resized to 16 px, told so
     big = generate_depth_dataset(1, tmp_path / "big", render=RenderConfig(resolution=32), model=face_model,
                                  progress=False)
-    with pytest.raises(ValueError, match=r"000000.png: depth map is 32x32, the checkpoint expects 16x16"):
-        apply_folder(tmp_path / "run" / "checkpoint.pt", big / "depth", tmp_path / "x", progress=False)
+    assert main(["--checkpoint", ckpt, "--input", str(big / "depth"), "--output", str(tmp_path / "x")]) == 0
+    assert Image.open(tmp_path / "x" / "000000.png").size == (16, 16)
+    assert "resized to the checkpoint's 16x16" in capsys.readouterr().err
+    # another convention: refused, one line naming the set's config and what differs
+    other = generate_depth_dataset(1, tmp_path / "other", render=RenderConfig(resolution=16, depth_mode="minmax",
+                                                                             region="chin"),
+                                   model=face_model, progress=False)
+    assert main(["--checkpoint", ckpt, "--input", str(other / "depth"), "--output", str(tmp_path / "y")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "other/config.json" in err
+    assert "depth_mode: checkpoint 'fixed', input 'minmax'" in err and "region: checkpoint 'face', input 'chin'" in err
+    assert not (tmp_path / "y").exists()
+    # a truncated PNG: stops (naming it) by default, skipped and counted with --on-error skip
+    bad = gen / "depth" / "000001.png"
+    bad.write_bytes(bad.read_bytes()[:40])
+    with pytest.raises(ValueError, match="000001.png: cannot read image"):
+        apply_folder(ckpt, gen / "depth", tmp_path / "z", progress=False)
+    assert main(["--checkpoint", ckpt, "--input", str(gen / "depth"), "--output", str(tmp_path / "z"),
+                 "--on-error", "skip"]) == 0
+    assert sorted(p.name for p in (tmp_path / "z").glob("*.png")) == ["000000.png", "000002.png"]
+    assert "skipped 1" in capsys.readouterr().out
+
+
+def test_nan_guard_checks_parameters_and_a_resume_may_change_optimisation(tmp_path):
+    """Weights can blow up while the losses stay finite (tanh saturates): lr=1e6 must trip the guard, and with
+    lr=inf no checkpoint may hold non-finite weights. Afterwards a lower lr resumes the run (recorded)."""
+    data = {"paired": ToyPairs()}
+    Trainer(cfg(tmp_path, steps=3), data).fit(progress=False)
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(NonFiniteLossError, match=r"network G: largest \|parameter\|"):
+        Trainer(cfg(tmp_path, steps=6, lr=1e6), data).fit(progress=False)
+    # the check before every checkpoint (here: each step; the per-step check only every 100)
+    with pytest.raises(NonFiniteLossError, match=r"network G.*at step 4.*last good checkpoint kept"):
+        Trainer(cfg(tmp_path, steps=6, lr=float("inf"), checkpoint_every=1, log_every=100), data).fit(progress=False)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+    t = Trainer(cfg(tmp_path, steps=6, lr=1e-3, max_loss=50.0), data)
+    assert t.step == 3 and t.opts["G"].param_groups[0]["lr"] == 1e-3  # not the saved 2e-3
+    t.fit(progress=False)
+    run = load_run(tmp_path / "checkpoint.pt")
+    assert run.step == 6 and run.cfg.lr == 1e-3
+    assert run.config_history == [{"step": 3, "changed": {"steps": [3, 6], "lr": [2e-3, 1e-3], "max_loss": [1e4, 50.0]}}]
+    assert all(torch.isfinite(p).all() for n in run.nets.values() for p in n.parameters())
+
+
+def test_a_second_writer_fails_clearly(tmp_path):
+    """Two runs with different configs in one out_dir: the second fails instead of silently replacing the first."""
+    from frankenstein_utils.fileio import FolderBusyError, FolderLock
+
+    data = {"paired": ToyPairs()}
+    a = Trainer(cfg(tmp_path, steps=3), data)
+    b = Trainer(cfg(tmp_path, steps=3, width=16), data)  # created before a wrote anything
+    a.fit(progress=False)
+    with pytest.raises(FolderBusyError, match="checkpoint.pt: another run wrote this checkpoint"):
+        b.fit(progress=False)
+    assert load_run(tmp_path / "checkpoint.pt").cfg.width == 8
+    with FolderLock(tmp_path, "a test"):  # another writer holds the folder
+        with pytest.raises(FolderBusyError, match=r"another process is writing here \(pid \d+, a test\)"):
+            Trainer(cfg(tmp_path, steps=6), data).fit(progress=False)
+    Trainer(cfg(tmp_path, steps=4), data).fit(progress=False)  # the lock went with its holder
+
+
+def test_resume_removes_orphan_temporary_files_and_names_a_bad_checkpoint(tmp_path):
+    data = {"paired": ToyPairs()}
+    Trainer(cfg(tmp_path, steps=3), data).fit(progress=False)
+    orphans = [tmp_path / ".checkpoint.pt.k9x2.tmp", tmp_path / "samples" / ".step_000006.png.a1.tmp"]
+    for p in orphans:
+        p.write_bytes(b"\0" * 1000)  # what a kill -9 during a write leaves
+    Trainer(cfg(tmp_path, steps=4), data).fit(progress=False)
+    assert not any(p.exists() for p in orphans)
+    (tmp_path / "checkpoint.pt").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ValueError, match=r"checkpoint.pt: not a readable checkpoint"):
+        Trainer(cfg(tmp_path, steps=5), data)
+
+
+def test_config_rejects_silent_nonsense():
+    for bad in (dict(steps=-5), dict(steps=0), dict(batch_size=0), dict(image_size=30), dict(lr=float("nan")),
+                dict(out_channels=2), dict(gan_loss="lsgann"), dict(adaptive_low=0.9, adaptive_high=0.1)):
+        with pytest.raises(ValueError):
+            TrainConfig(**bad)
+
+
+def test_train_cli_checks_options_before_building_data(monkeypatch, capsys):
+    """Every bad option fails in one line, before the paired set is built (30-60 s at real size)."""
+    import frankenstein_utils.datasets as datasets
+    from frankenstein_utils import train
+
+    monkeypatch.setattr(datasets, "PairedFaceDataset", lambda *a, **k: pytest.fail("data built before checks"))
+    for argv, msg in ((["--masked-l1", "ture"], "expected true or false, got 'ture'"),
+                      (["--steps", "-5"], "steps must be >= 1"), (["--batch-size", "0"], "batch_size must be >= 1"),
+                      (["--mode", "diffusion"], "unknown mode 'diffusion'"),
+                      (["--gan-loss", "x"], "unknown gan_loss 'x'"), (["--size", "30"], "multiple of 4, got 30"),
+                      (["--preset", "nope"], "invalid choice: 'nope'")):
+        with pytest.raises(SystemExit) as e:
+            train.main(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert msg in err and "Traceback" not in err, argv
+
+
+def test_original_preset_is_the_original_greyscale_setting():
+    from frankenstein_utils import train
+    from frankenstein_utils.training import preset_config
+
+    c = preset_config("original")
+    assert (c.out_channels, c.image_size, c.optimizer, c.d_lr, c.lr, c.batch_size) == (1, 128, "rmsprop", 1e-4, 1e-3, 8)
+    a, c2 = train.parse_args(["--preset", "original", "--lr", "0.01"])  # explicit options win over the preset
+    assert (c2.out_channels, c2.image_size, c2.optimizer, c2.lr) == (1, 128, "rmsprop", 0.01)
+    t = Trainer(preset_config("original", mode="gan", image_size=16, width=8, d_width=8, out_dir="unused"), {})
+    assert isinstance(t.opts["G"], torch.optim.RMSprop) and isinstance(t.opts["D"], torch.optim.RMSprop)
+    assert (t.opts["G"].param_groups[0]["lr"], t.opts["D"].param_groups[0]["lr"]) == (1e-3, 1e-4)
+    assert t.generate(torch.rand(2, 1, 16, 16), torch.ones(2, 1, 16, 16)).shape == (2, 1, 16, 16)  # greyscale
