@@ -2,7 +2,7 @@
 
 Layout of a generated set ``out_dir``::
 
-    meta.npz            coeffs (n, K) float32, poses (n, 6) float32, config (JSON string)
+    meta.npz            coeffs (n, K) float32, poses (n, 6) float32, expressions (n, E) float32, config (JSON string)
     config.json         the same configuration, readable
     depth/000000.png    16-bit greyscale depth in [0, 1] (value * 65535), near = bright, background 0
     mask/000000.png     8-bit face mask (0 / 255)
@@ -10,6 +10,7 @@ Layout of a generated set ``out_dir``::
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,9 +20,9 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .facemodel import FaceModel, load_face_model, ply_bytes
+from .facemodel import FaceModel, load_face_model, ply_bytes, render_faces
 from .fileio import atomic_savez, atomic_write_bytes, atomic_write_json, load_png, png_bytes
-from .rasterize import PoseJitter, RenderConfig, apply_pose, render_depth
+from .rasterize import PoseJitter, RenderConfig, apply_pose
 
 DEPTH_SCALE = 65535.0
 # Faces are rendered in fixed blocks of consecutive indices, so float round-off (which can depend on how many faces
@@ -40,6 +41,16 @@ class DepthSetConfig:
     render: RenderConfig = field(default_factory=RenderConfig)
     pose: PoseJitter = field(default_factory=PoseJitter)
     write_ply: bool = False
+    # Where pose and expression come from: "jitter" / "neutral" (the PoseJitter above, expressionless faces) or
+    # "fitted" (whole rows of a FittedFaceParams table, so one photo's pose and expression stay together).
+    pose_source: str = "jitter"
+    expression_source: str = "neutral"
+    table: str | None = None  # the table's source and content hash when one is used
+
+    def __post_init__(self):
+        if self.pose_source not in ("jitter", "fitted") or self.expression_source not in ("neutral", "fitted"):
+            raise ValueError(f"DepthSetConfig: pose_source must be 'jitter' or 'fitted' (got {self.pose_source!r}), "
+                             f"expression_source 'neutral' or 'fitted' (got {self.expression_source!r})")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,12 +66,47 @@ class DepthSetConfig:
         return cls(**d)
 
 
-def sample_face_params(model: FaceModel, cfg: DepthSetConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Coefficients (n, K) and poses (n, 6) of a set, all drawn up front from one seeded generator."""
+@dataclass
+class FittedFaceParams:
+    """Render poses (M, 6) and expression weights (M, E) of faces fitted to photos (``PairedFaceDataset.fit``):
+    the empirical distribution synthetic faces draw their pose and expression from (whole rows, with replacement)."""
+
+    poses: np.ndarray
+    expressions: np.ndarray
+    source: str = "?"
+
+    def __post_init__(self):
+        self.poses = np.asarray(self.poses, np.float32)
+        self.expressions = np.asarray(self.expressions, np.float32)
+        if self.poses.ndim != 2 or self.poses.shape[1] != 6 or len(self.expressions) != len(self.poses):
+            raise ValueError(f"{self.source}: need poses (M, 6) and expressions (M, E) with the same M, got "
+                             f"{self.poses.shape} and {self.expressions.shape}")
+
+    def describe(self) -> str:
+        h = hashlib.sha256(self.poses.tobytes() + self.expressions.tobytes()).hexdigest()[:12]
+        return f"{self.source}#{h}"
+
+
+def sample_face_params(model: FaceModel, cfg: DepthSetConfig, table: FittedFaceParams | None = None):
+    """Coefficients (n, K), poses (n, 6) and expression weights (n, E) of a set, all drawn up front from one seeded
+    generator. Identity ~ N(0, I) (or truncated); pose from the jitter or the table; expressions neutral or from the
+    table (the same table row as the pose when both are fitted)."""
     g = torch.Generator().manual_seed(cfg.seed)
     coeffs = model.sample_coefficients(cfg.n, cfg.n_components, generator=g, truncation=cfg.truncation)
     poses = cfg.pose.sample(cfg.n, generator=g)
-    return coeffs, poses
+    expressions = torch.zeros(cfg.n, model.n_expressions)
+    if "fitted" in (cfg.pose_source, cfg.expression_source):
+        if table is None:
+            raise ValueError("DepthSetConfig asks for fitted poses/expressions but no FittedFaceParams table was given")
+        if table.expressions.shape[1] != model.n_expressions:
+            raise ValueError(f"{table.source}: {table.expressions.shape[1]} expression weights, the face model has "
+                             f"{model.n_expressions}")
+        rows = torch.randint(len(table.poses), (cfg.n,), generator=g)
+        if cfg.pose_source == "fitted":
+            poses = torch.from_numpy(table.poses)[rows]
+        if cfg.expression_source == "fitted":
+            expressions = torch.from_numpy(table.expressions)[rows]
+    return coeffs, poses, expressions
 
 
 def _names(i: int) -> tuple[str, str, str]:
@@ -69,15 +115,20 @@ def _names(i: int) -> tuple[str, str, str]:
 
 def generate_depth_dataset(n: int, out_dir, seed: int = 0, *, n_components: int = 15, truncation: float | None = None,
                            render: RenderConfig | None = None, pose: PoseJitter | None = None, write_ply: bool = False,
-                           model: FaceModel | None = None, device: str | None = None, progress: bool = True) -> Path:
+                           model: FaceModel | None = None, device: str | None = None, progress: bool = True,
+                           table: FittedFaceParams | None = None, pose_source: str = "jitter",
+                           expression_source: str = "neutral") -> Path:
     """Render ``n`` random faces into ``out_dir`` (see the module docstring for the layout).
 
     The same seed and settings give the same bytes. Files are written atomically; a run that was interrupted resumes
     where it stopped when called again with the same arguments (finished files are not redone). Asking for a
-    different configuration in a folder that holds another set raises ``ValueError``.
+    different configuration in a folder that holds another set raises ``ValueError``. With ``table`` and
+    ``pose_source`` / ``expression_source`` = "fitted", poses and expressions are drawn from fitted photos.
     """
     cfg = DepthSetConfig(n=n, seed=seed, n_components=n_components, truncation=truncation,
-                         render=render or RenderConfig(), pose=pose or PoseJitter(), write_ply=write_ply)
+                         render=render or RenderConfig(), pose=pose or PoseJitter(), write_ply=write_ply,
+                         pose_source=pose_source, expression_source=expression_source,
+                         table=table.describe() if table is not None else None)
     out = Path(out_dir)
     model = model or load_face_model()
     meta_path = out / "meta.npz"
@@ -87,10 +138,11 @@ def generate_depth_dataset(n: int, out_dir, seed: int = 0, *, n_components: int 
         if old != config_json:
             raise ValueError(f"{meta_path}: folder holds a set made with another configuration; use a new out_dir.\n"
                              f"  existing: {old}\n  requested: {config_json}")
-    coeffs, poses = sample_face_params(model, cfg)
+    coeffs, poses, expressions = sample_face_params(model, cfg, table)
     if not meta_path.exists():
         atomic_write_json(out / "config.json", cfg.to_dict())
-        atomic_savez(meta_path, coeffs=coeffs.numpy(), poses=poses.numpy(), config=np.array(config_json))
+        atomic_savez(meta_path, coeffs=coeffs.numpy(), poses=poses.numpy(), expressions=expressions.numpy(),
+                     config=np.array(config_json))
     def done(i):
         return all((out / p).exists() for p in _names(i)[: 3 if write_ply else 2])
 
@@ -104,11 +156,12 @@ def generate_depth_dataset(n: int, out_dir, seed: int = 0, *, n_components: int 
                 bar.update(len(block))
                 continue
             c, p = coeffs[block.start:block.stop].to(dev), poses[block.start:block.stop].to(dev)
-            depth, mask = render_depth(model, c, cfg.render, p)
+            e = expressions[block.start:block.stop].to(dev)
+            depth, mask = render_faces(model, c, cfg.render, p, e)
             depth16 = torch.round(depth * DEPTH_SCALE).to(torch.int32).cpu().numpy().astype(np.uint16)
             mask8 = mask.cpu().numpy().astype(np.uint8) * 255
             if write_ply:
-                verts = apply_pose(model.vertices(c, cfg.render.region), p).cpu().numpy()
+                verts = apply_pose(model.vertices(c, cfg.render.region, e), p).cpu().numpy()
             for i in todo:
                 j = i - block.start
                 d_name, m_name, p_name = _names(i)
@@ -122,7 +175,7 @@ def generate_depth_dataset(n: int, out_dir, seed: int = 0, *, n_components: int 
 
 class DepthMapDataset(Dataset):
     """Read a generated set: items are dicts with ``depth`` and ``mask`` (1, H, W) float in [0, 1], ``coeffs`` (K,),
-    ``pose`` (6,) and ``index``. ``transform`` (optional) is applied to the dict."""
+    ``pose`` (6,), ``expressions`` (E,) and ``index``. ``transform`` (optional) is applied to the dict."""
 
     def __init__(self, root, transform=None):
         self.root = Path(root)
@@ -132,6 +185,9 @@ class DepthMapDataset(Dataset):
         meta = np.load(meta_path)
         self.coeffs = torch.from_numpy(meta["coeffs"])
         self.poses = torch.from_numpy(meta["poses"])
+        # sets made before expressions existed are neutral
+        self.expressions = torch.from_numpy(meta["expressions"]) if "expressions" in meta.files else \
+            torch.zeros(len(self.coeffs), 0)
         self.config = DepthSetConfig.from_dict(json.loads(str(meta["config"])))
         self.transform = transform
         res = self.config.render.resolution
@@ -152,7 +208,7 @@ class DepthMapDataset(Dataset):
         mask = load_png(self.root / m_name, self.size)
         item = {"depth": torch.from_numpy(depth.astype(np.float32) / DEPTH_SCALE)[None],
                 "mask": torch.from_numpy((mask > 127).astype(np.float32))[None],
-                "coeffs": self.coeffs[i], "pose": self.poses[i], "index": i}
+                "coeffs": self.coeffs[i], "pose": self.poses[i], "expressions": self.expressions[i], "index": i}
         return self.transform(item) if self.transform else item
 
 
@@ -161,11 +217,14 @@ class RenderedDepthDataset(Dataset):
 
     def __init__(self, n: int, seed: int = 0, *, n_components: int = 15, truncation: float | None = None,
                  render: RenderConfig | None = None, pose: PoseJitter | None = None, model: FaceModel | None = None,
-                 transform=None):
+                 transform=None, table: FittedFaceParams | None = None, pose_source: str = "jitter",
+                 expression_source: str = "neutral"):
         self.config = DepthSetConfig(n=n, seed=seed, n_components=n_components, truncation=truncation,
-                                     render=render or RenderConfig(), pose=pose or PoseJitter())
+                                     render=render or RenderConfig(), pose=pose or PoseJitter(),
+                                     pose_source=pose_source, expression_source=expression_source,
+                                     table=table.describe() if table is not None else None)
         self.model = model or load_face_model()
-        self.coeffs, self.poses = sample_face_params(self.model, self.config)
+        self.coeffs, self.poses, self.expressions = sample_face_params(self.model, self.config, table)
         self.transform = transform
 
     def __len__(self):
@@ -173,7 +232,8 @@ class RenderedDepthDataset(Dataset):
 
     def render_batch(self, idx):
         """Render several items at once (faster than one by one): depth and mask (B, 1, H, W), float32 in [0, 1]."""
-        depth, mask = render_depth(self.model, self.coeffs[idx], self.config.render, self.poses[idx])
+        depth, mask = render_faces(self.model, self.coeffs[idx], self.config.render, self.poses[idx],
+                                   self.expressions[idx])
         return depth[:, None], mask[:, None].float()
 
     def materialize(self, batch_size: int = 256):
@@ -187,5 +247,6 @@ class RenderedDepthDataset(Dataset):
         depth, mask = self.render_batch([i])
         # Quantise like the 16-bit PNG so both datasets give identical tensors.
         depth = torch.round(depth[0] * DEPTH_SCALE) / DEPTH_SCALE
-        item = {"depth": depth, "mask": mask[0], "coeffs": self.coeffs[i], "pose": self.poses[i], "index": i}
+        item = {"depth": depth, "mask": mask[0], "coeffs": self.coeffs[i], "pose": self.poses[i],
+                "expressions": self.expressions[i], "index": i}
         return self.transform(item) if self.transform else item

@@ -291,10 +291,39 @@ def render_poses(fit: Fit, crop, size: int, window_cm) -> np.ndarray:
                           ).astype(np.float32)
 
 
+REFERENCE_VERSION = 1  # bump when derive_correspondence or the offset learning changes
+
+
+def reference_correspondence(model: FaceModel, cache_dir=None) -> tuple[Correspondence, np.ndarray]:
+    """The correspondence and the learned landmark offsets (468, 3) derived from all detected photos of the shipped
+    CelebA landmarks: the reference for fitting any photos (a user's few photos are too few to derive them from).
+    Recomputed deterministically on first use and cached under ``outputs/cache``, keyed by the inputs."""
+    import hashlib
+
+    from .fileio import atomic_savez
+    from .paths import REPO_ROOT, find_dataset
+
+    lm_path = find_dataset("celeba_10k", "landmarks_mediapipe.npz") / "landmarks_mediapipe.npz"
+    cfg = FitConfig()
+    key = hashlib.sha256(json.dumps([REFERENCE_VERSION, lm_path.stat().st_size, model.source, model.n_expressions,
+                                     asdict(cfg)], sort_keys=True).encode()).hexdigest()[:12]
+    path = Path(cache_dir or REPO_ROOT / "outputs" / "cache") / f"mediapipe_ict_correspondence_{key}.npz"
+    if not path.exists():
+        d = np.load(lm_path)
+        lm = d["landmarks"][d["found"]]
+        corr = derive_correspondence(model, lm)
+        fit = fit_landmarks(model, lm, corr, cfg)  # learns the offsets on cfg.bias_subset photos
+        atomic_savez(path, vertex=corr.vertex, mp68=corr.mp68, align_error_cm=corr.align_error_cm,
+                     vertex_error_cm=corr.vertex_error_cm, iterations=corr.iterations, offsets=fit.offsets)
+    d = np.load(path)
+    corr = Correspondence(d["vertex"], d["mp68"], d["align_error_cm"], d["vertex_error_cm"], int(d["iterations"]))
+    return corr, d["offsets"]
+
+
 def fit_summary(fit: Fit, cfg: FitConfig, n_missing: int = 0) -> dict:
     """Residual statistics and failure count of a fit (for reports and notebooks)."""
     fail = fit.residual_cm > cfg.fail_residual_cm
-    q = lambda a: {p: float(np.percentile(a, p)) for p in (5, 50, 95)}
+    q = lambda a: {p: float(np.percentile(a, p)) for p in (5, 50, 95, 100)}
     return {"n": int(len(fit.scale)), "n_no_landmarks": int(n_missing), "n_failed": int(fail.sum()),
             "residual_cm": q(fit.residual_cm), "residual_px": q(fit.residual_px),
             "expressions_at_bound": float((fit.expressions > 0.99).mean())}

@@ -8,7 +8,8 @@ from frankenstein_utils.datasets import (HaarFaceDataset, ImageFolderDataset, Pa
 from frankenstein_utils.paths import find_dataset
 from frankenstein_utils.rasterize import render_depth, rotation_matrices
 
-TINY = PairedConfig(size=32, limit=60, val_fraction=0.1, test_fraction=0.1)
+TINY = PairedConfig(size=32, limit=60, val_fraction=0.1, test_fraction=0.1, depth_source="landmarks")
+TINY_FIT = PairedConfig(size=32, limit=60, val_fraction=0.1, test_fraction=0.1)  # default: fitted-model depth
 
 
 @pytest.fixture(scope="module")
@@ -16,6 +17,51 @@ def paired(tmp_path_factory, face_model):
     cache = tmp_path_factory.mktemp("cache")
     return {s: PairedFaceDataset(s, TINY, cache_dir=cache, model=face_model, progress=False)
             for s in ("train", "val", "test", "all")}
+
+
+@pytest.fixture(scope="module")
+def fitted(paired, face_model):
+    cache = paired["all"].cache_path.parent
+    return {s: PairedFaceDataset(s, TINY_FIT, cache_dir=cache, model=face_model, progress=False)
+            for s in ("train", "all")}
+
+
+def test_fitted_pairs_are_the_fit_rendered_like_synthetic_inputs(paired, fitted, face_model):
+    from frankenstein_utils.facemodel import render_faces
+
+    fa, la = fitted["all"], paired["all"]
+    assert TINY_FIT.depth_source == "fitted" and fa.cache_path != la.cache_path  # one cache per depth source
+    assert np.array_equal(fa.indices, la.indices) and np.array_equal(fa.names, la.names)
+    assert fa.stats["fit"]["n_failed"] == 0 and fa.stats["fit"]["residual_cm"]["50"] < 0.3
+    # the stored depth is exactly render_faces of the fit through the synthetic render config
+    cfg = fa.render_config(face_model)
+    idx = [0, 17, 59]
+    d, m = render_faces(face_model, torch.from_numpy(fa.fit["coeffs"][idx]), cfg, torch.from_numpy(fa.fit["poses"][idx]),
+                        torch.from_numpy(fa.fit["expressions"][idx]))
+    assert (fa.depth[idx].float() / 65535 - d).abs().max() <= 1.01 / 65535
+    # and it covers the same pixels of the photo as the landmark mesh (the two differ at the forehead and jaw line)
+    mf, ml = fa.tensors()[2] > 0, la.tensors()[2] > 0
+    iou = (mf & ml).sum((1, 2, 3)).float() / (mf | ml).sum((1, 2, 3)).float()
+    assert iou.median() > 0.75 and iou.min() > 0.5
+    cf, cl = mask_boxes(mf.float()), mask_boxes(ml.float())
+    assert np.median(np.abs(cf[:, 0] - cl[:, 0])) < 1.0  # horizontal centres agree (pixels at 32 px)
+
+
+def test_synthetic_inputs_draw_the_fitted_distribution(fitted, face_model):
+    tr = fitted["train"]
+    table = tr.face_params()
+    assert len(table.poses) == len(tr) and table.expressions.shape == (len(tr), face_model.n_expressions)
+    syn = tr.synthetic(40, seed=3, model=face_model)
+    assert syn.config.render == tr.render_config(face_model)
+    # every drawn (pose, expression) is one fitted photo's row
+    rows = np.concatenate([table.poses, table.expressions], 1)
+    drawn = np.concatenate([syn.poses.numpy(), syn.expressions.numpy()], 1)
+    assert all((np.abs(rows - r).max(1) == 0).any() for r in drawn)
+    assert syn.coeffs.shape == (40, 15) and syn.config.table == table.describe()
+    neutral = tr.synthetic(40, seed=3, model=face_model, expressions="neutral", pose="jitter")
+    assert neutral.expressions.abs().sum() == 0 and not torch.equal(neutral.poses, syn.poses)
+    d, m = syn.render_batch([0, 1])
+    assert d.shape == (2, 1, 32, 32) and m.sum() > 0
 
 
 def test_paired_items_and_split(paired):
@@ -36,17 +82,18 @@ def test_split_is_saved_and_reused(paired, face_model):
 
 
 def test_landmark_depth_lies_over_the_face(paired):
+    assert paired["all"].config.depth_source == "landmarks"
     """The rasterized landmark mask is centred on the landmarks in the (cropped, resized) photo frame."""
     ds = paired["all"]
     lm = np.load(find_dataset("celeba_10k") / "landmarks_mediapipe.npz")
-    names = list(lm["names"])
+    names, landmarks = list(lm["names"]), lm["landmarks"]  # read once: each npz access decompresses again
     near_frontal = [i for i in range(len(ds)) if abs(ds.poses_all[ds.indices[i], 0]) < 15]
     assert len(near_frontal) > 20
     # A turned head crowds the landmarks of its far side into a few pixels, which pulls their (vertex) centroid
     # away from the area centroid of the mask; near-frontal faces are where the two must agree.
     for i in near_frontal:
         j = names.index(ds.names[ds.indices[i]])
-        pts = landmark_frame(lm["landmarks"][j:j + 1], TINY.crop, TINY.size)[0]
+        pts = landmark_frame(landmarks[j:j + 1], TINY.crop, TINY.size)[0]
         mask = ds[i]["mask"][0]
         ys, xs = torch.nonzero(mask, as_tuple=True)
         centroid = np.array([xs.float().mean() + 0.5, ys.float().mean() + 0.5])

@@ -86,3 +86,33 @@ def test_dataset_errors_name_the_file(tmp_path, face_model):
     (root / "depth/000002.png").unlink()
     with pytest.raises(FileNotFoundError, match="1 of 3 depth maps missing"):
         DepthMapDataset(root)
+
+
+def test_fitted_pose_and_expression_table(tmp_path, face_model):
+    from frankenstein_utils.depthdata import FittedFaceParams
+
+    g = np.random.default_rng(0)
+    poses = np.zeros((5, 6), np.float32)
+    poses[:, 0] = np.arange(5) * 5.0  # distinct yaws identify the rows
+    poses[:, 3] = 1
+    expr = np.zeros((5, face_model.n_expressions), np.float32)
+    expr[:, face_model.expression_index("jawOpen")] = np.arange(5) / 5
+    table = FittedFaceParams(poses, expr, source="test")
+    root = generate_depth_dataset(6, tmp_path / "t", seed=1, render=RC, model=face_model, write_ply=True,
+                                  progress=False, table=table, pose_source="fitted", expression_source="fitted")
+    ds = DepthMapDataset(root)
+    rows = (ds.poses[:, 0] / 5).round().long()
+    assert torch.equal(ds.expressions[:, face_model.expression_index("jawOpen")], torch.from_numpy(expr[rows, 26]))
+    assert ds.config.table == table.describe() and ds.config.expression_source == "fitted"
+    i = int(torch.argmax(ds.expressions.sum(1)))
+    v, _ = read_ply(root / f"ply/{i:06d}.ply")
+    from frankenstein_utils.rasterize import apply_pose
+    expect = apply_pose(face_model.vertices(ds.coeffs[i:i + 1], "face", ds.expressions[i:i + 1]), ds.poses[i:i + 1])
+    np.testing.assert_allclose(v, expect[0].numpy(), atol=1e-4)
+    live = RenderedDepthDataset(6, seed=1, render=RC, model=face_model, table=table, pose_source="fitted",
+                                expression_source="fitted")
+    assert (live[i]["depth"] - ds[i]["depth"]).abs().max() <= 1.01 / DEPTH_SCALE
+    with pytest.raises(ValueError, match="no FittedFaceParams table"):
+        RenderedDepthDataset(2, render=RC, model=face_model, expression_source="fitted")
+    with pytest.raises(ValueError, match="expression_source"):
+        RenderedDepthDataset(2, render=RC, model=face_model, expression_source="smiling")
