@@ -1,4 +1,5 @@
-"""Live exploration in JupyterLab: one slider per face-model component re-renders the depth map.
+"""Live exploration in JupyterLab: one slider per face-model component (identity, in units of sigma) and per
+expression blendshape (weight in [0, 1]) re-renders the depth map.
 
 ``FaceExplorer`` keeps the rendering in plain methods (``render``, ``update``) so it can be timed and tested without
 a browser; ``widget`` is the ipywidgets box to display. Extra panels (for example a generated face beside the depth
@@ -13,9 +14,13 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .facemodel import FaceModel
+from .facemodel import FaceModel, render_faces
 from .fileio import png_bytes
-from .rasterize import RenderConfig, render_depth
+from .rasterize import RenderConfig
+
+# Expressions shown as sliders at once; the others sit in a collapsed "more expressions" accordion.
+MAIN_EXPRESSIONS = ("jawOpen", "mouthSmile_L", "mouthSmile_R", "mouthFunnel", "eyeBlink_L", "eyeBlink_R",
+                    "browInnerUp_L", "browInnerUp_R")
 
 
 def to_uint8(img) -> np.ndarray:
@@ -24,35 +29,42 @@ def to_uint8(img) -> np.ndarray:
 
 
 class FaceExplorer:
-    """Sliders over the first ``n_components`` coefficients (in units of sigma) and live images."""
+    """Sliders over the first ``n_components`` identity coefficients (in units of sigma) and the model's expression
+    weights (in [0, 1]; ``main_expressions`` shown, the rest in an accordion), and live images."""
 
     def __init__(self, model: FaceModel, n_components: int = 15, render: RenderConfig | None = None,
-                 panels: Sequence[Callable] = (), slider_range: float = 3.0, display_scale: int = 2):
+                 panels: Sequence[Callable] = (), slider_range: float = 3.0, display_scale: int = 2,
+                 main_expressions: Sequence[str] = MAIN_EXPRESSIONS):
         self.model = model
         self.k = n_components
         self.cfg = render or RenderConfig()
         self.panels = list(panels)
         self.coeffs = torch.zeros(1, n_components)
+        self.expressions = torch.zeros(1, model.n_expressions)
+        self.main_expressions = [n for n in main_expressions if n in model.expression_names]
         self.display_scale = display_scale
         self.last_update_ms = float("nan")
         self._range = slider_range
         self._widget = None
 
-    def render(self, coeffs: torch.Tensor | None = None) -> list[np.ndarray]:
-        """The images for the given (or current) coefficients: depth first, then one per panel."""
+    def render(self, coeffs: torch.Tensor | None = None, expressions: torch.Tensor | None = None) -> list[np.ndarray]:
+        """The images for the given (or current) coefficients and expressions: depth first, then one per panel."""
         c = self.coeffs if coeffs is None else torch.as_tensor(coeffs, dtype=torch.float32).view(1, -1)
+        e = self.expressions if expressions is None else torch.as_tensor(expressions, dtype=torch.float32).view(1, -1)
         with torch.no_grad():
-            depth, mask = render_depth(self.model, c, self.cfg)
+            depth, mask = render_faces(self.model, c, self.cfg, None, e)
             images = [to_uint8(depth[0])]
             for panel in self.panels:
                 images.append(to_uint8(panel(depth[:, None], mask[:, None].float())))
         return images
 
-    def update(self, coeffs=None) -> list[np.ndarray]:
+    def update(self, coeffs=None, expressions=None) -> list[np.ndarray]:
         """Render, push the PNGs into the image widgets (if built), and time the whole update."""
         t0 = time.perf_counter()
         if coeffs is not None:
             self.coeffs = torch.as_tensor(coeffs, dtype=torch.float32).view(1, -1)
+        if expressions is not None:
+            self.expressions = torch.as_tensor(expressions, dtype=torch.float32).view(1, -1)
         images = self.render()
         if self._widget is not None:
             for w, img in zip(self._images, images):
@@ -74,6 +86,18 @@ class FaceExplorer:
                                            layout=W.Layout(width="320px")) for k in range(self.k)]
             for k, s in enumerate(self._sliders):
                 s.observe(lambda ch, k=k: self._on_slider(k, ch["new"]), names="value")
+            # Expression sliders, one per blendshape, named after it; main ones in view, the rest one click away.
+            self._expr_sliders = {}
+            for j, name in enumerate(self.model.expression_names):
+                s = W.FloatSlider(value=0.0, min=0.0, max=1.0, step=0.05, description=name, continuous_update=True,
+                                  style={"description_width": "120px"}, layout=W.Layout(width="320px"))
+                s.observe(lambda ch, j=j: self._on_expression(j, ch["new"]), names="value")
+                self._expr_sliders[name] = s
+            more = [s for n, s in self._expr_sliders.items() if n not in self.main_expressions]
+            self._expr_more = W.Accordion(children=[W.VBox(more)], selected_index=None)
+            self._expr_more.set_title(0, f"more expressions ({len(more)})")
+            expr_box = [W.Label("expression (0-1)")] + [self._expr_sliders[n] for n in self.main_expressions]
+            expr_box += [self._expr_more] if more else []
             self._images = [W.Image(format="png") for _ in range(1 + len(self.panels))]
             # Panels with latent directions (GeneratorPanel) get one slider per direction.
             self._latent_sliders = []
@@ -85,8 +109,9 @@ class FaceExplorer:
                     self._latent_sliders.append(s)
             self._timing = W.Label()
             reset = W.Button(description="reset")
-            reset.on_click(lambda _: self.set_coeffs(torch.zeros(self.k)))
-            self._widget = W.HBox([W.VBox(self._sliders + self._latent_sliders + [reset, self._timing]),
+            reset.on_click(lambda _: self.set_coeffs(torch.zeros(self.k), torch.zeros(self.model.n_expressions)))
+            self._widget = W.HBox([W.VBox([W.Label("shape (sigma)")] + self._sliders + expr_box
+                                          + self._latent_sliders + [reset, self._timing]),
                                    W.HBox(self._images)])
             self.update()
         return self._widget
@@ -95,20 +120,30 @@ class FaceExplorer:
         self.coeffs[0, k] = float(value)
         self.update()
 
+    def _on_expression(self, j, value):
+        self.expressions[0, j] = float(value)
+        self.update()
+
     def _on_latent(self, panel, j, value):
         panel.values[j] = float(value)
         self.update()
 
-    def set_coeffs(self, coeffs):
-        """Move the sliders (and the images) to ``coeffs``."""
+    def set_coeffs(self, coeffs, expressions=None):
+        """Move the sliders (and the images) to ``coeffs`` (and ``expressions`` when given), one render."""
         coeffs = torch.as_tensor(coeffs, dtype=torch.float32).view(-1)
         if self._widget is None:
-            return self.update(coeffs)
+            return self.update(coeffs, expressions)
         for k, s in enumerate(self._sliders):
             s.unobserve_all()
             s.value = float(coeffs[k])
             s.observe(lambda ch, k=k: self._on_slider(k, ch["new"]), names="value")
-        return self.update(coeffs)
+        if expressions is not None:
+            expressions = torch.as_tensor(expressions, dtype=torch.float32).view(-1)
+            for j, s in enumerate(self._expr_sliders.values()):
+                s.unobserve_all()
+                s.value = float(expressions[j])
+                s.observe(lambda ch, j=j: self._on_expression(j, ch["new"]), names="value")
+        return self.update(coeffs, expressions)
 
 
 def face_sliders(model: FaceModel, n_components: int = 15, **kwargs):

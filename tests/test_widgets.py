@@ -28,3 +28,23 @@ def test_panels_show_beside_the_depth(face_model):
     assert len(ex._images) == 2
     depth, inverted = ex.render()
     np.testing.assert_allclose(inverted.astype(int), 255 - depth.astype(int), atol=1)
+
+
+def test_expression_sliders_rerender_the_face(face_model):
+    ex = FaceExplorer(face_model, n_components=15, render=RenderConfig(resolution=64))
+    ex.widget
+    assert list(ex._expr_sliders) == face_model.expression_names  # every blendshape reachable
+    assert all(s.min == 0 and s.max == 1 for s in ex._expr_sliders.values())
+    shown = [s.description for s in ex._widget.children[0].children if hasattr(s, "description")]
+    assert "jawOpen" in shown and "eyeLookUp_L" not in shown  # main ones in view, the rest in the accordion
+    assert ex._expr_sliders["eyeLookUp_L"] in ex._expr_more.children[0].children
+    before = bytes(ex._images[0].value)
+    ex._expr_sliders["jawOpen"].value = 1.0  # as a user dragging the slider
+    j = face_model.expression_index("jawOpen")
+    assert ex.expressions[0, j] == 1.0 and bytes(ex._images[0].value) != before
+    expect = torch.zeros(1, face_model.n_expressions)
+    expect[0, j] = 1.0
+    np.testing.assert_array_equal(ex.render()[0], ex.render(torch.zeros(15), expect)[0])
+    assert not np.array_equal(ex.render()[0], ex.render(torch.zeros(15), torch.zeros(1, 53))[0])
+    ex.set_coeffs(torch.zeros(15), torch.zeros(53))  # what the reset button does
+    assert ex._expr_sliders["jawOpen"].value == 0 and ex.expressions.abs().sum() == 0
