@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PARAMS ?= notebooks/params/default.yaml
 
-.PHONY: run test bench venv clean-outputs
+.PHONY: run test bench venv browser clean-outputs
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -21,7 +21,13 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 run: venv
 	$(PY) -m frankenstein_utils.notebooks --params $(PARAMS) --out outputs/notebooks
 
-test: venv
+# tests/test_browser.py drives JupyterLab in Debian's Chromium (Playwright's own browser download is not reachable):
+# installed once with apt-get (CI runs as root on a fresh machine); a no-op when it is already there.
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: venv browser
 	$(PY) -m pytest -q tests
 
 bench: venv

@@ -1,7 +1,11 @@
-"""Depth maps per second at 128x128: the batched torch z-buffer vs the original point-splat method, same faces.
+"""Depth maps per second at 128x128 on the same faces: the compiled z-buffer (numba), the batched torch z-buffer and
+the original point-splat method, at 1 and 2 threads.
 
-Prints both rates, their ratio as `<number>x`, the mean absolute depth difference inside both masks (cm), the
-slider-update latency of one face, and the machine. Usage: python bench/bench_depth.py [--n 256] [--batch 64]
+Prints each rate, the ratios as `<number>x`, how closely the compiled and torch z-buffers agree (they do the same
+float32 arithmetic), the compile and cache-load time of the compiled kernel (each in a fresh process, outside the
+throughput timing), how the point splat agrees with the z-buffer, and the machine. Torch and the compiled kernel
+get the same thread count (``torch.set_num_threads``; the numba path threads over faces with as many threads).
+Usage: python bench/bench_depth.py [--n 256] [--batch 64] [--threads 1 2] [--device cuda]
 """
 from __future__ import annotations
 
@@ -9,107 +13,127 @@ import argparse
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 from frankenstein_utils.facemodel import load_face_model  # noqa: E402
 from frankenstein_utils.rasterize import RenderConfig, rasterize_depth, to_pixels  # noqa: E402
 from frankenstein_utils.splat import splat_depth  # noqa: E402
-from frankenstein_utils.widgets import FaceExplorer  # noqa: E402
+
+# First use of the kernel in a fresh process: import numba, then compile it or load it from the cache dir.
+FIRST_CALL = """
+import time, numpy as np
+t0 = time.perf_counter()
+from frankenstein_utils.raster_numba import rasterize_depth_numba
+t1 = time.perf_counter()
+rasterize_depth_numba(np.zeros((1, 3, 3), np.float32), np.array([[0, 1, 2]]), 4, 4)
+print(t1 - t0, time.perf_counter() - t1)
+"""
+
+
+def first_call_seconds(cache_dir):
+    env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", FIRST_CALL], env=env, capture_output=True, text=True, check=True)
+    return [float(x) for x in out.stdout.split()]
+
+
+def rate(fn, n, repeats):
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return n / statistics.median(times)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--n", type=int, default=256, help="faces for the z-buffer timing")
+    ap.add_argument("--n", type=int, default=256, help="faces for the z-buffer timings")
     ap.add_argument("--n-splat", type=int, default=32, help="faces for the (slow) splat timing")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--resolution", type=int, default=128)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     a = ap.parse_args(argv)
     dev = torch.device(a.device)
     model = load_face_model()
     cfg = RenderConfig(resolution=a.resolution)
     reg = model.region(cfg.region)
-    c = model.sample_coefficients(a.n, generator=torch.Generator().manual_seed(0))
-    # Both methods get the same projected vertices; vertex computation is outside both timings.
-    px = to_pixels(model.vertices(c, cfg.region), cfg).to(dev)
-    faces = reg.faces.to(dev)
     R = a.resolution
+    c = model.sample_coefficients(a.n, generator=torch.Generator().manual_seed(0))
+    # Every method gets the same projected vertices; vertex computation is outside all timings.
+    px = to_pixels(model.vertices(c, cfg.region), cfg)
+    faces = reg.faces
 
-    def run_zbuffer():
-        out = []
-        for s in range(0, a.n, a.batch):
-            out.append(rasterize_depth(px[s:s + a.batch], faces, R, R, cull_backfaces=cfg.cull_backfaces))
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        return out
+    def zbuffer(backend, verts):
+        def run():
+            out = [rasterize_depth(verts[s:s + a.batch], faces, R, R, cull_backfaces=cfg.cull_backfaces,
+                                   backend=backend) for s in range(0, a.n, a.batch)]
+            if verts.device.type == "cuda":
+                torch.cuda.synchronize()
+            return out
+        return run
 
-    run_zbuffer()  # warm-up
-    times = []
-    for _ in range(a.repeats):
-        t0 = time.perf_counter()
-        out = run_zbuffer()
-        times.append(time.perf_counter() - t0)
-    z_rate = a.n / statistics.median(times)
-    z = torch.cat([o[0] for o in out]).cpu().numpy()
-    m = torch.cat([o[1] for o in out]).cpu().numpy()
+    with tempfile.TemporaryDirectory() as cache:
+        import_s, compile_s = first_call_seconds(cache)  # empty cache dir: compiles
+        _, load_s = first_call_seconds(cache)  # same dir: loads the compiled kernel
 
-    px_np, f_np = px[: a.n_splat].cpu().numpy(), reg.faces.numpy()
+    rows = []
+    for t in a.threads:
+        torch.set_num_threads(t)
+        rows.append((t, rate(zbuffer("numba", px), a.n, a.repeats), rate(zbuffer("torch", px), a.n, a.repeats)))
+    gpu_rate = rate(zbuffer("torch", px.to(dev)), a.n, a.repeats) if dev.type == "cuda" else None
+
+    # Agreement of the two z-buffers on all faces
+    torch.set_num_threads(max(a.threads))
+    zn, mn = (torch.cat(x) for x in zip(*zbuffer("numba", px)()))
+    zt, mt = (torch.cat(x) for x in zip(*zbuffer("torch", px)()))
+    both = mn & mt
+    z_diff = float((zn - zt)[both].abs().max()) if both.any() else 0.0
+
+    # The original method (numpy, one thread) on the first faces
+    px_np, f_np = px[: a.n_splat].numpy(), faces.numpy()
     t0 = time.perf_counter()
     splats = [splat_depth(px_np[i], f_np, R, R, rng=np.random.default_rng(i)) for i in range(a.n_splat)]
     s_rate = a.n_splat / (time.perf_counter() - t0)
+    z, m = zn.numpy(), mn.numpy()
     diffs = [np.abs(d[sm & m[i]] - z[i][sm & m[i]]).mean() for i, (d, sm) in enumerate(splats)]
     agree = [(sm == m[i]).mean() for i, (_, sm) in enumerate(splats)]
 
-    # trimesh ray casting on the same meshes, when installed (orthographic rays down -z through pixel centres)
-    tm_rate = None
-    try:
-        import trimesh
-
-        ys, xs = np.meshgrid(np.arange(R) + 0.5, np.arange(R) + 0.5, indexing="ij")
-        origins = np.stack([xs.ravel(), ys.ravel(), np.full(R * R, 1e3)], 1)
-        dirs = np.tile([0.0, 0.0, -1.0], (R * R, 1))
-        n_tm = min(4, a.n_splat)
-        t0 = time.perf_counter()
-        tm_diff = []
-        for i in range(n_tm):
-            mesh = trimesh.Trimesh(px_np[i], f_np, process=False)
-            loc, ray_idx, _ = mesh.ray.intersects_location(origins, dirs, multiple_hits=False)
-            zmap = np.zeros(R * R)
-            zmap[ray_idx] = loc[:, 2]
-            both = (zmap.reshape(R, R) != 0) & m[i]
-            tm_diff.append(np.abs(zmap.reshape(R, R)[both] - z[i][both]).mean())
-        tm_rate = n_tm / (time.perf_counter() - t0)
-    except ImportError:
-        pass
-
-    ex = FaceExplorer(model, 15, cfg)
-    lat = []
-    for k in range(30):
-        ex.update(torch.eye(15)[k % 15] * (1 if k % 2 else -1))
-        lat.append(ex.last_update_ms)
-
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
-          f"{torch.__version__}, {torch.get_num_threads()} threads, device {dev}")
-    print(f"faces: {a.n} (z-buffer, batch {a.batch}, median of {a.repeats}) / {a.n_splat} (splat); "
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"load average {os.getloadavg()[0]:.2f} at start of printout")
+    print(f"faces: {a.n} (z-buffers, batch {a.batch}, median of {a.repeats}) / {a.n_splat} (splat); "
           f"{R}x{R}, region '{cfg.region}' ({len(f_np)} triangles)")
-    print(f"z-buffer (ours):      {z_rate:8.1f} depth maps/s")
-    print(f"point splat (orig.):  {s_rate:8.1f} depth maps/s  (100,000 samples, max-z splat, row interpolation)")
-    print(f"ratio: {z_rate / s_rate:.1f}x")
-    if tm_rate is None:
-        print("trimesh ray casting: trimesh not installed, skipped (pip install trimesh to compare)")
-    else:
-        print(f"trimesh ray casting:  {tm_rate:8.1f} depth maps/s, ratio ours/trimesh {z_rate / tm_rate:.1f}x, "
-              f"mean |depth difference| {np.mean(tm_diff):.4f}")
-    print(f"agreement: mean |depth difference| inside both masks {np.mean(diffs):.3f} cm "
+    print(f"compiled kernel: import numba {import_s:.2f} s, first call {compile_s:.2f} s compiling (empty cache), "
+          f"{load_s:.2f} s loading it from the cache; not in the rates below")
+    print(f"point splat (original, numpy): {s_rate:8.1f} depth maps/s")
+    print("threads  compiled maps/s  torch maps/s  compiled/torch  compiled/original  torch/original")
+    for t, n_rate, t_rate in rows:
+        print(f"{t:7d}  {n_rate:15.1f}  {t_rate:12.1f}  {n_rate / t_rate:13.1f}x  {n_rate / s_rate:16.1f}x  "
+              f"{t_rate / s_rate:13.1f}x")
+    if len(rows) > 1:
+        print(f"scaling {rows[0][0]} -> {rows[-1][0]} threads: compiled {rows[-1][1] / rows[0][1]:.2f}x, "
+              f"torch {rows[-1][2] / rows[0][2]:.2f}x")
+    if gpu_rate is not None:
+        print(f"torch z-buffer on {torch.cuda.get_device_name(dev)}: {gpu_rate:.1f} depth maps/s, "
+              f"{gpu_rate / max(r[1] for r in rows):.1f}x the fastest compiled CPU rate")
+    print(f"compiled vs torch on all {a.n} faces: masks differ at {int((mn != mt).sum())} of {mn.numel()} pixels, "
+          f"max |z difference| {z_diff:.3g} (identical: {bool(torch.equal(mn, mt) and torch.equal(zn, zt))})")
+    best_n, best_t = max(r[1] for r in rows), max(r[2] for r in rows)
+    print(f"default for CPU tensors (rasterize_depth backend='auto'): numba; fastest compiled / fastest torch here "
+          f"{best_n / best_t:.1f}x" + ("" if best_n > best_t else "  <- torch was faster in this run"))
+    print(f"splat agreement: mean |depth difference| inside both masks {np.mean(diffs):.3f} cm "
           f"(pixel = {24.5 / R:.3f} cm); masks agree on {100 * np.mean(agree):.2f} % of pixels")
-    print(f"slider update (render + PNG, one face): median {statistics.median(lat):.1f} ms, max {max(lat):.1f} ms")
 
 
 if __name__ == "__main__":
