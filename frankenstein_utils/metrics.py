@@ -330,3 +330,104 @@ def identity_consistency(generate, net: FeatureNet, depth: torch.Tensor, mask: t
     auc = float((within[:, None] < between[None, :]).double().mean())
     return {"within": float(within.mean()), "between": float(between.mean()),
             "ratio": float(within.mean() / between.mean()), "auc": auc}
+
+
+# ---- judges trained elsewhere (dlib, see ``judges``): detection, landmarks, identity, face-FD ---------------------
+def detection_rate(found) -> dict:
+    """Share of images where the face detector found a face, with its 95 % Wilson interval."""
+    found = np.asarray(found, bool)
+    lo, hi = wilson_interval(int(found.sum()), len(found))
+    return {"rate": float(found.mean()) if len(found) else float("nan"), "ci": [lo, hi], "n": int(len(found))}
+
+
+def nme(pred, target, points=None, eye_corners=(36, 45)) -> dict:
+    """Normalised mean landmark error: per face, the mean distance between predicted and target points divided by the
+    target's outer-eye-corner distance (iBUG 36 and 45); mean over faces with a 95 % interval. ``points``: the
+    indices used (default all 68); pred and target (N, 68, 2) in the same pixel frame."""
+    pred, target = np.asarray(pred, float), np.asarray(target, float)
+    if pred.shape != target.shape or pred.ndim != 3 or pred.shape[2] != 2:
+        raise ValueError(f"nme: pred and target must both be (N, P, 2), got {pred.shape} and {target.shape}")
+    iod = np.linalg.norm(target[:, eye_corners[0]] - target[:, eye_corners[1]], axis=1)
+    idx = list(points) if points is not None else list(range(pred.shape[1]))
+    per = np.linalg.norm(pred[:, idx] - target[:, idx], axis=2).mean(1) / np.maximum(iod, 1e-9)
+    m, lo, hi = mean_ci(torch.from_numpy(per))
+    return {"nme": m, "ci": [lo, hi], "per_face": per}
+
+
+def frechet_distance_features(a, b) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets (N, D):
+    ||m_a - m_b||^2 + Tr(C_a + C_b - 2 (C_a C_b)^(1/2)) (scipy's matrix square root, real part)."""
+    import warnings
+
+    from scipy import linalg
+
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    ma, mb = a.mean(0), b.mean(0)
+    ca = np.cov(a, rowvar=False) if len(a) > 1 else np.zeros((a.shape[1],) * 2)
+    cb = np.cov(b, rowvar=False) if len(b) > 1 else np.zeros((b.shape[1],) * 2)
+    with warnings.catch_warnings():  # few samples in many dimensions: a singular product is expected, not an error
+        warnings.simplefilter("ignore")
+        covmean = linalg.sqrtm(ca @ cb)
+    covmean = np.real(covmean) if np.iscomplexobj(covmean) else covmean
+    return float(((ma - mb) ** 2).sum() + np.trace(ca) + np.trace(cb) - 2 * np.trace(covmean))
+
+
+def mean_pairwise_distance(feats) -> float:
+    """Mean Euclidean distance over all pairs of distinct rows (diversity of a set of embeddings)."""
+    f = torch.as_tensor(np.asarray(feats, np.float64))
+    n = len(f)
+    return float(torch.cdist(f, f).sum() / (n * (n - 1))) if n > 1 else float("nan")
+
+
+def pair_auc(pos, neg) -> dict:
+    """AUC that a positive pair is closer than a negative pair (ties count one half), with the Hanley-McNeil 95 %
+    interval. 0.5 = the distance says nothing, 1 = every positive pair is closer than every negative pair."""
+    pos, neg = np.asarray(pos, float), np.asarray(neg, float)
+    if len(pos) == 0 or len(neg) == 0:
+        return {"auc": float("nan"), "ci": [float("nan")] * 2, "n_pos": len(pos), "n_neg": len(neg)}
+    less = (pos[:, None] < neg[None, :]).mean()
+    ties = (pos[:, None] == neg[None, :]).mean()
+    a = float(less + 0.5 * ties)
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    var = (a * (1 - a) + (len(pos) - 1) * (q1 - a * a) + (len(neg) - 1) * (q2 - a * a)) / (len(pos) * len(neg))
+    h = 1.96 * math.sqrt(max(var, 0.0))
+    return {"auc": a, "ci": [max(a - h, 0.0), min(a + h, 1.0)], "n_pos": len(pos), "n_neg": len(neg)}
+
+
+def identity_pairs(ids, codes=None, poses=None, design: str = "new"):
+    """Index pairs (i, j), i < j, that test identity consistency. ``ids``: identity of each image; ``codes``: its
+    appearance code; ``poses``: its pose index.
+
+    ``"new"`` (depth-blind-proof): positives = same identity, same code, different pose; negatives = different
+    identity, *same* code, same pose. A generator that uses only the code gives equal distances to both: AUC 0.5.
+    ``"old"`` (as before): positives as above; negatives = different identity *and* different code, any pose, so a
+    generator that ignores the depth and draws the face from the code alone scores AUC 1.
+    ``"labels"``: real photos with known identity: positives = same identity, negatives = different identity."""
+    ids = np.asarray(ids)
+    i, j = np.triu_indices(len(ids), 1)
+    same_id = ids[i] == ids[j]
+    if design == "labels":
+        return (i[same_id], j[same_id]), (i[~same_id], j[~same_id])
+    codes, poses = np.asarray(codes), np.asarray(poses)
+    same_code, same_pose = codes[i] == codes[j], poses[i] == poses[j]
+    pos = same_id & same_code & ~same_pose
+    if design == "new":
+        neg = ~same_id & same_code & same_pose
+    elif design == "old":
+        neg = ~same_id & ~same_code
+    else:
+        raise ValueError(f"design must be 'new', 'old' or 'labels', got {design!r}")
+    return (i[pos], j[pos]), (i[neg], j[neg])
+
+
+def identity_auc(embeddings, ids, codes=None, poses=None, design: str = "new",
+                 threshold: float = 0.6) -> dict:
+    """Identity consistency from face embeddings (dlib descriptors) under a pair design (``identity_pairs``): the
+    AUC with its interval, and the share of positive pairs closer than ``threshold`` (dlib's same-person rule)."""
+    e = np.asarray(embeddings, float)
+    (pi, pj), (ni, nj) = identity_pairs(ids, codes, poses, design)
+    dpos = np.linalg.norm(e[pi] - e[pj], axis=1)
+    dneg = np.linalg.norm(e[ni] - e[nj], axis=1)
+    out = pair_auc(dpos, dneg)
+    out["same_share"] = float((dpos < threshold).mean()) if len(dpos) else float("nan")
+    return out
