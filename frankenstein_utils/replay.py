@@ -92,7 +92,8 @@ class ReplayBuffer:
             self._alloc(images.shape[1:])
             if isinstance(self.store, np.ndarray):
                 for s in range(0, self.count, 256):  # chunks: a big pool never sits in RAM whole
-                    self.store[s:s + 256] = images[s:s + 256]
+                    e = min(s + 256, self.count)
+                    self.store[s:e] = images[s:e]
                 self.store.flush()
             else:
                 self.store[: self.count] = torch.from_numpy(np.array(images))

@@ -99,3 +99,32 @@ def test_output_spread():
     assert output_spread(same) == 0.0
     two = torch.stack([torch.zeros(3, 8, 8), torch.ones(3, 8, 8)])
     assert output_spread(two) == pytest.approx(1.0)
+
+
+def test_memmap_pool_is_kept_beside_the_checkpoint_and_only_the_trainer_writes_it(tmp_path):
+    """The pool is not inside the checkpoint (a 20 GB pool would need twice that in RAM); a resumed memmap run equals
+    an uninterrupted RAM one; load_run (apply, notebooks) never opens a running trainer's pool file for writing."""
+    kw = dict(SMALL, overrides={"replay": {"replay_size": 6}})  # full after 2 steps of 4 fakes
+    full = Trainer(variant_config("replay", out_dir=str(tmp_path / "ram"), steps=4, **kw), streams())
+    full.fit(progress=False)
+    pool = tmp_path / "pool.npy"
+    part = Trainer(variant_config("replay", out_dir=str(tmp_path / "mm"), steps=2, replay_memmap=str(pool), **kw),
+                   streams())
+    part.fit(progress=False)
+    ck = torch.load(tmp_path / "mm" / "checkpoint.pt", weights_only=False)
+    assert "replay" not in ck and ck["replay_pools"] == {"world": 1}
+    assert sorted(p.name for p in (tmp_path / "mm" / "replay").iterdir()) == ["rank0.step00000002.npy",
+                                                                              "rank0.step00000002.pt"]
+    import numpy as np
+
+    live = np.load(pool, mmap_mode="r+")  # the running trainer's pool moves on after the checkpoint
+    live[0] = 7.0
+    live.flush()
+    load_run(tmp_path / "mm" / "checkpoint.pt").generate(torch.rand(1, 1, 16, 16), torch.ones(1, 1, 16, 16))
+    assert (np.load(pool)[0] == 7.0).all()  # untouched by load_run
+    rest = Trainer(variant_config("replay", out_dir=str(tmp_path / "mm"), steps=4, replay_memmap=str(pool), **kw),
+                   streams())
+    rest.fit(progress=False)
+    assert rest.history == full.history
+    assert sorted(p.name for p in (tmp_path / "mm" / "replay").iterdir()) == ["rank0.step00000004.npy",
+                                                                              "rank0.step00000004.pt"]
