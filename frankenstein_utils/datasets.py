@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .facemodel import FaceModel
-from .fileio import atomic_savez, atomic_write_json
+from .fileio import atomic_savez, atomic_write_json, load_npz
 from .paths import REPO_ROOT, find_dataset
 from .rasterize import PoseJitter, RenderConfig, normalize_depth, rasterize_depth
 
@@ -99,19 +99,28 @@ class HaarFaceDataset(Dataset):
     """Face crops of arbitrary photos, found with OpenCV's frontal-face Haar cascade (as the original pipeline did).
 
     The largest detection is enlarged by ``margin`` on each side and made square. Photos with no face are skipped
-    and counted (``n_no_face``), not fatal. Detection runs once, up front."""
+    and counted (``n_no_face``), not fatal; so are unreadable files (``skip_bad=True``, the default: counted in
+    ``n_unreadable`` with a warning; ``False``: the first one raises). Detection runs once, up front; finding no face
+    at all warns."""
 
     def __init__(self, root, size: int = 64, grayscale: bool = False, margin: float = 0.2, min_face: int = 24,
-                 progress: bool = False):
+                 progress: bool = False, skip_bad: bool = True):
         import cv2
 
         cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
         if cascade.empty():
             raise RuntimeError("OpenCV's haarcascade_frontalface_default.xml did not load")
         self.size, self.grayscale = size, grayscale
-        self.items, self.no_face = [], []
+        self.items, self.no_face, self.unreadable = [], [], []
         for f in tqdm(list_images(root), desc="Haar face detection", disable=not progress):
-            grey = np.asarray(load_image(f, grayscale=True))
+            try:
+                grey = np.asarray(load_image(f, grayscale=True))
+            except ValueError as e:
+                if not skip_bad:
+                    raise
+                warnings.warn(f"skipping {e}")
+                self.unreadable.append(f)
+                continue
             found = cascade.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=3, minSize=(min_face, min_face))
             if len(found) == 0:
                 self.no_face.append(f)
@@ -120,7 +129,10 @@ class HaarFaceDataset(Dataset):
             s = max(w, h) * (1 + 2 * margin)
             cx, cy = x + w / 2, y + h / 2
             self.items.append((f, (cx - s / 2, cy - s / 2, cx + s / 2, cy + s / 2)))
-        self.n_no_face = len(self.no_face)
+        self.n_no_face, self.n_unreadable = len(self.no_face), len(self.unreadable)
+        if not self.items:
+            warnings.warn(f"{root}: no face found in any of {self.n_no_face + self.n_unreadable} images "
+                          f"({self.n_unreadable} unreadable)")
 
     def __len__(self):
         return len(self.items)
@@ -281,7 +293,7 @@ class PairedFaceDataset(Dataset):
         if not path.exists():
             atomic_savez(path, **self._build(cfg, model, progress))
             atomic_write_json(path.with_suffix(".json"), asdict(cfg))
-        data = np.load(path)
+        data = load_npz(path)  # a damaged cache names itself
         self.names = data["names"]
         self.stats = json.loads(str(data["stats"]))
         self.poses_all = data["poses"]
@@ -324,6 +336,7 @@ class PairedFaceDataset(Dataset):
         # The fit is made for either depth source: synthetic inputs draw pose and expression from it.
         fitted_depth, fit_arrays, stats["fit"] = _fitted_depth(model, landmarks[keep], stats, cfg, progress,
                                                                render=cfg.depth_source == "fitted")
+        stats["fit"]["n_no_landmarks"] = stats["n_no_landmarks"]
         if cfg.depth_source == "fitted":
             depth = fitted_depth
         else:

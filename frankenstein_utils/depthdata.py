@@ -21,7 +21,8 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .facemodel import FaceModel, load_face_model, ply_bytes, render_faces
-from .fileio import atomic_savez, atomic_write_bytes, atomic_write_json, load_png, png_bytes
+from .fileio import (atomic_savez, atomic_write_bytes, atomic_write_json, holds_folder_lock, load_npz, load_png,
+                     png_bytes, png_is_complete)
 from .rasterize import PoseJitter, RenderConfig, apply_pose
 
 DEPTH_SCALE = 65535.0
@@ -48,6 +49,9 @@ class DepthSetConfig:
     table: str | None = None  # the table's source and content hash when one is used
 
     def __post_init__(self):
+        if self.n < 1 or (self.truncation is not None and not (np.isfinite(self.truncation) and self.truncation > 0)):
+            raise ValueError(f"DepthSetConfig: n must be >= 1 and truncation > 0 or None, got n={self.n}, "
+                             f"truncation={self.truncation}")
         if self.pose_source not in ("jitter", "fitted") or self.expression_source not in ("neutral", "fitted"):
             raise ValueError(f"DepthSetConfig: pose_source must be 'jitter' or 'fitted' (got {self.pose_source!r}), "
                              f"expression_source 'neutral' or 'fitted' (got {self.expression_source!r})")
@@ -113,6 +117,7 @@ def _names(i: int) -> tuple[str, str, str]:
     return f"depth/{i:06d}.png", f"mask/{i:06d}.png", f"ply/{i:06d}.ply"
 
 
+@holds_folder_lock("out_dir", "generating depth maps")  # a second writer fails instead of mixing two sets
 def generate_depth_dataset(n: int, out_dir, seed: int = 0, *, n_components: int = 15, truncation: float | None = None,
                            render: RenderConfig | None = None, pose: PoseJitter | None = None, write_ply: bool = False,
                            model: FaceModel | None = None, device: str | None = None, progress: bool = True,
@@ -134,7 +139,7 @@ def generate_depth_dataset(n: int, out_dir, seed: int = 0, *, n_components: int 
     meta_path = out / "meta.npz"
     config_json = json.dumps(cfg.to_dict(), sort_keys=True)
     if meta_path.exists():
-        old = str(np.load(meta_path)["config"])
+        old = str(load_npz(meta_path)["config"])
         if old != config_json:
             raise ValueError(f"{meta_path}: folder holds a set made with another configuration; use a new out_dir.\n"
                              f"  existing: {old}\n  requested: {config_json}")
@@ -144,7 +149,9 @@ def generate_depth_dataset(n: int, out_dir, seed: int = 0, *, n_components: int 
         atomic_savez(meta_path, coeffs=coeffs.numpy(), poses=poses.numpy(), expressions=expressions.numpy(),
                      config=np.array(config_json))
     def done(i):
-        return all((out / p).exists() for p in _names(i)[: 3 if write_ply else 2])
+        # a PNG must decode to the end: a crash can leave a truncated file under its final name on some filesystems
+        return all((out / p).exists() and (not p.endswith(".png") or png_is_complete(out / p))
+                   for p in _names(i)[: 3 if write_ply else 2])
 
     blocks = [range(b, min(b + RENDER_BLOCK, n)) for b in range(0, n, RENDER_BLOCK)]
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -182,7 +189,7 @@ class DepthMapDataset(Dataset):
         meta_path = self.root / "meta.npz"
         if not meta_path.exists():
             raise FileNotFoundError(f"{meta_path}: not a generated depth set (run generate_depth_dataset first)")
-        meta = np.load(meta_path)
+        meta = load_npz(meta_path)
         self.coeffs = torch.from_numpy(meta["coeffs"])
         self.poses = torch.from_numpy(meta["poses"])
         # sets made before expressions existed are neutral

@@ -105,6 +105,45 @@ class FolderLock:
         self.release()
 
 
+def holds_folder_lock(arg: str, what: str):
+    """Decorator: hold ``FolderLock`` on the folder passed as argument ``arg`` for the whole call, and first remove
+    the temporary files that killed writes left there (safe: no other writer can hold the folder meanwhile)."""
+    import functools
+    import inspect
+
+    def deco(fn):
+        sig = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            folder = Path(sig.bind(*args, **kwargs).arguments[arg])
+            with FolderLock(folder, what):
+                remove_orphan_tmp(folder)
+                return fn(*args, **kwargs)
+        return wrapper
+    return deco
+
+
+class NpzArrays(dict):
+    """The arrays of an ``.npz`` file by name; ``.files`` lists them, as numpy's ``NpzFile`` does."""
+
+    @property
+    def files(self) -> list[str]:
+        return list(self)
+
+
+def load_npz(path) -> NpzArrays:
+    """All arrays of an ``.npz`` file, read now; a damaged file raises ``ValueError`` naming it."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return NpzArrays({k: z[k] for k in z.files})
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # zipfile, zlib and numpy raise several types for damaged files
+        raise ValueError(f"{path}: damaged or not an .npz file ({type(e).__name__}: {e}); delete it to rebuild") \
+            from e
+
+
 def png_is_complete(path) -> bool:
     """True if ``path`` is a PNG that decodes to the end (a truncated or zero-byte file from a crash is not)."""
     try:
