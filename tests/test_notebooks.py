@@ -95,13 +95,23 @@ def test_04_evaluation(out_dir):
         pytest.skip("needs the outputs of the notebook 02 and 03 tests (run the whole module)")
     rec = notebooks.execute(notebooks.NOTEBOOK_DIR / f"{stem}.ipynb", out_dir / f"{stem}.ipynb", p)
     metrics = json.loads((Path(p["OUT_DIR"]) / "metrics.json").read_text())
+    from frankenstein_utils.evaluation import REFS
     from frankenstein_utils.experiments import VARIANTS
 
     assert set(metrics["runs"]) == {f"supervised/{m}" for m in ("U", "V", "F", "cvae")} | set(VARIANTS)
     for name, r in metrics["runs"].items():
         assert 0 <= r["c2st"] <= 1 and r["c2st_ci"][0] <= r["c2st"] + 1e-9 and r["fd"] >= 0
-        assert r["corr_rmse"] >= 0 and -1 <= r["shape_sensitivity"] <= 1 and 0 <= r["identity_auc"] <= 1
-    assert set(rec["ladder_checks"]) == {"c2st", "fd", "kid", "corr_rmse", "corr_r", "shape_sensitivity"}
-    assert (Path(p["OUT_DIR"]) / "metrics.md").read_text().startswith("Evaluation parameters")
-    for fig in ("04_realism_vs_correspondence.png", "04_all_runs_same_faces.png"):
+        assert 0 <= r["detection"] <= 1 and r["nme_ci"][0] <= r["nme"] <= r["nme_ci"][1] and r["face_fd"] >= -1e-6
+        assert 0 <= r["identity_auc_new"] <= 1 and 0 <= r["identity_auc_old"] <= 1 and r["face_diversity"] >= 0
+        assert r["corr_rmse"] >= 0 and -1 <= r["shape_sensitivity"] <= 1
+    refs = metrics["references"]
+    assert set(REFS.values()) <= set(refs)  # every control row is computed in every run
+    # the z-only control is exactly depth-blind: 0.5 under the new design at any size
+    assert refs[REFS["z_only"]]["identity_auc_new"] == 0.5
+    assert set(rec["ladder_checks"]) == {"face_fd", "fd", "kid", "c2st", "detection", "nme", "corr_rmse", "corr_r",
+                                         "face_diversity", "identity_auc_new", "identity_auc_old",
+                                         "shape_sensitivity"}
+    table = (Path(p["OUT_DIR"]) / "metrics.md").read_text()
+    assert table.startswith("Evaluation parameters") and all(f"| {n} |" in table for n in metrics["runs"])
+    for fig in ("04_realism_vs_correspondence.png", "04_all_runs_landmarks.png"):
         assert (Path(p["FIG_DIR"]) / fig).stat().st_size > 10_000
