@@ -115,3 +115,32 @@ def test_04_evaluation(out_dir):
     assert table.startswith("Evaluation parameters") and all(f"| {n} |" in table for n in metrics["runs"])
     for fig in ("04_realism_vs_correspondence.png", "04_all_runs_landmarks.png"):
         assert (Path(p["FIG_DIR"]) / fig).stat().st_size > 10_000
+
+
+def test_runner_checks_every_section_and_key_before_running_anything(tmp_path, monkeypatch, capsys):
+    """A misspelled section, a misspelled or mistyped key (even in the last notebook's section) or an unknown
+    ``--only`` fails in one line with a nonzero exit before any notebook runs; summaries are merged, not replaced."""
+    ran = []
+    monkeypatch.setattr(notebooks, "execute", lambda nb, out, params: ran.append(nb.stem) or {"n": len(params)})
+
+    def main(yaml_text, *extra):
+        path = tmp_path / "params.yaml"
+        path.write_text(yaml_text)
+        return notebooks.main(["--params", str(path), "--out", str(tmp_path / "out"), *extra])
+
+    for text, extra, msg in (
+            ("02_supervised_baselin:\n  SIZE: 32\n", (), "unknown section '02_supervised_baselin' (did you mean "
+                                                         "'02_supervised_baseline'?)"),
+            ("01_data_generation:\n  N: 4\n04_evaluation:\n  N_SYNTHH: 3\n", (), "'N_SYNTHH': did you mean 'N_SYNTH'?"),
+            ("02_supervised_baseline:\n  STEPS: '100'\n", (), "parameter STEPS = '100' is a str"),
+            ("common:\n  SIZEE: 3\n", (), "unknown parameters ['SIZEE']"),
+            ("{}\n", ("--only", "02_supervised"), "--only '02_supervised': no such notebook")):
+        assert main(text, *extra) == 2, text
+        err = capsys.readouterr().err.strip()
+        assert msg in err and len(err.splitlines()) == 1, err
+    assert ran == [] and not (tmp_path / "out" / "summary.json").exists()
+    assert main("01_data_generation:\n  N: 4\n") == 0 and len(ran) == 4
+    assert main("{}\n", "--only", "02_supervised_baseline") == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert sorted(summary) == [p.stem for p in notebooks.notebook_paths()]  # the rerun kept the others
+    assert summary["01_data_generation"]["params"] == {"N": 4}
