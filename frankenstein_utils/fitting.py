@@ -273,17 +273,18 @@ def fitted_model_points(model: FaceModel, corr: Correspondence, fit: Fit) -> np.
 
 def render_poses(fit: Fit, crop, size: int, window_cm) -> np.ndarray:
     """Render pose vectors (B, 6) (yaw, pitch, roll, scale, tx, ty; see ``rasterize.apply_pose``) that put each
-    fitted face where it sits in the photo cropped to ``crop`` (left, top, right, bottom) and resized to ``size``,
-    rendered through the fixed window ``window_cm`` = (x0, x1, y0, y1)."""
+    fitted face where it sits in the photo cropped to ``crop`` (left, top, right, bottom; one box (4,) for all photos
+    or one per photo (B, 4)) and resized to ``size``, rendered through the fixed window ``window_cm`` = (x0, x1, y0,
+    y1)."""
     from .datasets import rotation_to_angles
 
-    left, top, right, bottom = crop
+    left, top, right, bottom = np.asarray(crop, np.float64).T
     x0, x1, y0, y1 = window_cm
     k = size / (x1 - x0)  # output pixels per posed cm
     sx, sy = size / (right - left), size / (bottom - top)
-    if not np.isclose(sx, sy) or not np.isclose(k, size / (y1 - y0)):
-        raise ValueError("render_poses needs a square crop and a square window")
-    # photo px (y-up frame) -> output px (y-up): x_o = (x - left) sx, y_o = y sx + top sx (y-up: y = -row)
+    if not np.allclose(sx, sy) or not np.isclose(k, size / (y1 - y0)):
+        raise ValueError("render_poses needs square crops and a square window")
+    # photo px in the y-up frame (x, -row) -> output px: x_o = (x - left) sx, y_o (y-up) = (y + top) sx
     scale = fit.scale * sx / k
     tx = (fit.translation[:, 0] - left) * sx / k + x0
     ty = (fit.translation[:, 1] + top) * sx / k + y1

@@ -110,3 +110,60 @@ def test_fit_rejects_missing_landmarks(face_model, corr):
     lm = np.full((1, 468, 3), np.nan)
     with pytest.raises(ValueError, match="NaN"):
         fit_landmarks(face_model, lm, corr)
+
+
+def _celeba_folder(tmp_path, idx):
+    d = np.load(find_dataset("celeba_10k", "landmarks_mediapipe.npz") / "landmarks_mediapipe.npz")
+    root = find_dataset("celeba_10k", "landmarks_mediapipe.npz")
+    for i in idx:
+        (tmp_path / d["names"][i]).symlink_to(root / "images" / d["names"][i])
+    return d
+
+
+def test_landmarks_command_gives_the_shipped_landmarks(tmp_path):
+    """MediaPipe FaceMesh 0.10.21 run by the command on shipped photos reproduces the shipped file."""
+    from frankenstein_utils import landmarks as L
+
+    try:
+        import mediapipe  # noqa: F401
+    except ImportError:
+        if not L.mediapipe_python().exists():
+            pytest.skip("no MediaPipe environment (python -m frankenstein_utils.landmarks --make-env)")
+    d = _celeba_folder(tmp_path, [0, 1, 9])
+    out = L.build_landmarks(tmp_path)
+    got = np.load(out)
+    assert list(got["names"]) == list(d["names"][[0, 1, 9]]) and got["found"].all()
+    np.testing.assert_allclose(got["landmarks"], d["landmarks"][[0, 1, 9]], atol=1e-3)  # pixels
+    assert tuple(got["image_size"][0]) == (89, 109)
+
+
+def test_fit_and_pair_a_photo_folder(tmp_path, face_model):
+    """The pairs step on shipped photos, with the shipped landmarks standing in for the detection."""
+    from frankenstein_utils.datasets import CELEBA_CROP
+    from frankenstein_utils.fileio import load_png
+    from frankenstein_utils.landmarks import LANDMARKS_NAME, fit_and_pair
+
+    idx = [0, 1, 2, 3]
+    d = _celeba_folder(tmp_path, idx)
+    found = np.array([True, True, False, True])
+    lm = d["landmarks"][idx].copy()
+    lm[~found] = np.nan
+    np.savez(tmp_path / LANDMARKS_NAME, names=d["names"][idx], found=found, landmarks=lm)
+    summary = fit_and_pair(tmp_path, tmp_path / "pairs", size=64, model=face_model)
+    assert summary["n"] == 3 and summary["n_no_landmarks"] == 1 and summary["n_failed"] == 0
+    fit = np.load(tmp_path / "pairs" / "fit.npz")
+    # CelebA photos are already aligned: the per-photo crops land near the fixed CelebA crop (photo pixels)
+    assert np.abs(np.median(fit["boxes"], 0) - np.array(CELEBA_CROP)).max() < 6
+    for j, name in enumerate(fit["names"]):
+        stem = name.split(".")[0]
+        depth = load_png(tmp_path / "pairs" / "depth" / f"{stem}.png")
+        photo = load_png(tmp_path / "pairs" / "photo" / f"{stem}.png")
+        assert depth.dtype == np.uint16 and depth.shape == (64, 64) and photo.shape == (64, 64, 3)
+        # the depth lies over the face: nose tip, eye and mouth corners of the photo fall on the rendered face
+        box = fit["boxes"][j]
+        pts = (lm[found][j, :, :2] - box[:2]) * 64 / (box[2] - box[0])
+        for k in (1, 33, 263, 61, 291, 4):
+            assert depth[int(pts[k, 1]), int(pts[k, 0])] > 0, (name, k)
+    assert not (tmp_path / "pairs" / "depth" / f"{d['names'][2].split('.')[0]}.png").exists()
+    with pytest.raises(ValueError, match="cannot read landmarks"):
+        fit_and_pair(tmp_path / "pairs", tmp_path / "x", model=face_model)

@@ -45,9 +45,14 @@ def test_01_data_generation(out_dir):
     assert rec["c0_mask_area_ratio"] < 0.8  # component 0 changes the face size a lot
     assert rec["slider_update_ms_median"] > 0
     figs = Path(p["FIG_DIR"])
-    for name in ("01_depth_grid.png", "01_components.png", "01_options.png"):
+    for name in ("01_depth_grid.png", "01_components.png", "01_options.png", "01_expressions.png",
+                 "01_pairs_fitted.png", "01_fitted_distribution.png"):
         assert (figs / name).stat().st_size > 10_000
     assert len(list((Path(p["OUT_DIR"]) / "depth").glob("*.png"))) == p["N"]
+    assert rec["jaw_open_changed_pixels"] > 20
+    assert rec["fit_n"] == p["LIMIT"] and rec["fit_failed"] == 0 and rec["fit_residual_cm_median"] < 0.3
+    assert rec["fitted_vs_landmark_mask_iou_median"] > 0.7
+    assert 2 < rec["fitted_yaw_sd"] < 40 and 0 < rec["fitted_expression_weight_mean"] < 0.5
 
 
 def test_02_supervised_baseline(out_dir):
