@@ -1,0 +1,336 @@
+"""JupyterLab in a real browser: notebook 01's sliders move the depth map and the generated face.
+
+A unit test of ``FaceExplorer`` cannot see the kernel comm, the image widgets or the layout; this test uses the real
+client. It starts JupyterLab on a free localhost port with a token, opens a copy of notebook 01 in headless Chromium
+(Debian's ``chromium``, installed by ``make browser``; Playwright's own browser download is not reachable here) and
+runs it through the JupyterLab UI. The copy is notebook 01 as it is on disk, cut after its explorer cell, with one
+cell after the parameters cell that sets the project's tiny parameters (notebooks/params/tiny.yaml, output folders
+moved under outputs/browser/) and ``INTERACTIVE = True``. Without a shipped generator
+(``frankenstein_utils.pretrained``), notebook 01's explorer has no face panel, so the copy gets one more cell: an
+explorer whose face panel is a tiny cVAE run trained in the fixture (20 steps; the faces are blurry, they only have to
+react). The test drags one shape slider and one appearance slider with the mouse and compares element screenshots:
+the shape slider must change both images, the appearance slider the face and not the depth, and no cell may end in an
+error. Screenshots and the server log go to outputs/browser/. The server and its kernels are shut down whatever
+happens (REST shutdown, then the process group and every child process).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "outputs" / "browser"
+NOTEBOOK = ROOT / "notebooks" / "01_data_generation.ipynb"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+# Without the background-networking flags Chromium keeps calling out, and the closed network refuses it.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# Sliders are found by their description (FaceExplorer: "c0".."c14" for shape, GeneratorPanel: "z dir 0"...).
+SHAPE_SLIDER = re.compile(r"^\s*c0\s*$")
+APPEARANCE_SLIDER = re.compile(r"^\s*(z dir|appearance|latent)\s*0?\s*$", re.I)
+JS_APP = "window.jupyterapp"  # JupyterLab exposes its application object with --expose-app-in-browser
+JS_KERNEL = f"{JS_APP}?.shell?.currentWidget?.sessionContext?.session?.kernel"
+# Settings: render every cell (no virtual scrolling, so the explorer stays in the DOM) and no news pop-up.
+MEASURED = {}  # filled by the slider test, read by the layout test below
+LAB_SETTINGS = {
+    "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false",
+                                                                        "checkForUpdates": False},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_tiny_generator(folder: Path) -> Path:
+    """A 20-step cVAE run at 32 px (seconds): a face panel that reacts to depth and to z, when nothing is shipped."""
+    cmd = [sys.executable, "-m", "frankenstein_utils.train", "--mode", "cvae", "--size", "32", "--limit", "200",
+           "--steps", "20", "--width", "8", "--batch-size", "8", "--sample-every", "0", "--seed", "0",
+           "--out-dir", str(folder / "cvae"), "--cache-dir", str(folder / "cache")]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
+    return folder / "cvae" / "checkpoint.pt"
+
+
+def code_cell(source: str, cell_id: str) -> dict:
+    return {"cell_type": "code", "id": cell_id, "metadata": {}, "execution_count": None, "outputs": [],
+            "source": source}
+
+
+def notebook_copy(dest: Path) -> Path:
+    """Notebook 01 cut after its explorer cell, with the tiny parameters injected after its parameters cell."""
+    nb = json.loads(NOTEBOOK.read_text())
+    cells = nb["cells"]
+    params = [i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", [])]
+    explorer = [i for i, c in enumerate(cells) if c["cell_type"] == "code" and "FaceExplorer(" in "".join(c["source"])]
+    assert params and explorer, f"{NOTEBOOK}: no parameters cell or no FaceExplorer cell"
+    tiny = yaml.safe_load((ROOT / "notebooks" / "params" / "tiny.yaml").read_text())
+    values = {**(tiny.get("common") or {}), **(tiny.get(NOTEBOOK.stem) or {})}
+    values = {k: (str(dest / "out" / k.lower()) if k.endswith("_DIR") else v) for k, v in values.items()}
+    values["INTERACTIVE"] = True
+    inject = code_cell("# tests/test_browser.py: tiny parameters\n" +
+                       "\n".join(f"{k} = {v!r}" for k, v in values.items()), "browser-test-parameters")
+    cells = cells[:params[0] + 1] + [inject] + cells[params[0] + 1:explorer[0] + 1]
+    for c in cells:
+        if c["cell_type"] == "code":
+            c["outputs"], c["execution_count"] = [], None
+    nb["cells"] = cells
+    path = dest / "01_browser_test.ipynb"
+    path.write_text(json.dumps(nb, indent=1))
+    return path
+
+
+# Typed into a new cell through JupyterLab when notebook 01's explorer shows no face (no shipped generator yet).
+GENERATOR_CELL = """# tests/test_browser.py: notebook 01 shows no face here, so the face comes from a tiny trained run
+from frankenstein_utils.training import load_run
+from frankenstein_utils.widgets import GeneratorPanel
+run = load_run({run!r})
+z_dim = run.nets["G"].z_dim
+panel = GeneratorPanel(run, directions=torch.eye(z_dim)[:2], scales=torch.ones(2))
+run_render = RenderConfig(**{{**render.to_dict(), "resolution": run.cfg.image_size}})
+face_explorer = FaceExplorer(model, n_components=K, render=run_render, panels=[panel])
+face_explorer.widget"""
+
+
+def stop_server(proc: subprocess.Popen, base: str, token: str) -> None:
+    """REST shutdown (kernels first), then SIGKILL to the process group and to every child still running."""
+    import psutil
+
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)  # the kernels, started in their own sessions
+    except psutil.Error:
+        children = []
+    try:
+        urllib.request.urlopen(urllib.request.Request(f"{base}/api/shutdown?token={token}", method="POST"), timeout=10)
+        proc.wait(timeout=20)
+    except Exception:
+        pass
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    for child in children:
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
+
+
+@pytest.fixture(scope="module")
+def lab():
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} not found: run `make browser` (apt-get install chromium), or set CHROMIUM=<path>")
+    shutil.rmtree(OUT, ignore_errors=True)
+    work = OUT / "lab"
+    work.mkdir(parents=True)
+    nb = notebook_copy(work)
+    jupyter = {k: OUT / "jupyter" / k for k in ("config", "data", "runtime", "settings", "workspaces")}
+    for name, settings in LAB_SETTINGS.items():
+        f = jupyter["settings"] / name
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(json.dumps(settings))
+    port, token = free_port(), secrets.token_hex(16)
+    base = f"http://127.0.0.1:{port}"
+    env = dict(os.environ, OMP_NUM_THREADS="1", JUPYTER_CONFIG_DIR=str(jupyter["config"]),
+               JUPYTER_RUNTIME_DIR=str(jupyter["runtime"]), JUPYTERLAB_SETTINGS_DIR=str(jupyter["settings"]),
+               JUPYTERLAB_WORKSPACES_DIR=str(jupyter["workspaces"]))
+    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={port}",
+           f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}", "--expose-app-in-browser",
+           "--LabApp.extension_manager=readonly", "--LabApp.news_url=None",
+           "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+    log = open(OUT / "server.log", "w")
+    proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"JupyterLab did not start; see {OUT / 'server.log'}") from None
+                time.sleep(0.3)
+        yield {"url": f"{base}/lab/tree/{nb.name}?token={token}", "notebook": nb,
+               "train": lambda: train_tiny_generator(OUT / "run")}
+    finally:
+        stop_server(proc, base, token)
+        log.close()
+
+
+def png_array(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(np.int16)
+
+
+def changed_fraction(a: bytes, b: bytes) -> float:
+    """Share of pixels that differ by more than 2 grey levels in some channel (same-size screenshots)."""
+    x, y = png_array(a), png_array(b)
+    assert x.shape == y.shape, f"screenshot sizes differ: {x.shape} vs {y.shape}"
+    return float((np.abs(x - y).max(-1) > 2).mean())
+
+
+def wait_idle(page, timeout_ms=240_000):
+    """Kernel idle and no cell waiting to run ("[*]")."""
+    page.wait_for_function(f"""() => {{ const k = {JS_KERNEL};
+        return k && k.status === 'idle' &&
+               [...document.querySelectorAll('.jp-InputPrompt')].every(e => !e.textContent.includes('*')); }}""",
+                           timeout=timeout_ms, polling=250)
+
+
+def code_cells(page) -> list[dict]:
+    return [c for c in page.evaluate(f"""() => {{ const m = {JS_APP}.shell.currentWidget.content.model;
+        return Array.from({{length: m.cells.length}}, (_, i) => m.cells.get(i).toJSON()); }}""")
+            if c["cell_type"] == "code"]
+
+
+def error_outputs(page) -> list[str]:
+    return [f"{o['ename']}: {o['evalue']}" for c in code_cells(page) for o in c.get("outputs", [])
+            if o.get("output_type") == "error"]
+
+
+def find_explorer(page):
+    """The last output area with a shape slider, and its image widgets."""
+    shape = page.locator(".widget-slider").filter(has=page.locator(".widget-label", has_text=SHAPE_SLIDER))
+    explorer = page.locator(".jp-OutputArea-output").filter(has=shape).last
+    return explorer, explorer.locator(".widget-image")
+
+
+def run_new_cell(page, code: str):
+    """Add a code cell at the end of the open notebook and run it, as the Insert and Run commands do."""
+    page.evaluate(f"""async (code) => {{
+        const app = {JS_APP}, nb = app.shell.currentWidget.content;
+        nb.activeCellIndex = nb.widgets.length - 1;
+        await app.commands.execute('notebook:insert-cell-below');
+        nb.activeCell.model.sharedModel.setSource(code);
+        await app.commands.execute('notebook:run-cell');
+    }}""", code)
+    page.wait_for_timeout(500)
+    wait_idle(page)
+
+
+def drag_slider(page, slider, dx: int) -> float:
+    """Drag the slider's handle by ``dx`` pixels with the mouse, as a user does; returns its new value."""
+    handle = slider.locator(".noUi-handle")
+    handle.scroll_into_view_if_needed()
+    box = handle.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + dx, y, steps=6)
+    page.mouse.up()
+    return float(handle.get_attribute("aria-valuenow"))
+
+
+def shots(images) -> list[bytes]:
+    return [images.nth(i).screenshot() for i in range(images.count())]
+
+
+def wait_images_changed(page, images, before_src: list[str], which: int):
+    """Wait until image ``which`` got a new PNG from the kernel and the kernel is done updating."""
+    page.wait_for_function("([el, old]) => el.getAttribute('src') !== old",
+                           arg=[images.nth(which).element_handle(), before_src[which]], timeout=60_000)
+    wait_idle(page, 60_000)
+    page.wait_for_timeout(300)  # let the last PNG decode
+
+
+def test_sliders_move_depth_and_face_in_jupyterlab(lab):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        ctx = pw.chromium.launch_persistent_context(str(OUT / "chromium-profile"), executable_path=CHROMIUM,
+                                                   headless=True, args=CHROMIUM_ARGS,
+                                                   viewport={"width": 1600, "height": 1000})
+        page_errors = []
+        try:
+            page = ctx.new_page()
+            page.on("pageerror", lambda e: page_errors.append(str(e)))
+            page.goto(lab["url"])
+            page.wait_for_function(f"() => !!{JS_KERNEL}", timeout=120_000, polling=250)
+            page.evaluate(f"{JS_APP}.commands.execute('notebook:run-all-cells')")
+            page.wait_for_function("() => [...document.querySelectorAll('.jp-InputPrompt')]"
+                                   ".some(e => /\\d/.test(e.textContent))", timeout=120_000)
+            wait_idle(page)
+            page.screenshot(path=str(OUT / "notebook.png"))
+
+            # Every code cell ran and none ended in an error.
+            assert not error_outputs(page), f"error output in the notebook: {error_outputs(page)}"
+            assert all(c.get("execution_count") for c in code_cells(page)), "some code cells did not run"
+            assert page.get_by_text("Error displaying widget").count() == 0
+
+            # The explorer: the last output holding a shape slider; its image widgets are depth, then face.
+            explorer, images = find_explorer(page)
+            if images.count() < 2:  # no face panel in notebook 01 yet: add one through the UI
+                run_new_cell(page, GENERATOR_CELL.format(run=str(lab["train"]())))
+                assert not error_outputs(page), f"error output in the added cell: {error_outputs(page)}"
+                explorer, images = find_explorer(page)
+            assert images.count() >= 2, "the explorer shows no face panel beside the depth map"
+            shape = explorer.locator(".widget-slider").filter(
+                has=page.locator(".widget-label", has_text=SHAPE_SLIDER)).first
+            appearance = explorer.locator(".widget-slider").filter(
+                has=page.locator(".widget-label", has_text=APPEARANCE_SLIDER)).first
+            assert appearance.count() == 1, "the explorer has no appearance slider"
+            images.nth(0).scroll_into_view_if_needed()
+            src0 = [images.nth(i).get_attribute("src") for i in range(2)]
+            before = shots(images)
+
+            value = drag_slider(page, shape, 60)
+            assert value > 0.5, f"dragging the shape slider moved it to {value} only"
+            wait_images_changed(page, images, src0, 0)
+            src1 = [images.nth(i).get_attribute("src") for i in range(2)]
+            after_shape = shots(images)
+
+            value = drag_slider(page, appearance, 80)
+            assert value > 0.5, f"dragging the appearance slider moved it to {value} only"
+            wait_images_changed(page, images, src1, 1)
+            after_app = shots(images)
+            explorer.screenshot(path=str(OUT / "explorer.png"))
+
+            for name, img in (("before", before), ("after_shape", after_shape), ("after_appearance", after_app)):
+                for kind, data in zip(("depth", "face"), img):
+                    (OUT / f"{kind}_{name}.png").write_bytes(data)
+            d_shape = [changed_fraction(a, b) for a, b in zip(before[:2], after_shape[:2])]
+            d_app = [changed_fraction(a, b) for a, b in zip(after_shape[:2], after_app[:2])]
+            # displayed height / width over the PNG's own (1 = shown undistorted)
+            stretch = [images.nth(i).evaluate("e => (e.clientHeight / e.clientWidth) / "
+                                              "(e.naturalHeight / e.naturalWidth)") for i in range(2)]
+            MEASURED["stretch"] = stretch
+            (OUT / "checks.json").write_text(json.dumps({
+                "changed_fraction": {"shape_slider": dict(zip(("depth", "face"), d_shape)),
+                                     "appearance_slider": dict(zip(("depth", "face"), d_app))},
+                "displayed_aspect_over_png_aspect": dict(zip(("depth", "face"), stretch))}, indent=1))
+            assert d_shape[0] > 0.005 and d_shape[1] > 0.005, f"shape slider: changed fractions {d_shape}"
+            assert d_app[1] > 0.005, f"appearance slider: the face did not change ({d_app})"
+            assert d_app[0] == 0, f"appearance slider changed the depth map ({d_app})"
+            assert not error_outputs(page), f"error output after moving the sliders: {error_outputs(page)}"
+            assert not page_errors, f"JavaScript errors in JupyterLab: {page_errors}"
+        finally:
+            ctx.close()
+
+
+@pytest.mark.xfail(strict=True, reason="widgets.py: the explorer's image HBox stretches each image to the height of "
+                   "the slider column (align-items: stretch), so faces show several times too tall; a fix such as "
+                   "align_items='flex-start' on that HBox makes this pass (then remove this mark)")
+def test_explorer_images_are_not_distorted():
+    """Measured in the slider test's browser session: each image shown with its PNG's aspect ratio (within 2 %)."""
+    assert "stretch" in MEASURED, "the slider test did not get as far as measuring the images"
+    assert all(abs(r - 1) < 0.02 for r in MEASURED["stretch"]), f"height/width distorted by {MEASURED['stretch']}"
