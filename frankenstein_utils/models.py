@@ -238,12 +238,6 @@ def define_discriminator(kind: str, in_ch: int, width: int, image_size: int, spe
     raise ValueError(f"unknown discriminator {kind!r}; choose one of {DISCRIMINATORS}")
 
 
-def define_generator(arch: str, in_ch: int, out_ch: int, width: int, norm: str, z_dim: int = 0,
-                     flat_layers: int = 6) -> Generator:
-    """Generator by name (U, V, F, NU); ``ValueError`` on an unknown one."""
-    return Generator(arch, in_ch, out_ch, width, norm, z_dim, flat_layers)
-
-
 class ConvEncoder(nn.Module):
     """Image (B, C, H, W) -> code (B, 4w, H/4, W/4): the shared encoder of the cross-encoder (domain transfer)."""
 

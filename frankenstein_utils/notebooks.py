@@ -92,8 +92,8 @@ def plan_runs(cfg: dict, only=None, params_path="params") -> list[tuple[Path, di
     for name, section in ((n, cfg[n]) for n in cfg):
         if name != "common" and name not in nbs:
             close = difflib.get_close_matches(str(name), list(nbs), 1)
-            raise ValueError(f"{params_path}: unknown section {name!r}" + (f" (did you mean {close[0]!r}?)" if close
-                                                                          else "") + f"; sections: common, {', '.join(nbs)}")
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"{params_path}: unknown section {name!r}{hint}; sections: common, {', '.join(nbs)}")
         if not isinstance(section or {}, dict):
             raise ValueError(f"{params_path}: section {name!r} must be a mapping, got {type(section).__name__}")
     for stem in only or []:

@@ -47,7 +47,8 @@ def _parser(preset: str | None = None):
     ap.add_argument("--preset", choices=sorted(PRESETS), default=None,
                     help="named settings, e.g. 'original': greyscale 128 px, RMSProp, D lr 1e-4, G lr 1e-3, batch 8 "
                          "(options given explicitly win)")
-    ap.add_argument("--size", type=int, default=defaults["image_size"], help="image size (paired set and synthetic depth)")
+    ap.add_argument("--size", type=int, default=defaults["image_size"],
+                    help="image size (paired set and synthetic depth)")
     ap.add_argument("--limit", type=int, default=0, help="use only the first N photos (0 = all)")
     ap.add_argument("--n-synthetic", type=int, default=2000)
     ap.add_argument("--cache-dir", default="outputs/cache")

@@ -23,7 +23,6 @@ take the same branch; each process keeps its own replay pool, and every pool is 
 from __future__ import annotations
 
 import io
-import json
 import math
 import random
 import time
@@ -38,10 +37,9 @@ from tqdm.auto import tqdm
 
 from .fileio import FolderBusyError, FolderLock, atomic_write_bytes, atomic_write_json, png_bytes, remove_orphan_tmp
 from .figures import image_grid
-from .losses import (GANLoss, bottleneck_kl, clip_weights, dilate_mask, feature_matching_loss, gradient_penalty, kl_divergence,
-                     l1_loss, reparameterize, wgan_critic_steps)
-from .models import (AppearanceEncoder, ConvDecoder, ConvEncoder, Generator, count_parameters, define_discriminator,
-                     init_weights)
+from .losses import (GANLoss, bottleneck_kl, clip_weights, dilate_mask, feature_matching_loss, gradient_penalty,
+                     kl_divergence, l1_loss, reparameterize, wgan_critic_steps)
+from .models import AppearanceEncoder, ConvDecoder, ConvEncoder, Generator, define_discriminator, init_weights
 from .replay import ReplayBuffer
 from .flagship import OBJECTIVES  # flagship / peers: mode -> class owning its nets, losses and step
 from .widgets import to_uint8
@@ -489,7 +487,7 @@ class Trainer:
         return {k: float(v.detach()) for k, v in out.items()}
 
     def _d_inputs(self, b: dict, fake: torch.Tensor, k: int):
-        """Batches and fakes for the k-th D step of an iteration: the iteration's own for the first, fresh ones after."""
+        """Batches and fakes for the k-th D step of an iteration: the iteration's own first, fresh ones after."""
         if k == 0:
             return b, fake.detach()
         bk = self._batches()
@@ -507,8 +505,9 @@ class Trainer:
             fake, terms = self._generator_pass(b)
         n_d = 0
         if c.adaptive:
-            # The original schedule (dvg13/image-model, basic_gan). With m = D(real) - D(fake) as measured by the last
-            # D pass: no D step if m >= high; else one, repeated while m < low (at most adaptive_max_d). Then one G step.
+            # The original schedule (dvg13/image-model, basic_gan). With m = D(real) - D(fake) as measured by the
+            # last D pass: no D step if m >= high; else one, repeated while m < low (at most adaptive_max_d). Then
+            # one G step.
             while self.margin < c.adaptive_high and (n_d == 0 or self.margin < c.adaptive_low) \
                     and n_d < c.adaptive_max_d:
                 log.update(self._d_step(*self._d_inputs(b, fake, n_d)))
@@ -774,8 +773,8 @@ class Trainer:
             if Path(f"{prefix}.pt").exists():
                 self.replay.load(prefix)
             elif self.rank < ck["replay_pools"]["world"]:
-                raise ValueError(f"{prefix}.pt: replay pool of {path} (step {ck['step']}) is missing; restore it or start "
-                                 f"over in a new out_dir")
+                raise ValueError(f"{prefix}.pt: replay pool of {path} (step {ck['step']}) is missing; restore it or "
+                                 f"start over in a new out_dir")
             # else: a process the saved run did not have starts with an empty pool
         elif ck.get("replay") is not None and self.rank == 0:
             self.replay.load_state_dict(ck["replay"])

@@ -46,7 +46,7 @@ def test_two_processes_match_one(tmp_path):
     assert (tmp_path / "two" / "checkpoint.pt").exists()  # written by rank 0 only
 
 
-# ---- an adversarial mode with replay and the adaptive schedule, 2 processes (gloo), driven in-process -----------------
+# ---- an adversarial mode with replay and the adaptive schedule, 2 processes (gloo), driven in-process ---------------
 def _worker(rank, store, out, steps, poison_rank, skewed):
     import datetime
 

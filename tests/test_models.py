@@ -25,6 +25,17 @@ def test_bad_sizes_and_names():
         AppearanceEncoder(norm="instance")
 
 
+def test_skips_carry_the_input_past_the_bottleneck():
+    """With the bottleneck's output replaced by a constant, U still follows its input (through the skips), V does
+    not: what the skips are for, tested by behaviour rather than by a parameter count."""
+    x1, x2 = torch.rand(2, 1, 1, 16, 16) * 2 - 1
+    for arch, follows in (("U", True), ("V", False)):
+        g = init_weights(Generator(arch, width=8, norm="none")).eval()
+        g.bottleneck2.register_forward_hook(lambda m, i, o: torch.zeros_like(o))
+        with torch.no_grad():
+            assert ((g(x1) - g(x2)).abs().max() > 1e-4) == follows, arch
+
+
 def test_skips_and_noise():
     u, v = Generator("U", width=8), Generator("V", width=8)
     assert count_parameters(u) > count_parameters(v)  # the skip merges take more input channels

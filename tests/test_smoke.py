@@ -32,13 +32,27 @@ SMALL = dict(image_size=16, width=8, d_width=8, encoder_width=8, z_dim=4, batch_
              sample_every=2, checkpoint_every=2, pretrain_steps=2, wgan_burst=3, wgan_burst_until=1)
 
 
+# loss terms each variant must log: a mode missing part of its objective fails here (CycleGAN #1163)
+TERMS = {"supervised-l1": {"l1"}, "gan-wgan-gp": {"gp", "d_real", "g_adv"}, "gan+recon": {"recon"},
+         "gan+cycle": {"recon", "cycle"}, "l1+gan": {"l1", "g_adv"}, "l1+gan+replay+fm": {"l1", "feature_matching"},
+         "cvae-gan": {"l1", "kl", "latent", "g_adv"}, "cross-encoder": {"code", "g_adv"}, "adaptive": {"margin"},
+         "feature-matching": {"feature_matching"}, "bottleneck-kl": {"bottleneck_kl"}}
+
+
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_variant_runs_and_resumes(tmp_path, name):
     cfg = variant_config(name, out_dir=str(tmp_path), steps=2, **SMALL)
     t = Trainer(cfg, streams())
+    init = {k: [p.detach().clone() for p in n.parameters()] for k, n in t.nets.items()}
     hist = t.fit(progress=False)
     assert t.step == 2
     assert all(math.isfinite(v) for row in hist for k, v in row.items())
+    logged = {k for row in hist for k in row}
+    assert TERMS.get(name, {"d_real", "d_fake", "g_adv"}) <= logged, logged
+    for k, n in t.nets.items():  # every network of the mode is trained (a step that never runs fails here)
+        assert any(not torch.equal(a, b) for a, b in zip(init[k], n.parameters())), f"{k} never changed"
+    if cfg.replay_size:
+        assert t.replay.count > 0
     run = load_run(tmp_path / "checkpoint.pt")
     assert run.step == 2 and run.cfg.mode == cfg.mode
     cfg3 = variant_config(name, out_dir=str(tmp_path), steps=3, **SMALL)

@@ -178,7 +178,8 @@ def test_nan_guard_checks_parameters_and_a_resume_may_change_optimisation(tmp_pa
     t.fit(progress=False)
     run = load_run(tmp_path / "checkpoint.pt")
     assert run.step == 6 and run.cfg.lr == 1e-3
-    assert run.config_history == [{"step": 3, "changed": {"steps": [3, 6], "lr": [2e-3, 1e-3], "max_loss": [1e4, 50.0]}}]
+    assert run.config_history == [{"step": 3, "changed": {"steps": [3, 6], "lr": [2e-3, 1e-3],
+                                                          "max_loss": [1e4, 50.0]}}]
     assert all(torch.isfinite(p).all() for n in run.nets.values() for p in n.parameters())
 
 
