@@ -4,7 +4,9 @@ C2ST accuracy (``metrics.classifier_two_sample_test``, 95 % Wilson interval; 0.5
 - landmark-mesh pairs vs synthetic depth as the study made it before the fit (pose jitter, neutral expression);
 - landmark-mesh pairs vs synthetic depth with the fitted pose and expression distribution;
 - fitted-model pairs vs synthetic depth with the fitted distribution (the default now), and vs neutral synthetic;
-- control, computed every run: synthetic vs synthetic of another seed (must come out near 0.5).
+- controls, computed every run: synthetic vs synthetic of another seed (must come out near 0.5), and synthetic
+  faces with vs without their expressions (same fitted poses; must come out above 0.5: the classifier can see a
+  difference as small as the expressions).
 Also writes the figure photo | landmark depth | fitted-model depth | synthetic sample, and the fit summary.
 Usage: python bench/input_gap.py [--size 64] [--n 3000] [--steps 300] [--limit N] [--out outputs/fit]
 """
@@ -59,7 +61,7 @@ def main(argv=None):
     fitted = sets["fitted"]
     syn = {name: fitted.synthetic(a.n, seed=s, model=model, expressions=e, pose=p).materialize().tensors["depth"]
            for name, s, e, p in (("fitted", 1, "fitted", "fitted"), ("fitted_b", 2, "fitted", "fitted"),
-                                 ("neutral_jitter", 1, "neutral", "jitter"))}
+                                 ("neutral_jitter", 1, "neutral", "jitter"), ("neutral_fitted", 2, "neutral", "fitted"))}
     depth = {src: ds.depth[torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:a.n]].float()[:, None]
              / 65535 for src, ds in sets.items()}
     rows = {}
@@ -67,7 +69,8 @@ def main(argv=None):
                              ("landmark pairs vs synthetic (fitted)", depth["landmarks"], syn["fitted"]),
                              ("fitted pairs vs synthetic (jitter, neutral)", depth["fitted"], syn["neutral_jitter"]),
                              ("fitted pairs vs synthetic (fitted)", depth["fitted"], syn["fitted"]),
-                             ("control: synthetic vs synthetic (fitted, other seed)", syn["fitted_b"], syn["fitted"])):
+                             ("control: synthetic vs synthetic (fitted, other seed)", syn["fitted_b"], syn["fitted"]),
+                             ("control: synthetic with vs without expressions", syn["fitted"], syn["neutral_fitted"])):
         t = time.perf_counter()
         r = classifier_two_sample_test(real, fake, steps=a.steps)
         rows[name] = r

@@ -1,0 +1,116 @@
+"""The study on both pair types at the same budget: generators trained on landmark-mesh pairs vs fitted-model pairs,
+scored on synthetic face-model inputs (what the generators are for).
+
+For each pair type and each model (default U and cvae, the supervised study's two), one run of ``--steps`` steps with
+identical settings and seed. Scores on the same ``--n-eval`` synthetic inputs (identity ~ N(0, I) over 15
+components, pose and expression drawn from the fitted photos, the paired sets' framing):
+- landmark error (NME, inner 51 points, per face / outer-eye-corner distance, 95 % interval): dlib's 68 landmarks
+  on the generated face vs the face model's own ``landmarks68`` projected through the render's pose and framing
+  (``judges.py`` and ``evaluation.model_landmarks`` of the evaluation issue);
+- detection rate (dlib HOG) and face-FD (Frechet distance of dlib ResNet descriptors) against held-out test photos.
+Control rows computed every run: a depth-blind generator (the mean training photo for every input) and the test
+photos themselves (detection and face-FD of real faces; NME needs a target and is left out there).
+Usage: python bench/pairs_study.py [--steps 400] [--models U cvae] [--n-eval 300] [--out outputs/fit/study]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from frankenstein_utils import judges as J  # noqa: E402
+from frankenstein_utils import metrics as M  # noqa: E402
+from frankenstein_utils.datasets import PairedConfig, PairedFaceDataset  # noqa: E402
+from frankenstein_utils.evaluation import generator_fn, model_landmarks  # noqa: E402
+from frankenstein_utils.facemodel import load_face_model  # noqa: E402
+from frankenstein_utils.fileio import atomic_write_json  # noqa: E402
+from frankenstein_utils.training import Trainer, input_convention, supervised_config  # noqa: E402
+
+SOURCES = ("landmarks", "fitted")
+
+
+def judge(jd, images, target, fallback, test_embeddings) -> dict:
+    faces = jd.analyse(images, fallback_box=fallback)
+    det = M.detection_rate(faces.found)
+    row = {"detection": det["rate"], "detection_ci": det["ci"],
+           "face_fd": M.frechet_distance_features(faces.embeddings, test_embeddings)}
+    if target is not None:
+        e = M.nme(faces.landmarks, target, J.INNER_POINTS)
+        row.update(nme=e["nme"], nme_ci=e["ci"])
+    return row
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--models", nargs="+", default=["U", "cvae"])
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--width", type=int, default=32)
+    ap.add_argument("--n-eval", type=int, default=300)
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(ROOT / "outputs" / "fit" / "study"))
+    a = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    out = Path(a.out)
+    model = load_face_model()
+    sets = {s: PairedFaceDataset("train", PairedConfig(size=a.size, limit=a.limit, depth_source=s), model=model,
+                                 progress=False) for s in SOURCES}
+    test = PairedFaceDataset("test", PairedConfig(size=a.size, limit=a.limit), model=model, progress=False)
+    assert all(np.array_equal(sets[s].indices, sets["fitted"].indices) for s in SOURCES)  # same photos, same split
+    render = sets["fitted"].render_config(model)
+    syn = sets["fitted"].synthetic(a.n_eval, seed=a.seed + 777, model=model)
+    depth, mask = syn.render_batch(list(range(a.n_eval)))
+    target = model_landmarks(model, syn.coeffs, render, syn.poses, syn.expressions)
+    jd = J.judges()
+    test_images = test.tensors()[0][:a.n_eval]
+    test_faces = jd.analyse(test_images)
+    fallback = tuple(np.median(test_faces.boxes[test_faces.found], 0) / a.size)
+    rows = {}
+    real = M.detection_rate(test_faces.found)
+    rows["control: test photos (real)"] = {"detection": real["rate"], "detection_ci": real["ci"],
+                                           "face_fd": M.frechet_distance_features(test_faces.embeddings[: len(test_faces.embeddings) // 2],
+                                                                                  test_faces.embeddings[len(test_faces.embeddings) // 2:])}
+    mean_photo = sets["fitted"].tensors()[0].mean(0, keepdim=True).expand(a.n_eval, -1, -1, -1)
+    rows["control: mean photo (depth-blind)"] = judge(jd, mean_photo, target, fallback, test_faces.embeddings)
+    for name in a.models:
+        for src in SOURCES:
+            train = sets[src]
+            cfg = supervised_config(name, steps=a.steps, batch_size=a.batch, width=a.width, image_size=a.size,
+                                    seed=a.seed, out_dir=str(out / src / name), sample_every=0,
+                                    checkpoint_every=a.steps, log_every=max(a.steps // 20, 1),
+                                    data={"paired": vars(train.config)},
+                                    input_convention=input_convention(render, f"CelebA {src} depth"))
+            t0 = time.perf_counter()
+            run = Trainer(cfg, {"paired": train})
+            run.fit(progress=False)
+            seconds = time.perf_counter() - t0
+            for net in run.nets.values():
+                net.eval()
+            images = generator_fn(run, seed=a.seed)(depth, mask)
+            row = judge(jd, images, target, fallback, test_faces.embeddings)
+            row["train_seconds"] = seconds
+            rows[f"{name} on {src} pairs"] = row
+            print(f"{name:5s} on {src:9s} pairs: NME {row['nme']:.3f} [{row['nme_ci'][0]:.3f}, {row['nme_ci'][1]:.3f}]"
+                  f"  detection {row['detection']:.2f}  face-FD {row['face_fd']:.3f}  ({seconds:.0f} s)", flush=True)
+    lines = ["| run | NME (inner 51) on synthetic inputs | detection | face-FD vs test photos |",
+             "|---|---|---|---|"]
+    for k, r in rows.items():
+        nme = f"{r['nme']:.3f} [{r['nme_ci'][0]:.3f}, {r['nme_ci'][1]:.3f}]" if "nme" in r else "-"
+        lines.append(f"| {k} | {nme} | {r['detection']:.2f} [{r['detection_ci'][0]:.2f}, {r['detection_ci'][1]:.2f}]"
+                     f" | {r['face_fd']:.3f} |")
+    table = "\n".join(lines)
+    print(table)
+    atomic_write_json(out / "pairs_study.json", {"rows": rows, "args": vars(a), "table": table})
+
+
+if __name__ == "__main__":
+    main()
