@@ -99,3 +99,87 @@ def run_variants(names, streams: dict, val, fixed_depth, fixed_mask, out_dir, pr
         results[name] = entry
         atomic_write_json(path, results)
     return results
+
+
+# ---- tables and conclusions of notebooks 02 and 03, computed from the runs ------------------------------------------
+BASELINES = ("mean training photo", "linear map of depth")
+
+
+def supervised_table(runs: dict, train, val, seconds: dict | None = None, seed: int = 0) -> list[dict]:
+    """Validation metrics (``metrics.paired_metrics``: inside the face mask and over the whole image) of the two
+    baselines and every supervised run; a cvae run gives two rows (z = E(photo), z ~ N(0, I) seeded by ``seed``).
+    ``dB vs mean (mask)`` is a row's masked PSNR minus the mean photo's."""
+    from .metrics import LinearDepthBaseline, MeanPhotoBaseline, evaluate_paired
+    from .models import count_parameters
+
+    ti, td, _ = train.tensors()
+    vi, vd, vm = val.tensors()
+    seconds = seconds or {}
+    predictors = {BASELINES[0]: (MeanPhotoBaseline(ti), None), BASELINES[1]: (LinearDepthBaseline(ti, td), None)}
+    for name, run in runs.items():
+        if "E" in run.nets:
+            predictors[f"{name}, z = E(photo)"] = (lambda d, m, i, run=run: run.generate(d, m, i), name)
+            predictors[f"{name}, z ~ N(0, I)"] = (lambda d, m, i, run=run: run.generate(
+                d, m, z=torch.randn(len(d), run.cfg.z_dim, generator=torch.Generator().manual_seed(seed))), name)
+        else:
+            predictors[name] = (lambda d, m, i, run=run: run.generate(d, m, i), name)
+    rows = []
+    for label, (fn, run_name) in predictors.items():
+        r = evaluate_paired(fn, vi, vd, vm)
+        n_params = sum(count_parameters(n) for n in runs[run_name].nets.values()) if run_name else 0
+        rows.append({"model": label, **r, "params": n_params, "train s": round(seconds.get(run_name, 0.0), 1)})
+    for r in rows:
+        r["dB vs mean (mask)"] = r["psnr_mask"] - rows[0]["psnr_mask"]
+    return rows
+
+
+def supervised_conclusion(rows: list[dict]) -> str:
+    """What the supervised table says, in words computed from its numbers (no fixed claims)."""
+    by = {r["model"]: r for r in rows}
+    plain = [r for r in rows if r["model"] not in BASELINES and ", z " not in r["model"]]
+    lines = []
+    if plain:
+        best = max(plain, key=lambda r: r["dB vs mean (mask)"])
+        db, whole = best["dB vs mean (mask)"], best["psnr"] - by[BASELINES[0]]["psnr"]
+        verdict = "better than" if db > 0 else "no better than"
+        lines.append(f"The best depth-only generator, {best['model']}, is {verdict} the mean training photo inside "
+                     f"the face ({db:+.2f} dB) and {whole:+.2f} dB over the whole image; the linear map of depth "
+                     f"scores {by[BASELINES[1]]['dB vs mean (mask)']:+.2f} dB.")
+    for name in [r["model"][: -len(", z = E(photo)")] for r in rows if r["model"].endswith(", z = E(photo)")]:
+        e, n = by[f"{name}, z = E(photo)"], by[f"{name}, z ~ N(0, I)"]
+        gain = e["dB vs mean (mask)"] - (max(r["dB vs mean (mask)"] for r in plain) if plain else 0.0)
+        lines.append(f"Given the photo's appearance code, {name} scores {e['dB vs mean (mask)']:+.2f} dB ("
+                     f"{gain:+.2f} dB against the best depth-only generator): "
+                     + ("what depth does not carry (skin tone, lighting, hair, background) is part of the error. "
+                        if gain > 0 else "at this budget the appearance code does not help. ")
+                     + f"With z ~ N(0, I) it scores {n['dB vs mean (mask)']:+.2f} dB.")
+    return "\n\n".join(lines)
+
+
+def variants_table(results: dict, names) -> list[dict]:
+    """One row per variant of ``run_variants``'s results: status, steps, seconds, output spread, final D/G losses."""
+    nan = float("nan")
+    rows = []
+    for name in names:
+        r = results[name]
+        fl = r.get("final_losses", {})
+        rows.append({"variant": name, "status": r["status"], "steps": r.get("steps", 0), "seconds": r["seconds"],
+                     "output spread": r.get("output_spread", nan), "d_real": fl.get("d_real", nan),
+                     "d_fake": fl.get("d_fake", nan), "g_adv": fl.get("g_adv", nan)})
+    return rows
+
+
+def variants_conclusion(results: dict, names) -> str:
+    """Which variants finished, diverged or failed, and which gave the least and most varied outputs."""
+    ok = [n for n in names if results[n]["status"] == "ok"]
+    bad = {n: results[n]["status"] for n in names if results[n]["status"] != "ok"}
+    text = f"{len(ok)} of {len(list(names))} variants finished"
+    text += ("; " + ", ".join(f"{n} {s}" for n, s in bad.items()) + "." if bad else ".")
+    spread = {n: results[n]["output_spread"] for n in ok if "output_spread" in results[n]}
+    if len(spread) >= 2:
+        lo, hi = min(spread, key=spread.get), max(spread, key=spread.get)
+        ref = spread.get("supervised-l1")
+        text += (f" Least varied outputs on the fixed depth maps: {lo} (spread {spread[lo]:.3f}"
+                 + (f", {spread[lo] / ref:.2f}x the supervised L1 model's" if ref else "") + "); most varied: "
+                 f"{hi} ({spread[hi]:.3f}). A spread near 0 means one output for every input (collapse).")
+    return text

@@ -114,8 +114,8 @@ def run(a, cfg: TrainConfig) -> int:
         data["synthetic"] = RenderedDepthDataset(a.n_synthetic, seed=cfg.seed, render=render,
                                                  pose=train.pose_jitter(model), model=model).materialize()
     cfg.data = {"paired": vars(pcfg), "n_synthetic": a.n_synthetic}
-    cfg.input_convention = input_convention(render, "CelebA landmark-mesh depth (paired) and face-model renders "
-                                                    "with the same RenderConfig (synthetic)")
+    cfg.input_convention = input_convention(render, f"paired: CelebA depth ({pcfg.depth_source}); synthetic: "
+                                                    f"face-model renders with the same RenderConfig")
     t = Trainer(cfg, data, val)
     if a.dump_params:
         os.makedirs(cfg.out_dir, exist_ok=True)

@@ -64,6 +64,25 @@ def test_02_supervised_baseline(out_dir):
                   "cvae, z ~ N(0, I)"):
         r = rec[f"val/{model}"]
         assert 0 < r["l1_mask"] < 2 and 0 < r["psnr_mask"] < 60 and -1 <= r["ssim_mask"] <= 1
+        assert r["dB vs mean (mask)"] == pytest.approx(r["psnr_mask"] - rec["val/mean training photo"]["psnr_mask"],
+                                                       abs=2e-4)
+    # the recorded numbers are those of the saved runs and of the data: recomputed here, independently
+    import torch
+
+    from frankenstein_utils.datasets import PairedConfig, PairedFaceDataset
+    from frankenstein_utils.metrics import paired_metrics
+    from frankenstein_utils.training import load_run
+
+    pcfg = PairedConfig(size=p["SIZE"], limit=p["LIMIT"])
+    ti = PairedFaceDataset("train", pcfg, cache_dir=p["CACHE_DIR"], progress=False).tensors()[0]
+    vi, vd, vm = PairedFaceDataset("val", pcfg, cache_dir=p["CACHE_DIR"], progress=False).tensors()
+    m = vm.expand_as(vi)
+    per_image = ((ti.mean(0, keepdim=True) - vi).abs() * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1)
+    assert rec["val/mean training photo"]["l1_mask"] == pytest.approx(float(per_image.mean()), abs=2e-4)
+    u = load_run(Path(p["OUT_DIR"]) / "U" / "checkpoint.pt")
+    assert u.step == p["STEPS"] and u.cfg.input_convention["render"]["region"] == "chin"
+    assert rec["val/U"]["l1_mask"] == pytest.approx(paired_metrics(u.generate(vd, vm, vi), vi, vm)["l1_mask"], abs=2e-4)
+    assert "mean training photo" in rec["conclusion"] and "dB" in rec["conclusion"]
     # synthetic and real faces are framed alike (centre and size within a few pixels at 32 px)
     real, syn = rec["real_box"], rec["synthetic_box"]
     assert all(abs(a - b) < 4 for a, b in zip(real, syn))
