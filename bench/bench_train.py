@@ -1,5 +1,10 @@
 """Training throughput per mode and generator: images/s at 128x128, batch 8, parameter counts and peak memory.
 
+The flagship and the peers (pix2pix, BicycleGAN; ``frankenstein_utils/flagship.py``) run with their presets; the
+flagship row "as shipped" uses the shipped model's widths (24). images/s counts the batch drawn per stream per step
+(the flagship also generates as many faces from synthetic depth in the same step: "G images/step" says so).
+Compare the flagship at its own size with ``--size 64 --only "supervised U" "flagship (as shipped)"``.
+
 Each configuration runs the real training step (``Trainer``) on in-memory random data after warm-up steps; the
 ratio column is its rate relative to the first row (supervised U), measured in the same run. Peak memory: the
 process's maximum resident set (CPU) or ``torch.cuda.max_memory_allocated`` (GPU) after that configuration.
@@ -20,6 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from frankenstein_utils.flagship import preset  # noqa: E402
 from frankenstein_utils.models import count_parameters  # noqa: E402
 from frankenstein_utils.training import TrainConfig, Trainer  # noqa: E402
 
@@ -32,7 +38,12 @@ CONFIGS = [  # (label, TrainConfig overrides)
     ("gan (lsgan)", dict(mode="gan")),
     ("gan+recon", dict(mode="gan+recon")),
     ("l1+gan", dict(mode="l1+gan")),
+    ("pix2pix", preset("pix2pix")),
+    ("bicyclegan", preset("bicyclegan")),
+    ("flagship", preset("flagship")),
+    ("flagship (as shipped)", preset("flagship", width=24, d_width=24, encoder_width=24)),
 ]
+G_IMAGES_PER_STEP = {"flagship": 2, "flagship (as shipped)": 2}  # x batch: paired + synthetic branch
 
 
 class RandomData(Dataset):
@@ -71,9 +82,9 @@ def main(argv=None):
         for label, over in CONFIGS:
             if a.only and label not in a.only:
                 continue
-            cfg = TrainConfig(image_size=a.size, batch_size=a.batch, width=a.width, d_width=a.width, device=a.device,
-                              steps=a.warmup, out_dir=f"{tmp}/{len(rows)}", checkpoint_every=0, sample_every=0,
-                              log_every=10 ** 9, **over)
+            cfg = TrainConfig(**{**dict(width=a.width, d_width=a.width), **over, **dict(
+                image_size=a.size, batch_size=a.batch, device=a.device, steps=a.warmup, out_dir=f"{tmp}/{len(rows)}",
+                checkpoint_every=0, sample_every=0, log_every=10 ** 9)})
             t = Trainer(cfg, streams, resume=False)
             t.fit(progress=False)  # warm-up
             t.cfg.steps = a.warmup + a.steps
@@ -83,15 +94,17 @@ def main(argv=None):
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t0
             params = sum(count_parameters(n) for n in t.nets.values())
-            rows.append((label, a.steps * a.batch / dt, dt / a.steps, params, peak_memory_mb(t.device), t.device))
+            rows.append((label, a.steps * a.batch / dt, dt / a.steps, params, peak_memory_mb(t.device), t.device,
+                         G_IMAGES_PER_STEP.get(label, 1) * a.batch))
     ref = rows[0][1]
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; {a.size}x{a.size}, batch {a.batch}, width {a.width}, "
           f"{a.steps} timed steps after {a.warmup} warm-up")
-    print(f"{'configuration':14} {'device':6} {'images/s':>9} {'s/step':>8} {'params':>10} {'peak MB':>8} "
-          f"{'vs ' + rows[0][0]:>16}")
-    for label, rate, sps, params, mem, dev in rows:
-        print(f"{label:14} {dev.type:6} {rate:9.1f} {sps:8.3f} {params:10,d} {mem:8.0f} {rate / ref:15.2f}x")
+    print(f"{'configuration':22} {'device':6} {'images/s':>9} {'s/step':>8} {'G images/step':>13} {'params':>10} "
+          f"{'peak MB':>8} {'vs ' + rows[0][0]:>16}")
+    for label, rate, sps, params, mem, dev, gimg in rows:
+        print(f"{label:22} {dev.type:6} {rate:9.1f} {sps:8.3f} {gimg:13d} {params:10,d} {mem:8.0f} "
+              f"{rate / ref:15.2f}x")
 
 
 if __name__ == "__main__":
