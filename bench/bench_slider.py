@@ -1,0 +1,132 @@
+"""Slider latency: the time of one ``FaceExplorer`` update (render + generator + PNG encoding), and where it goes.
+
+For each image size (64 and 128 px) and thread count (1, 2) it moves a different shape slider per update, as a user
+does, and prints the median and the max of the whole update (``FaceExplorer.last_update_ms``, widgets built, so the
+PNGs are encoded and pushed into the image widgets), then the median of each stage timed on its own: face-model
+vertices, projection, z-buffer, depth normalisation, generator, PNG encoding of both images. The target is < 100 ms
+at 128 px. The generator is the shipped one (``frankenstein_utils.pretrained.load_pretrained``) at its own size when
+there is one; otherwise, and for the other size, a cVAE run of the study's default width trained here for a few steps
+(latency depends on the architecture, not on how long it trained; the run is kept in outputs/bench_slider/).
+Usage: python bench/bench_slider.py [--updates 40] [--sizes 64 128] [--threads 1 2]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from frankenstein_utils.facemodel import load_face_model  # noqa: E402
+from frankenstein_utils.fileio import png_bytes  # noqa: E402
+from frankenstein_utils.rasterize import RenderConfig, normalize_depth, rasterize_depth, to_pixels  # noqa: E402
+from frankenstein_utils.training import load_run  # noqa: E402
+from frankenstein_utils.widgets import FaceExplorer, GeneratorPanel, to_uint8  # noqa: E402
+
+OUT = ROOT / "outputs" / "bench_slider"
+
+
+def shipped_generator():
+    try:
+        from frankenstein_utils.pretrained import load_pretrained
+
+        return load_pretrained()
+    except (ImportError, FileNotFoundError, ValueError) as e:
+        print(f"no shipped generator ({type(e).__name__}: {str(e)[:120]})")
+        return None
+
+
+def trained_run(size: int, steps: int):
+    """A cVAE run (default width) at ``size`` px, trained once here and reused."""
+    ck = OUT / f"cvae_{size}" / "checkpoint.pt"
+    if not ck.exists():
+        cmd = [sys.executable, "-m", "frankenstein_utils.train", "--mode", "cvae", "--size", str(size),
+               "--limit", "200", "--steps", str(steps), "--sample-every", "0", "--seed", "0",
+               "--out-dir", str(ck.parent), "--cache-dir", str(OUT / "cache")]
+        subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    return load_run(ck)
+
+
+def ms(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, (time.perf_counter() - t0) * 1000
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--updates", type=int, default=40)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--train-steps", type=int, default=20)
+    a = ap.parse_args(argv)
+    model = load_face_model()
+    shipped = shipped_generator()
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"load average {os.getloadavg()[0]:.2f}")
+    header = (f"{'size':>4} {'thr':>3} {'median ms':>9} {'max ms':>7}  stage medians (ms): vertices  project  "
+              f"z-buffer  normalise  generator  png   | z-buffer if torch")
+    rows = []
+    for size in a.sizes:
+        if shipped is not None and shipped.cfg.image_size == size:
+            gen, name = shipped, f"shipped {shipped.path.name}"
+            cfg = RenderConfig.from_dict({**shipped.render.to_dict(), "resolution": size})
+        else:
+            gen, name = trained_run(size, a.train_steps), f"cvae run trained here ({a.train_steps} steps)"
+            cfg = RenderConfig(resolution=size)
+        G = gen.nets["G"]
+        n_par = sum(p.numel() for p in G.parameters())
+        z_dim = G.z_dim
+        panel = GeneratorPanel(gen, directions=torch.eye(z_dim)[:2], scales=torch.ones(2)) if z_dim else \
+            GeneratorPanel(gen)
+        ex = FaceExplorer(model, 15, cfg, panels=[panel])
+        ex.widget  # build the widgets: updates now encode PNGs and set the image widgets' values
+        faces = model.region(cfg.region).faces
+        for threads in a.threads:
+            torch.set_num_threads(threads)
+            total, st = [], {k: [] for k in ("vertices", "project", "zbuf", "norm", "gen", "png", "zbuf_torch")}
+            for i in range(a.updates + 3):
+                c = torch.zeros(1, 15)
+                c[0, i % 15] = 2.0 if i % 2 else -2.0
+                ex.update(c)
+                with torch.no_grad():  # the same stages one by one
+                    v, t_v = ms(lambda: model.vertices(c, cfg.region, ex.expressions))
+                    px, t_p = ms(lambda: to_pixels(v, cfg))
+                    (z, m), t_z = ms(lambda: rasterize_depth(px, faces, size, size, cull_backfaces=cfg.cull_backfaces))
+                    _, t_zt = ms(lambda: rasterize_depth(px, faces, size, size, cull_backfaces=cfg.cull_backfaces,
+                                                         backend="torch"))
+                    d, t_n = ms(lambda: normalize_depth(z, m, cfg))
+                    face, t_g = ms(lambda: panel(d[:, None], m[:, None].float()))
+                    imgs = [to_uint8(d[0]), to_uint8(face)]
+                    _, t_png = ms(lambda: [png_bytes(x.repeat(ex.display_scale, 0).repeat(ex.display_scale, 1))
+                                           for x in imgs])
+                if i >= 3:  # the first updates warm up caches and allocators
+                    total.append(ex.last_update_ms)
+                    for k, t in zip(st, (t_v, t_p, t_z, t_n, t_g, t_png, t_zt)):
+                        st[k].append(t)
+            med = {k: statistics.median(v) for k, v in st.items()}
+            rows.append((size, threads, statistics.median(total), max(total), med, name, n_par))
+    print(f"generators: " + "; ".join(sorted({f'{r[0]} px: {r[5]}, G {r[6]:,} parameters' for r in rows})))
+    print(f"{a.updates} updates per row, a different shape slider each time")
+    print(header)
+    for size, threads, med_t, max_t, med, _, _ in rows:
+        print(f"{size:4d} {threads:3d} {med_t:9.1f} {max_t:7.1f}  {'':19}{med['vertices']:8.1f} {med['project']:8.2f} "
+              f"{med['zbuf']:9.2f} {med['norm']:10.2f} {med['gen']:10.1f} {med['png']:5.2f}  | {med['zbuf_torch']:.2f}")
+    for size, threads, med_t, max_t, med, _, _ in rows:
+        parts = {k: med[k] for k in ("vertices", "project", "zbuf", "norm", "gen", "png")}
+        top = max(parts, key=parts.get)
+        print(f"{size} px, {threads} thread(s): median {med_t:.1f} ms = {med_t / 100:.2f}x the 100 ms target "
+              f"({'met' if med_t < 100 else 'NOT met'}); largest stage: {top} ({100 * parts[top] / sum(parts.values()):.0f} "
+              f"% of the summed stages)")
+
+
+if __name__ == "__main__":
+    main()
