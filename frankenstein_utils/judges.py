@@ -94,42 +94,65 @@ class FaceJudges:
         x0, y0, x1, y1 = (int(round(v * scale)) for v in box)
         return self.dlib.rectangle(x0, y0, x1, y1)
 
-    def analyse(self, images, embed: bool = True, fallback_box=None) -> FaceAnalysis:
-        """Detect, place 68 landmarks and (if ``embed``) compute descriptors. Identical images are judged once
-        (a constant or depth-blind output costs one descriptor, not N). ``fallback_box`` overrides the default."""
-        fallback = tuple(fallback_box) if fallback_box is not None else self.fallback_box
-        size = images.shape[-1]
-        up = to_uint8_upsampled(images)
-        s = up.shape[1] / size  # upsampled pixels per input pixel
+    def _judge(self, up: np.ndarray, fallback, embed: bool):
+        """Upsampled uint8 images -> (found, boxes, landmarks, descriptors) in upsampled pixels."""
         n = len(up)
         found, boxes = np.zeros(n, bool), np.full((n, 4), np.nan)
-        lms, embs = np.zeros((n, 68, 2)), np.zeros((n, 128)) if embed else None
-        seen = {}
+        lms, embs = np.zeros((n, 68, 2)), np.zeros((n, 128))
         for i, im in enumerate(up):
-            key = hashlib.sha1(im.tobytes()).hexdigest()
-            if key in seen:
-                j = seen[key]
-                found[i], boxes[i], lms[i] = found[j], boxes[j], lms[j]
-                if embed:
-                    embs[i] = embs[j]
-                continue
-            seen[key] = i
             dets = self.detector(im, 0)
             if len(dets):
                 d = max(dets, key=lambda r: r.area())
                 found[i] = True
-                boxes[i] = np.array([d.left(), d.top(), d.right(), d.bottom()]) / s
+                boxes[i] = [d.left(), d.top(), d.right(), d.bottom()]
             else:
                 d = self._rect(fallback, up.shape[1])
             shape = self.shape68(im, d)
-            # dlib's integer pixel coordinates: pixel centre = integer; to continuous, then to the input frame
-            lms[i] = (np.array([[p.x, p.y] for p in shape.parts()], float) + 0.5) / s
+            # dlib's integer pixel coordinates: pixel centre = integer; +0.5 makes them continuous
+            lms[i] = np.array([[p.x, p.y] for p in shape.parts()], float) + 0.5
             if embed:
                 embs[i] = np.asarray(self.resnet.compute_face_descriptor(im, shape))
-        return FaceAnalysis(found, boxes, lms, embs)
+        return found, boxes, lms, embs
+
+    def analyse(self, images, embed: bool = True, fallback_box=None, workers: int = 1) -> FaceAnalysis:
+        """Detect, place 68 landmarks and (if ``embed``) compute descriptors. Identical images are judged once
+        (a constant or depth-blind output costs one descriptor, not N). ``fallback_box`` overrides the default.
+        ``workers`` > 1 splits the images over forked processes (dlib runs on one core; same results)."""
+        fallback = tuple(fallback_box) if fallback_box is not None else self.fallback_box
+        up = to_uint8_upsampled(images)
+        s = up.shape[1] / images.shape[-1]  # upsampled pixels per input pixel
+        first, inverse = {}, []
+        for im in up:
+            inverse.append(first.setdefault(hashlib.sha1(im.tobytes()).hexdigest(), len(first)))
+        uniq = up[[i for i in _first_indices(inverse)]]
+        if workers > 1 and len(uniq) >= 4 * workers:
+            import multiprocessing as mp
+
+            global _JUDGES
+            _JUDGES = self  # inherited by the forked workers
+            chunks = np.array_split(np.arange(len(uniq)), workers)
+            with mp.get_context("fork").Pool(workers) as pool:
+                parts = pool.starmap(_judge_chunk, [(uniq[c], fallback, embed) for c in chunks])
+            found, boxes, lms, embs = (np.concatenate(p) for p in zip(*parts))
+        else:
+            found, boxes, lms, embs = self._judge(uniq, fallback, embed)
+        inv = np.asarray(inverse)
+        return FaceAnalysis(found[inv], boxes[inv] / s, lms[inv] / s, embs[inv] if embed else None)
 
 
 _JUDGES: FaceJudges | None = None
+
+
+def _first_indices(inverse):
+    """Index of the first occurrence of each unique id 0..k-1 in ``inverse``."""
+    out = {}
+    for i, u in enumerate(inverse):
+        out.setdefault(u, i)
+    return [out[u] for u in range(len(out))]
+
+
+def _judge_chunk(up, fallback, embed):
+    return judges()._judge(up, fallback, embed)
 
 
 def judges() -> FaceJudges:

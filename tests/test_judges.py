@@ -26,7 +26,8 @@ def data(tmp_path_factory, face_model):
     real = ti[150:150 + N]  # training photos not used by the map
     real_lm = J.map_mediapipe(EV.photo_mediapipe(tr)[150:150 + N], mp_map["W"])
     rungs = {"real": real, "blur2": EV.gaussian_blur(real, 2.0), "noise20": EV.add_noise(real, 20.0),
-             "depth": EV.depth_as_image(te.tensors()[1][:N], 3), "const": ti.mean(0, keepdim=True).expand(N, -1, -1, -1)}
+             "depth": EV.depth_as_image(te.tensors()[1][:N], 3),
+             "const": ti.mean(0, keepdim=True).expand(N, -1, -1, -1)}
     faces = {k: jd.analyse(x) for k, x in rungs.items()}
     return dict(tr=tr, te=te, jd=jd, test=test, mp_map=mp_map, faces=faces, rungs=rungs, real_lm=real_lm,
                 test_lm=J.map_mediapipe(EV.photo_mediapipe(te), mp_map["W"]), cache=cache)
@@ -128,3 +129,19 @@ def test_model_landmarks_follow_the_render(face_model, data):
 def test_bad_input_is_a_clear_error(bad):
     with pytest.raises(ValueError, match="face judges"):
         J.judges().analyse(bad)
+
+
+def test_judges_only_context_for_a_generator(data, face_model, tmp_path):
+    """The light path other code uses (model cards, the shipped generator's check): dlib measures only, small sets."""
+    ctx = EV.build_context(face_model, data["tr"], data["te"], n_synthetic=12, n_codes=2, n_ids=2, n_poses=2,
+                           n_embed=8, n_map=150, orl_people=3, orl_per_person=2, n_test=30, judges_only=True,
+                           cache_dir=data["cache"])
+    assert ctx.feature_net is None and len(ctx.real_test) == 30 and ctx.syn_landmarks.shape == (12, 68, 2)
+    const = lambda d, m, z=None: data["tr"].tensors()[0][:1].expand(len(d), -1, -1, -1)  # noqa: E731
+    r = EV.evaluate_generator(ctx, const, 0)
+    assert {"detection", "nme", "nme_ci", "face_fd", "face_diversity", "identity_auc_new"} <= set(r)
+    assert "fd" not in r and r["face_diversity"] == 0 and r["identity_auc_new"] == 0.5
+    refs = EV.reference_rows(ctx)
+    checks = EV.ladder_checks(refs)
+    assert "fd" not in checks and {"face_fd", "detection", "nme", "identity_auc_new"} <= set(checks)
+    assert "| const |" in EV.results_table(refs, {"const": r}, checks)

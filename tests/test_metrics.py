@@ -2,6 +2,7 @@
 held-out real photos < real photos degraded (blurred / noised) < depth maps shown as images."""
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -96,3 +97,55 @@ def test_metric_networks_are_cached(sets):
     again = M.train_feature_net(sets["train"][0], steps=1, cache=sets["cache"] / "feat.pt")
     x = sets["val"][0][:4]
     torch.testing.assert_close(again(x), sets["net"](x))
+
+
+# ---- metrics of the dlib judges: known answers without dlib (fast) -------------------------------------------------
+def test_pair_auc_known_answers():
+    assert M.pair_auc([0.1, 0.2], [0.5, 0.6])["auc"] == 1.0
+    assert M.pair_auc([0.5, 0.6], [0.1, 0.2])["auc"] == 0.0
+    assert M.pair_auc([0.0, 0.0], [0.0, 0.0, 0.0])["auc"] == 0.5  # ties count one half
+    r = M.pair_auc([0.1, 0.3], [0.2, 0.4])
+    assert r["auc"] == 0.75 and r["ci"][0] < 0.75 < r["ci"][1]
+
+
+def test_identity_pair_designs():
+    # 2 codes x 3 identities x 2 poses, code-major as evaluation.identity_set orders them
+    codes, ids, poses = (a.ravel() for a in np.meshgrid(np.arange(2), np.arange(3), np.arange(2), indexing="ij"))
+    (pi, pj), (ni, nj) = M.identity_pairs(ids, codes, poses, "new")
+    assert (ids[pi] == ids[pj]).all() and (codes[pi] == codes[pj]).all() and (poses[pi] != poses[pj]).all()
+    assert (ids[ni] != ids[nj]).all() and (codes[ni] == codes[nj]).all() and (poses[ni] == poses[nj]).all()
+    assert len(pi) == 2 * 3 and len(ni) == 2 * 3 * 2
+    (_, _), (ni, nj) = M.identity_pairs(ids, codes, poses, "old")
+    assert (codes[ni] != codes[nj]).all() and (ids[ni] != ids[nj]).all()
+    # an output that depends on the code only: indistinguishable under the new design, "perfect" under the old
+    emb = np.eye(2)[codes]
+    assert M.identity_auc(emb, ids, codes, poses, "new")["auc"] == 0.5
+    assert M.identity_auc(emb, ids, codes, poses, "old")["auc"] == 1.0
+    # an output that depends on the identity only wins under both
+    emb = np.eye(3)[ids]
+    assert M.identity_auc(emb, ids, codes, poses, "new")["auc"] == 1.0
+    with pytest.raises(ValueError, match="design"):
+        M.identity_pairs(ids, codes, poses, "sideways")
+
+
+def test_nme_known_answers():
+    t = np.random.default_rng(0).random((5, 68, 2)) * 40
+    t[:, 36], t[:, 45] = [10, 20], [30, 20]  # outer eye corners 20 px apart
+    assert M.nme(t, t)["nme"] == 0
+    shifted = t + np.array([2.0, 0.0])  # every point 2 px off: 2 / 20
+    assert M.nme(shifted, t, range(17, 68))["nme"] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="nme"):
+        M.nme(t[:, :10], t)
+
+
+def test_embedding_frechet_distance_and_diversity_known_answers():
+    g = np.random.default_rng(0)
+    a = g.normal(size=(4000, 3))
+    assert M.frechet_distance_features(a, a) == pytest.approx(0.0, abs=1e-6)
+    # N(0, I) vs N(m, 4 I) in 3-D: |m|^2 + 3 (1 + 4 - 2 * 2) = |m|^2 + 3
+    b = np.array([1.0, 0.0, 0.0]) + 2 * g.normal(size=(4000, 3))
+    assert M.frechet_distance_features(a, b) == pytest.approx(1 + 3, rel=0.1)
+    assert M.mean_pairwise_distance(np.zeros((5, 3))) == 0
+    assert M.mean_pairwise_distance(np.array([[0.0, 0.0], [3.0, 4.0]])) == pytest.approx(5.0)
+    r = M.detection_rate([True, True, False, True])
+    assert r["rate"] == 0.75 and r["ci"][0] < 0.75 < r["ci"][1] and r["n"] == 4
