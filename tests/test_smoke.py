@@ -29,7 +29,7 @@ def streams():
 
 
 SMALL = dict(image_size=16, width=8, d_width=8, encoder_width=8, z_dim=4, batch_size=4, log_every=1,
-             sample_every=2, checkpoint_every=2, pretrain_steps=2, wgan_burst=3, wgan_burst_until=1)
+             sample_every=2, checkpoint_every=2, pretrain_steps=2, wgan_burst=3, wgan_burst_until=1, adaptive_max_d=3)
 
 
 # loss terms each variant must log: a mode missing part of its objective fails here (CycleGAN #1163)
