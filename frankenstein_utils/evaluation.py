@@ -175,16 +175,26 @@ class EvalContext:
         return z[torch.from_numpy(self.id_codes)]
 
 
-def identity_set(model, render, pose, n_codes: int, n_ids: int, n_poses: int, seed: int = 0):
+def identity_set(model, render, pose, n_codes: int, n_ids: int, n_poses: int, seed: int = 0, source=None):
     """Renders for the identity test: ``n_ids`` identities (shape coefficients) shared by all codes; for each of
-    ``n_codes`` appearance codes, ``n_poses`` poses drawn once and used for every identity of that code (so a
-    same-code, different-identity pair has the same pose). Order: code-major, then identity, then pose."""
+    ``n_codes`` appearance codes, ``n_poses`` pose slots drawn once and used for every identity of that code (so a
+    same-code, different-identity pair has the same pose and expression). Order: code-major, then identity, then
+    pose. Pose (and expression) per slot: from ``source`` (a ``RenderedDepthDataset`` of n_codes * n_poses items,
+    e.g. ``PairedFaceDataset.synthetic``: the photos' fitted distribution) when given, else ``pose.sample``, neutral."""
+    from .facemodel import render_faces
+
     g = torch.Generator().manual_seed(seed + 999)
     coeffs = model.sample_coefficients(n_ids, 15, generator=g)
-    poses = pose.sample(n_codes * n_poses, generator=g).view(n_codes, n_poses, 6)
+    if source is not None:
+        poses = source.poses[:n_codes * n_poses].view(n_codes, n_poses, 6)
+        expr = getattr(source, "expressions", None)
+        expr = None if expr is None else expr[:n_codes * n_poses].view(n_codes, n_poses, -1)
+    else:
+        poses, expr = pose.sample(n_codes * n_poses, generator=g).view(n_codes, n_poses, 6), None
     codes, ids, pidx = np.meshgrid(np.arange(n_codes), np.arange(n_ids), np.arange(n_poses), indexing="ij")
     codes, ids, pidx = codes.ravel(), ids.ravel(), pidx.ravel()
-    d, m = render_depth(model, coeffs[ids], render, poses[codes, pidx])
+    d, m = render_faces(model, coeffs[ids], render, poses[codes, pidx],
+                        None if expr is None else expr[codes, pidx])
     return d[:, None], m[:, None].float(), ids, codes, pidx
 
 
@@ -210,7 +220,8 @@ def build_context(model, train, test, n_synthetic: int = 500, n_codes: int = 4, 
                   seed: int = 0, feature_steps: int = 600, depth_steps: int = 800, c2st_steps: int = 200,
                   cache_dir=None, judges_only: bool = False, n_test: int | None = None,
                   workers: int = 1) -> EvalContext:
-    """Synthetic evaluation faces (matched framing, the photos' pose spread) with their target landmarks, the
+    """Synthetic evaluation faces (matched framing; pose and expression drawn from the fitted training photos, or
+    the photos' pose spread for a landmark-mesh set) with their target landmarks, the
     identity set, the test photos judged once, and the metric networks (trained on the training split only, cached
     in ``cache_dir``). ``train`` and ``test`` are ``PairedFaceDataset`` splits.
 
@@ -218,10 +229,15 @@ def build_context(model, train, test, n_synthetic: int = 500, n_codes: int = 4, 
     dlib measures alone, e.g. for a model card or a quick check of a shipped generator; ``n_test`` uses only the first
     test photos as the reference (faster, face-FD then has a larger small-sample bias: compare like with like)."""
     render, pose = train.render_config(model), train.pose_jitter(model)
-    syn = RenderedDepthDataset(n_synthetic, seed=seed + 777, render=render, pose=pose, model=model)
+    if getattr(train, "fit", None) is not None:  # identity ~ N(0, I); pose, expression: the photos' fitted ones
+        syn = train.synthetic(n_synthetic, seed=seed + 777, model=model)
+        id_source = train.synthetic(n_codes * n_poses, seed=seed + 999, model=model)
+    else:
+        syn = RenderedDepthDataset(n_synthetic, seed=seed + 777, render=render, pose=pose, model=model)
+        id_source = None
     d, m = syn.render_batch(list(range(n_synthetic)))
     syn_lm = model_landmarks(model, syn.coeffs, render, syn.poses, getattr(syn, "expressions", None))
-    idd, idm, ids, codes, pidx = identity_set(model, render, pose, n_codes, n_ids, n_poses, seed)
+    idd, idm, ids, codes, pidx = identity_set(model, render, pose, n_codes, n_ids, n_poses, seed, id_source)
     g = torch.Generator().manual_seed(seed + 1001)
     sc = model.sample_coefficients(60, 15, generator=g)
     sd, sm = render_depth(model, sc, render)  # frontal

@@ -112,6 +112,11 @@ def test_model_landmarks_follow_the_render(face_model, data):
     ij = np.floor(lm[:, 17:]).astype(int)
     inside = mask[np.arange(4)[:, None], ij[..., 1].clip(0, 63), ij[..., 0].clip(0, 63)]
     assert inside.float().mean() > 0.95
+    # expressions pass through: neutral weights change nothing, jawOpen moves the lower lip (iBUG 57) down
+    e = torch.zeros(4, face_model.n_expressions)
+    np.testing.assert_allclose(EV.model_landmarks(face_model, c, render, p, e), lm, atol=1e-3)
+    e[:, face_model.expression_index("jawOpen")] = 1
+    assert (EV.model_landmarks(face_model, c, render, p, e)[:, 57, 1] - lm[:, 57, 1]).min() > 1
     shifted = p.clone()
     shifted[:, 4] += 1.0
     x0, x1 = render.window_cm[:2]
