@@ -94,6 +94,7 @@ class FolderLock:
 
     def release(self) -> None:
         if self.fd is not None:
+            os.ftruncate(self.fd, 0)  # an empty file: a finished folder's bytes do not depend on who wrote it
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None

@@ -30,6 +30,7 @@ def test_folder_lock_and_orphan_cleanup(tmp_path):
         with pytest.raises(FolderBusyError, match=r"another process is writing here \(pid \d+, first\)"):
             FolderLock(tmp_path, "second").acquire()
     FolderLock(tmp_path, "second").acquire().release()  # free again once released
+    assert (tmp_path / ".lock").read_bytes() == b""  # a finished folder's bytes do not depend on its writer's pid
     (tmp_path / "sub").mkdir()
     orphans = [tmp_path / ".a.png.x1.tmp", tmp_path / "sub" / ".b.npy.x2.tmp"]
     for p in orphans:
