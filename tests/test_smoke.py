@@ -142,3 +142,22 @@ def test_memmap_pool_is_kept_beside_the_checkpoint_and_only_the_trainer_writes_i
     assert rest.history == full.history
     assert sorted(p.name for p in (tmp_path / "mm" / "replay").iterdir()) == ["rank0.step00000004.npy",
                                                                               "rank0.step00000004.pt"]
+
+
+def test_conclusions_are_computed_from_the_numbers():
+    from frankenstein_utils.experiments import supervised_conclusion, variants_conclusion
+
+    row = lambda m, db, psnr: {"model": m, "dB vs mean (mask)": db, "psnr": psnr}
+    rows = [row("mean training photo", 0.0, 11.0), row("linear map of depth", -0.5, 10.0), row("U", 0.4, 11.5),
+            row("V", 0.7, 11.2), row("cvae, z = E(photo)", 1.9, 14.0), row("cvae, z ~ N(0, I)", -0.3, 10.5)]
+    text = supervised_conclusion(rows)
+    assert "V, is better than the mean training photo inside the face (+0.70 dB) and +0.20 dB over the whole" in text
+    assert "cvae scores +1.90 dB (+1.20 dB against the best depth-only generator)" in text and "-0.30 dB" in text
+    rows[3]["dB vs mean (mask)"] = rows[2]["dB vs mean (mask)"] = -0.1
+    assert "U, is no better than the mean training photo" in supervised_conclusion(rows)
+    res = {"a": {"status": "ok", "output_spread": 0.2}, "supervised-l1": {"status": "ok", "output_spread": 0.4},
+           "b": {"status": "diverged"}}
+    assert variants_conclusion(res, ["a", "supervised-l1", "b"]) == (
+        "2 of 3 variants finished; b diverged. Least varied outputs on the fixed depth maps: a (spread 0.200, 0.50x "
+        "the supervised L1 model's); most varied: supervised-l1 (0.400). A spread near 0 means one output for every "
+        "input (collapse).")
