@@ -36,8 +36,18 @@ class PretrainedGenerator:
     (the TrainConfig that rebuilds them), ``render`` / ``pose`` (the input convention: how its synthetic inputs
     are rendered), ``card`` (the model card's numbers) and ``generate`` like a trained run's."""
 
-    def __init__(self, nets: dict, cfg, render: RenderConfig, pose: PoseJitter, card: dict, path: Path):
+    def __init__(self, nets: dict, cfg, render: RenderConfig, pose: PoseJitter, card: dict, path: Path,
+                 latent: dict | None = None):
         self.nets, self.cfg, self.render, self.pose, self.card, self.path = nets, cfg, render, pose, card, path
+        self.latent = latent  # {"mean", "directions", "scales"} of the encoder's codes of training photos, or None
+
+    def panel(self):
+        """A ``widgets.GeneratorPanel`` showing this model's face, with the appearance sliders of ``latent``."""
+        from .widgets import GeneratorPanel
+
+        if self.latent is None:
+            return GeneratorPanel(self)
+        return GeneratorPanel(self, self.latent["directions"], self.latent["mean"], self.latent["scales"])
 
     @torch.no_grad()
     def generate(self, depth, mask, image=None, z=None):
@@ -53,15 +63,16 @@ class PretrainedGenerator:
         return G(gen_input(depth.float(), mask.float(), self.cfg.mask_input), z.float()).float()
 
 
-def export(run, path, render: RenderConfig, pose: PoseJitter, card: dict) -> int:
+def export(run, path, render: RenderConfig, pose: PoseJitter, card: dict, latent: dict | None = None) -> int:
     """Write a trained run's sampling generator (G's EMA where there is one) and encoder in float16 with its
-    settings, input convention and card numbers to ``path`` (atomically). Returns the file size in bytes."""
+    settings, input convention, card numbers and ``latent`` (the encoder's main directions for appearance sliders:
+    ``widgets.latent_directions`` of training photos) to ``path`` (atomically). Returns the file size in bytes."""
     nets = run.nets
     G = nets.get("G_ema", nets["G"])
     half = lambda m: {k: (v.half() if v.is_floating_point() else v) for k, v in m.state_dict().items()}
     blob = {"format": 1, "config": {k: getattr(run.cfg, k) for k in BUILD_KEYS},
             "G": half(G), "E": half(nets["E"]) if "E" in nets else None,
-            "render": render.to_dict(), "pose": asdict(pose), "card": card}
+            "render": render.to_dict(), "pose": asdict(pose), "card": card, "latent": latent}
     buf = io.BytesIO()
     torch.save(blob, buf)
     atomic_write_bytes(path, buf.getvalue())
@@ -93,7 +104,7 @@ def load_pretrained(name: str = "flagship", device: str = "cpu") -> PretrainedGe
         raise ValueError(f"{path}: not a readable shipped model ({type(e).__name__}: {e})") from e
     out = {k: v.to(device).eval().requires_grad_(False) for k, v in out.items()}
     return PretrainedGenerator(out, cfg, RenderConfig.from_dict(blob["render"]), PoseJitter(**blob["pose"]),
-                               blob["card"], path)
+                               blob["card"], path, blob.get("latent"))
 
 
 # ---- the card's numbers: a small fixed set of synthetic inputs, judged by dlib ---------------------------------------
@@ -156,3 +167,239 @@ def write_card(path, title: str, sections: dict) -> None:
 
 def load_card_numbers(name: str = "flagship") -> dict:
     return json.loads(json.dumps(load_pretrained(name).card))
+
+
+# ---- export with a full evaluation (python -m frankenstein_utils.pretrained CHECKPOINT ...) ------------------------
+def evaluate_for_card(generate, model, train, test, n: int = 256, seed: int = 2024, z_dim: int = 8,
+                      references: bool = True) -> dict:
+    """The card's evaluation on ``n`` fixed synthetic inputs (``fixed_inputs``) against ``n`` test photos, with the
+    reference rows the targets are stated against: training photos (real, and blurred with sigma = 2 px) vs the test
+    photos (face-FD), the real-photo oracle and shuffled rows for landmark error (test photos' dlib landmarks vs their
+    own MediaPipe landmarks mapped to iBUG, ``evaluation.mediapipe_ibug_map``), identity AUC under the
+    depth-blind-proof design (``evaluation.identity_set``), checkerboard score beside real photos'."""
+    from . import evaluation as EV
+    from . import judges as J
+    from . import metrics as M
+
+    render, pose = train.render_config(model), train.pose_jitter(model)
+    d, m, lm, z = fixed_inputs(model, render, pose, n, seed)
+    ref = test.tensors()[0][:n]
+    imgs = torch.cat([generate(d[s:s + 64], m[s:s + 64], z[s:s + 64, :z_dim]) for s in range(0, n, 64)])
+    out = {"model": face_scores(imgs, lm, ref), "n": n}
+    out["model"]["checkerboard"] = _cb(imgs)
+    jd = J.judges()
+    ref_faces = jd.analyse(ref)
+    box = tuple(float(v) for v in np.median(ref_faces.boxes[ref_faces.found], 0) / ref.shape[-1])
+    _identity(out, generate, model, render, pose, seed, z_dim, jd, box)
+    if not references:
+        return out
+    tr = train.tensors()[0]
+    real = tr[1000:1000 + n]  # training photos not used to fit the landmark map
+    for name, x in (("train photos", real), ("train photos blurred sigma 2", EV.gaussian_blur(real, 2.0))):
+        f = jd.analyse(x, fallback_box=box)
+        out[name] = {"face_fd": float(M.frechet_distance_features(f.embeddings, ref_faces.embeddings)),
+                     "detection": float(f.found.mean()), "diversity": float(M.mean_pairwise_distance(f.embeddings)),
+                     "checkerboard": _cb(x)}
+    W = EV.mediapipe_ibug_map(train, jd, 1000, cache_dir="outputs/cache")["W"]
+    test_lm = J.map_mediapipe(EV.photo_mediapipe(test)[:n], W)
+    tf = jd.analyse(ref, embed=False, fallback_box=box)
+    out["real-photo oracle"] = {"nme": float(M.nme(tf.landmarks, test_lm, J.INNER_POINTS)["nme"])}
+    out["shuffled"] = {"nme": float(M.nme(tf.landmarks, np.roll(test_lm, 1, 0), J.INNER_POINTS)["nme"])}
+    return out
+
+
+def _identity(out, generate, model, render, pose, seed, z_dim, jd, box):
+    """Identity AUC under the depth-blind-proof design: 4 codes x 6 identities x 3 poses (``evaluation``)."""
+    from . import evaluation as EV
+    from . import metrics as M
+
+    idd, idm, ids, codes, pidx = EV.identity_set(model, render, pose, 4, 6, 3, seed)
+    zc = torch.randn(4, z_dim, generator=torch.Generator().manual_seed(seed + 4242))[torch.from_numpy(codes)]
+    emb = jd.analyse(torch.cat([generate(idd[s:s + 64], idm[s:s + 64], zc[s:s + 64]) for s in range(0, len(idd), 64)]),
+                     fallback_box=box).embeddings
+    ia = M.identity_auc(emb, ids, codes, pidx, "new")
+    out["model"]["identity_auc"], out["model"]["identity_auc_ci"] = ia["auc"], ia["ci"]
+
+
+def _cb(x):
+    from .flagship import checkerboard_score
+
+    return checkerboard_score(x)
+
+
+def main(argv=None):
+    """Export a flagship checkpoint: weights (fp16) + card numbers + MODEL_CARD.md. Usage:
+    python -m frankenstein_utils.pretrained CHECKPOINT --name flagship --wall-s SECONDS --command "..." """
+    import argparse
+    import platform
+    import time
+
+    from .datasets import PairedConfig, PairedFaceDataset
+    from .facemodel import load_face_model
+    from .training import load_run
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("checkpoint")
+    ap.add_argument("--name", default="flagship")
+    ap.add_argument("--wall-s", type=float, required=True, help="training wall time (from the run's log)")
+    ap.add_argument("--command", required=True, help="the command that trained it")
+    ap.add_argument("--curve", default="", help="JSON file: [{step, wall_s, detection, nme, face_fd}, ...]")
+    ap.add_argument("--study", default="", help="results.json of the ablation / peer study")
+    ap.add_argument("--n", type=int, default=256)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    t0 = time.time()
+    run = load_run(a.checkpoint)
+    model = load_face_model()
+    pcfg = PairedConfig(size=run.cfg.image_size)
+    train = PairedFaceDataset("train", pcfg, model=model, progress=False)
+    test = PairedFaceDataset("test", pcfg, model=model, progress=False)
+    render, pose = train.render_config(model), train.pose_jitter(model)
+    path = WEIGHTS_DIR / f"{a.name}.pt"
+    latent = None
+    if "E" in run.nets:
+        from .widgets import latent_directions
+
+        mean, dirs, scales = latent_directions(run.nets["E"], train.tensors()[0][:2000], k=4)
+        latent = {"mean": mean, "directions": dirs, "scales": scales}
+    export(run, path, render, pose, {}, latent)
+    gen = load_pretrained(a.name)
+    small = card_numbers(gen, model)
+    ev = evaluate_for_card(lambda d, m, z: gen.generate(d, m, z=z), model, train, test, a.n, z_dim=gen.cfg.z_dim)
+    raw = None
+    if "G_ema" in run.nets:  # the EMA ablation, free: the same run's raw generator weights
+        G = run.nets["G"].eval().requires_grad_(False)
+        raw = evaluate_for_card(lambda d, m, z: G(gen_input(d, m, run.cfg.mask_input), z).detach(), model, train,
+                                test, a.n, z_dim=gen.cfg.z_dim, references=False)["model"]
+    card = {"small_set": small, "evaluation": ev, "raw_G": raw, "step": run.step, "wall_s": a.wall_s,
+            "command": a.command, "config": {k: v for k, v in asdict(run.cfg).items() if k != "data"},
+            "data": run.cfg.data, "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores "
+            f"(shared with four other jobs), torch {torch.__version__}, 1 thread, no GPU"}
+    size = export(run, path, render, pose, card, latent)
+    curve = json.loads(Path(a.curve).read_text()) if a.curve else []
+    study = json.loads(Path(a.study).read_text()) if a.study else {}
+    write_card(WEIGHTS_DIR / f"{a.name}_MODEL_CARD.md", f"Model card: {a.name} (depth map -> face, "
+               f"{run.cfg.image_size} px)", card_sections(card, size, gen, curve, study))
+    print(json.dumps({k: card[k] for k in ("small_set", "evaluation", "raw_G", "step")}, indent=1, default=float))
+    print(f"exported {path} ({size / 2 ** 20:.2f} MiB) in {time.time() - t0:.0f} s")
+
+
+def _row(name, r, keys):
+    fmt = lambda k: "–" if r.get(k) is None else (f"{r[k]:.1e}" if k == "checkerboard" else f"{r[k]:.3f}")
+    return f"| {name} | " + " | ".join(fmt(k) for k in keys) + " |"
+
+
+def card_sections(card: dict, size: int, gen, curve: list, study: dict) -> dict:
+    """The model card's text, every number from ``card`` (nothing typed in)."""
+    ev, m, cfg = card["evaluation"], card["evaluation"]["model"], card["config"]
+    defaults = {}
+    from .training import TrainConfig
+
+    base = asdict(TrainConfig())
+    changed = {k: v for k, v in cfg.items() if k in base and base[k] != v and k not in ("out_dir", "steps")}
+    n_g = sum(p.numel() for p in gen.nets["G"].parameters())
+    n_e = sum(p.numel() for p in gen.nets["E"].parameters()) if "E" in gen.nets else 0
+    keys = ("face_fd", "nme", "detection", "diversity", "identity_auc", "checkerboard")
+    rows = [_row("this model (G's EMA), z ~ N(0, I)", m, keys)]
+    if card.get("raw_G"):
+        rows.append(_row("same run, raw G weights (no EMA)", card["raw_G"], keys))
+    for k in ("train photos", "train photos blurred sigma 2", "real-photo oracle", "shuffled"):
+        rows.append(_row(k, ev[k], keys))
+    blur_fd, oracle = ev["train photos blurred sigma 2"]["face_fd"], ev["real-photo oracle"]["nme"]
+    div_ref = m["reference_diversity"]
+    targets = [("face-FD <= blurred (sigma 2) photos'", m["face_fd"], blur_fd, m["face_fd"] <= blur_fd),
+               ("NME <= 1.5 x real-photo oracle", m["nme"], 1.5 * oracle, m["nme"] <= 1.5 * oracle),
+               ("identity AUC >= 0.8 (depth-blind-proof design)", m["identity_auc"], 0.8, m["identity_auc"] >= 0.8),
+               ("diversity >= 80 % of test photos'", m["diversity"], 0.8 * div_ref, m["diversity"] >= 0.8 * div_ref),
+               ("checkerboard score <= 2 x real photos'", m["checkerboard"], 2 * ev["train photos"]["checkerboard"],
+                m["checkerboard"] <= 2 * ev["train photos"]["checkerboard"])]
+    source = card["data"].get("paired", {}).get("depth_source", "landmarks")
+    pairs_text = ("depth of the face model fitted to each photo's landmarks, rendered by the synthetic inputs' own "
+                  "path (`PairedConfig(depth_source='fitted')`, model-domain pairs)" if source == "fitted" else
+                  "depth rasterized from each photo's MediaPipe FaceMesh landmark mesh (`PairedConfig(depth_source="
+                  "'landmarks')`)")
+    sec = {}
+    sec["What it is"] = (
+        f"A generator from a face-model depth map (1 x {cfg['image_size']} x {cfg['image_size']}, the package's depth "
+        f"convention, rendered with the stored `render`/`pose` settings) and an appearance code z ({cfg['z_dim']}-D, "
+        f"N(0, I) prior) to an RGB face in [-1, 1]: `frankenstein_utils.flagship.FlagshipGenerator` "
+        f"({n_g:,} parameters; bottleneck {cfg['fs_bottleneck']} px, upsampling `{cfg['fs_upsample']}`, modulation "
+        f"`{cfg['fs_modulation']}`), the exponential moving average (decay {cfg['fs_ema']}) of its weights, plus the "
+        f"appearance encoder ({n_e:,} parameters) that maps a photo to z. Stored in float16: {size / 2 ** 20:.2f} MiB. "
+        f"Load with `frankenstein_utils.pretrained.load_pretrained('flagship')` (float32, CPU, eval mode).")
+    sec["Data and terms"] = (
+        "- Photos: the 10,000-image CelebA subset in `../shared/data/celeba_10k` (img_align_celeba 000001-010000, "
+        "downscaled 2x), cropped and resized as `datasets.PairedConfig`; per-image split train/val/test 90/5/5 % "
+        "(seed 0; no identity labels, so one celebrity can be in train and test). **CelebA may be used only for "
+        "non-commercial research and educational purposes**; these weights are derived from it and carry the same "
+        "restriction.\n"
+        f"- Training pairs: {pairs_text}; "
+        f"unpaired reals: the same training photos; synthetic inputs: ICT-FaceKit face-model renders (MIT licence) "
+        f"with the paired set's framing and pose spread ({card['data'].get('n_synthetic', '?')} faces).")
+    sec["Training"] = (
+        f"- Steps: {card['step']:,} (batch {cfg['batch_size']} paired + {cfg['batch_size']} synthetic + "
+        f"{cfg['batch_size']} real photos per step); wall time {card['wall_s'] / 3600:.2f} h on {card['machine']}.\n"
+        f"- Objective: hinge/NS loss `{cfg['gan_loss']}` on a {cfg['fs_scales']}-scale spectral-norm PatchGAN, lazy R1 "
+        f"(gamma {cfg['fs_r1']}, every {cfg['fs_r1_every']} steps), DiffAugment `{cfg['fs_diffaug']}`, L1 x "
+        f"{cfg['l1_weight']} and KL x {cfg['kl_weight']} (cVAE branch on pairs), pix2pixHD feature matching x "
+        f"{cfg['feature_matching']}, latent regression x {cfg['latent_weight']} (cLR branch on synthetic depth).\n"
+        f"- Settings that differ from `TrainConfig`'s defaults: `{json.dumps(changed)}`\n"
+        f"- Reproduce (resumes if interrupted; stop it at step {card['step']}, or pass `--steps {card['step']}`):\n\n"
+        f"```bash\n{card['command'].strip()}\n```\n\nthen export: `python -m frankenstein_utils.pretrained "
+        f"outputs/flagship/long/checkpoint.pt --wall-s {card['wall_s']:.0f} --command \"...\"`.")
+    sec["Evaluation"] = (
+        f"{ev['n']} fixed synthetic inputs (`pretrained.fixed_inputs`, seed 2024) with z ~ N(0, I), judged by dlib "
+        f"(`judges`: HOG detector, 68-point shape predictor, ResNet descriptor; images upsampled bicubic to 256 px); "
+        f"reference = the first {ev['n']} test photos (never trained on). face-FD: Fréchet distance of dlib "
+        f"descriptors vs the test photos; NME: inner 51 points vs the face model's own landmarks (photos: vs their "
+        f"MediaPipe landmarks mapped to iBUG), divided by the outer-eye-corner distance; identity AUC: same identity "
+        f"in other poses closer than other identities with the same code and pose; checkerboard: share of spectral "
+        f"power on the Nyquist lines.\n\n| row | face-FD | NME | detection | diversity | identity AUC | checkerboard |\n"
+        f"|---|---|---|---|---|---|---|\n" + "\n".join(rows) +
+        f"\n\nTest photos' own descriptor diversity: {div_ref:.3f}.\n\n**Targets** (issue 12), computed:\n\n"
+        "| target | measured | bound | met |\n|---|---|---|---|\n" +
+        "\n".join(f"| {t} | {v:.4g} | {b:.4g} | {'yes' if ok else '**no**'} |" for t, v, b, ok in targets) +
+        f"\n\nSmall fixed set recomputed by `tests/test_pretrained.py` (`pretrained.card_numbers`, 64 inputs): "
+        f"`{json.dumps({k: round(v, 4) for k, v in card['small_set'].items()})}`.")
+    if curve:
+        sec["Training curve"] = ("Snapshots of the run, each scored with `card_numbers` (64 inputs):\n\n"
+                                 "| step | wall h | face-FD | NME | detection |\n|---|---|---|---|---|\n" +
+                                 "\n".join(f"| {c['step']} | {c['wall_s'] / 3600:.2f} | {c['face_fd']:.3f} | "
+                                           f"{c['nme']:.3f} | {c['detection']:.3f} |" for c in curve))
+    if study:
+        keys = ("face_fd", "nme", "detection", "diversity", "checkerboard", "wall_s")
+        sec["Ablations and peers (short equal budget)"] = (
+            f"Each run: {next(iter(study.values()))['steps']} steps, batch 8, width 8 (a budget far below this "
+            f"model's), scored on 128 fixed synthetic inputs vs 128 test photos.\n\n"
+            "| run | face-FD | NME | detection | diversity | checkerboard | wall s |\n|---|---|---|---|---|---|---|\n" +
+            "\n".join(_row(k, v, keys) for k, v in study.items()))
+    sec["Limitations"] = (
+        "64 px; CPU budget of about an hour on a shared 2-core machine, far below what GAN faces need; the test "
+        "photos come from the same CelebA subset (per-image split); synthetic inputs have a neutral expression.")
+    return sec
+
+
+if __name__ == "__main__":
+    main()
+
+
+def from_run(run, render: RenderConfig, pose: PoseJitter) -> PretrainedGenerator:
+    """A trained run's sampling generator (G's EMA where there is one) and encoder as a ``PretrainedGenerator``
+    (float32, as trained: for scoring checkpoints along a run)."""
+    nets = {"G": run.nets.get("G_ema", run.nets["G"]).eval()}
+    if "E" in run.nets:
+        nets["E"] = run.nets["E"].eval()
+    return PretrainedGenerator(nets, run.cfg, render, pose, {}, Path(run.out) / "checkpoint.pt")
+
+
+def curve_points(checkpoints, model, render: RenderConfig, pose: PoseJitter, start_time: float) -> list[dict]:
+    """``card_numbers`` of each checkpoint (a training curve by the card's measure), with its step and the wall
+    time since ``start_time`` (the file's modification time)."""
+    from .training import load_run
+
+    pts = []
+    for ck in checkpoints:
+        run = load_run(ck)
+        r = card_numbers(from_run(run, render, pose), model)
+        pts.append({"checkpoint": str(ck), "step": run.step, "wall_s": Path(ck).stat().st_mtime - start_time, **r})
+    return pts
