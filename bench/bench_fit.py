@@ -1,0 +1,50 @@
+"""Time the face-model fit over every CelebA photo with landmarks (the fitting issue's target: well under a minute
+on 2 cores) and print the fit's residuals.
+
+Prints the correspondence time, the fit time (including the offset-learning pass), photos/s, the ratio of the
+60 s target to the measured fit time, and the machine. Usage: python bench/bench_fit.py [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2, help="BLAS threads (set before numpy loads)")
+    a = ap.parse_args(argv)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(a.threads)
+    import numpy as np
+
+    from frankenstein_utils.facemodel import load_face_model
+    from frankenstein_utils.fitting import FitConfig, derive_correspondence, fit_landmarks, fit_summary
+    from frankenstein_utils.paths import find_dataset
+
+    d = np.load(find_dataset("celeba_10k", "landmarks_mediapipe.npz") / "landmarks_mediapipe.npz")
+    lm = d["landmarks"][d["found"]]
+    model = load_face_model()
+    cfg = FitConfig()
+    t0 = time.perf_counter()
+    corr = derive_correspondence(model, lm)
+    t1 = time.perf_counter()
+    fit = fit_landmarks(model, lm, corr, cfg)
+    t2 = time.perf_counter()
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, numpy {np.__version__}, {a.threads} BLAS threads, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    print(f"photos: {len(lm)}; correspondence {t1 - t0:.1f} s; fit {t2 - t1:.1f} s ({len(lm) / (t2 - t1):.0f} photos/s)")
+    print(f"target 60 s / fit time: {60 / (t2 - t1):.1f}x")
+    print(json.dumps(fit_summary(fit, cfg, int((~d["found"]).sum()))))
+
+
+if __name__ == "__main__":
+    main()
