@@ -1,5 +1,6 @@
-"""One trainer for every mode: a dataclass config (saved in every checkpoint), pluggable networks and objectives,
-atomic checkpoints, exact resume, TensorBoard scalars, sample grids, tqdm, NaN guard, CPU or CUDA (bf16 autocast).
+"""One trainer for every mode: a dataclass config (saved in every checkpoint), atomic checkpoints, exact resume,
+TensorBoard scalars, sample grids, tqdm, NaN guard, DDP, CPU or CUDA (bf16 autocast). Each mode's networks, losses
+and step are its objective's, one small class each (``objectives.py``; flagship, pix2pix, BicycleGAN: ``flagship.py``).
 
 Data comes as named streams of dict batches: ``paired`` (image, depth, mask: a photo and its own depth),
 ``synthetic`` (depth, mask: face-model renders, the inputs we care about) and ``real`` (image: unpaired photos).
@@ -37,9 +38,8 @@ from tqdm.auto import tqdm
 
 from .fileio import FolderBusyError, FolderLock, atomic_write_bytes, atomic_write_json, png_bytes, remove_orphan_tmp
 from .figures import image_grid
-from .losses import (GANLoss, bottleneck_kl, clip_weights, dilate_mask, feature_matching_loss, gradient_penalty,
-                     kl_divergence, l1_loss, reparameterize, wgan_critic_steps)
-from .models import AppearanceEncoder, ConvDecoder, ConvEncoder, Generator, define_discriminator, init_weights
+from .objectives import OBJECTIVES as BUILTIN_OBJECTIVES
+from .objectives import EncoderDecoder, generator_input  # noqa: F401  (public names of this module before the split)
 from .replay import ReplayBuffer
 from .flagship import OBJECTIVES  # flagship / peers: mode -> class owning its nets, losses and step
 from .widgets import to_uint8
@@ -244,14 +244,10 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def generator_input(depth: torch.Tensor, mask: torch.Tensor | None, mask_input: bool) -> torch.Tensor:
-    """Network input: depth in [0, 1] -> [-1, 1] (background -1), plus the mask as a channel if asked."""
-    x = depth * 2 - 1
-    return torch.cat([x, mask * 2 - 1], 1) if mask_input else x
-
-
 class Trainer:
-    """Build the networks of ``cfg.mode``, then ``fit()``; resumes from ``out_dir/checkpoint.pt`` if present."""
+    """What every mode shares: the loop, data streams, checkpoints, exact resume, logging, the NaN guard, DDP and the
+    replay pools. The mode's networks, losses and step are its objective's (``objectives.py``; flagship, pix2pix and
+    BicycleGAN in ``flagship.py``). Build, then ``fit()``; resumes from ``out_dir/checkpoint.pt`` if present."""
 
     def __init__(self, cfg: TrainConfig, data: dict[str, Dataset], val: Dataset | None = None, resume: bool = True):
         self.cfg = cfg
@@ -262,7 +258,7 @@ class Trainer:
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         self.rank, self.world = distributed_info()
-        self.objective = None  # flagship / peers: set by _build_nets for modes in OBJECTIVES
+        self.objective = None  # the mode's objective, set by _build_nets
         self.nets = self._build_nets()
         self.tn = self.nets  # the modules training steps call: DDP-wrapped in fit() when running under torchrun
         self.opts = {name: self._optimizer(name) for name in self.trainable}
@@ -274,11 +270,8 @@ class Trainer:
         if memmap and self.world > 1:
             memmap = str(Path(memmap).with_name(f"{Path(memmap).stem}.rank{self.rank}{Path(memmap).suffix}"))
         self.replay = ReplayBuffer(cfg.replay_size, cfg.seed + 7919 * self.rank, memmap)
-        self.margin = 0.0  # adaptive schedule: D(real) - D(fake) as measured by the last D pass
         self.config_history: list[dict] = []  # settings changed on resume: {"step", "changed": {key: [old, new]}}
         self._ckpt_stamp = None  # (inode, size, mtime) of the checkpoint this trainer last loaded or wrote
-        self.pretrained = False
-        self.gan = GANLoss("wgan" if cfg.gan_loss == "wgan-gp" else cfg.gan_loss) if cfg.mode in ADVERSARIAL else None
         self.ckpt_path = self.out / "checkpoint.pt"
         self._streams: dict = {}
         if resume and self.ckpt_path.exists():
@@ -286,51 +279,16 @@ class Trainer:
 
     # ---- construction ---------------------------------------------------------------------------------------------
     def _build_nets(self) -> dict:
-        c = self.cfg
-        if c.mode in OBJECTIVES:  # flagship / peers: the objective builds and owns its networks
-            self.objective = OBJECTIVES[c.mode](self)
-            return self.objective.nets
-        conditioned = c.mode in ("cvae", "cvae-gan")
-        z_dim = c.z_dim if (conditioned or c.generator == "NU") else 0
-        if c.mode == "cross-encoder":
-            if c.mask_input:
-                raise ValueError("cross-encoder: the shared encoder takes depth or photo alone (mask_input=False)")
-            enc = ConvEncoder(c.out_channels, c.width, c.norm)
-            nets = {"G": EncoderDecoder(enc, ConvDecoder(c.out_channels, c.width, c.norm), c.out_channels),
-                    "DecP": ConvDecoder(c.out_channels, c.width, c.norm),
-                    "DecD": ConvDecoder(1, c.width, c.norm)}
-        else:
-            nets = {"G": Generator(c.generator, c.in_channels, c.out_channels, c.width, c.norm, z_dim,
-                                   c.flat_layers)}
-        if conditioned:
-            nets["E"] = AppearanceEncoder(c.out_channels, c.z_dim, c.encoder_width)
-        if c.mode in ADVERSARIAL:
-            nets["D"] = define_discriminator(c.discriminator, c.out_channels, c.d_width, c.image_size,
-                                             c.spectral_norm, c.d_norm)
-        if c.mode == "gan+recon":
-            nets["R"] = Generator("U", c.out_channels, 1, c.width, c.norm)
-        nets = {k: init_weights(v).to(self.device) for k, v in nets.items()}
-        if c.channels_last and self.device.type == "cuda":
-            nets = {k: v.to(memory_format=torch.channels_last) for k, v in nets.items()}
-        if c.mode == "cross-encoder":
-            nets["G"].enc.requires_grad_(False)  # trained only in pre-training (through DecP / DecD)
-        return nets
+        mode = self.cfg.mode
+        self.objective = (OBJECTIVES[mode] if mode in OBJECTIVES else BUILTIN_OBJECTIVES[mode])(self)
+        return self.objective.nets
 
     @property
     def trainable(self) -> list[str]:
-        return self.objective.trainable if self.objective else list(self.nets)
+        return self.objective.trainable
 
     def _optimizer(self, name):
-        if self.objective:  # flagship / peers
-            return self.objective.optimizer(name)
-        c = self.cfg
-        lr = c.d_lr if (name == "D" and c.d_lr > 0) else c.lr
-        params = [p for p in self.nets[name].parameters() if p.requires_grad]
-        if name == "G" and c.mode == "cross-encoder":
-            params = list(self.nets["G"].dec.parameters())
-        if c.optimizer == "adam":
-            return torch.optim.Adam(params, lr=lr, betas=(c.beta1, c.beta2))
-        return torch.optim.RMSprop(params, lr=lr)
+        return self.objective.optimizer(name)
 
     # ---- data -----------------------------------------------------------------------------------------------------
     def _stream(self, name: str, start: int):
@@ -352,106 +310,20 @@ class Trainer:
         self.positions[name] = self.positions.get(name, 0) + 1
         return next(self._streams[name])
 
-    # ---- supervised modes -----------------------------------------------------------------------------------------
-    def _loss_mask(self, mask):
-        return dilate_mask(mask, self.cfg.mask_dilate) if self.cfg.masked_l1 else None
+    def _autocast(self):
+        on = self.cfg.amp and self.device.type == "cuda"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=on)
 
-    def _gin(self, b):
-        return generator_input(b["depth"], b["mask"], self.cfg.mask_input)
+    def _mean_over_processes(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` averaged over all processes (the same on every one): decisions that depend on data are taken on it,
+        so all processes take the same branch."""
+        if self.world == 1:
+            return x
+        import torch.distributed as dist
 
-    def _step_l1(self):
-        b = self._next("paired")
-        G, opt = self.tn["G"], self.opts["G"]
-        with self._autocast():
-            fake = G(self._gin(b))
-            loss = l1_loss(fake.float(), b["image"], self._loss_mask(b["mask"]))
-        opt.zero_grad(set_to_none=True)
-        self._check({"l1": loss})
-        loss.backward()
-        opt.step()
-        return {"l1": loss.item()}
-
-    def _step_cvae(self):
-        b = self._next("paired")
-        G, E = self.tn["G"], self.tn["E"]
-        with self._autocast():
-            mu, logvar = E(b["image"])
-            z = reparameterize(mu.float(), logvar.float())
-            fake = G(self._gin(b), z)
-            rec = l1_loss(fake.float(), b["image"], self._loss_mask(b["mask"]))
-            kl = kl_divergence(mu.float(), logvar.float())
-            loss = self.cfg.l1_weight * rec + self.cfg.kl_weight * kl
-        for o in (self.opts["G"], self.opts["E"]):
-            o.zero_grad(set_to_none=True)
-        self._check({"l1": rec, "kl": kl})
-        loss.backward()
-        self.opts["G"].step()
-        self.opts["E"].step()
-        return {"l1": rec.item(), "kl": kl.item()}
-
-    # ---- adversarial modes ----------------------------------------------------------------------------------------
-    def _batches(self) -> dict:
-        need = {"gan": ("synthetic", "real"), "gan+recon": ("synthetic", "real"), "cross-encoder": ("synthetic", "real"),
-                "l1+gan": ("paired", "synthetic", "real"), "cvae-gan": ("paired", "synthetic", "real")}
-        return {name: self._next(name) for name in need[self.cfg.mode]}
-
-    def _generator_pass(self, b: dict):
-        """Fakes to show D (B', C, H, W) and the generator's other loss terms {name: (weight, value)}."""
-        c, G = self.cfg, self.tn["G"]
-        terms = {}
-        syn = b["synthetic"]
-        if c.mode in ("gan", "gan+recon", "cross-encoder"):
-            fake, bott = G(self._gin(syn), return_bottleneck=True)
-            if c.mode == "gan+recon":
-                R = self.tn["R"]
-                terms["recon"] = (c.recon_weight, l1_loss(R(fake).float(), syn["depth"] * 2 - 1))
-                if c.full_cycle:  # photo -> R -> depth -> G -> photo
-                    real = b["real"]["image"]
-                    d_hat = (R(real) + 1) / 2
-                    back = G(generator_input(d_hat, (d_hat > 0.05).float(), c.mask_input))
-                    terms["cycle"] = (c.recon_weight, l1_loss(back.float(), real))
-            if c.mode == "cross-encoder":
-                enc, Gm = self.nets["G"].enc, self.nets["G"]
-                code_in = enc(Gm.as_image(self._gin(syn))).detach()
-                terms["code"] = (c.code_weight, l1_loss(enc(fake).float(), code_in.float()))
-        elif c.mode == "l1+gan":
-            p = b["paired"]
-            fake_p = G(self._gin(p))
-            terms["l1"] = (c.l1_weight, l1_loss(fake_p.float(), p["image"], self._loss_mask(p["mask"])))
-            fake_s, bott = G(self._gin(syn), return_bottleneck=True)
-            fake = torch.cat([fake_p, fake_s])
-        else:  # cvae-gan
-            p, E = b["paired"], self.tn["E"]
-            mu, logvar = E(p["image"])
-            fake_p = G(self._gin(p), reparameterize(mu.float(), logvar.float()))
-            terms["l1"] = (c.l1_weight, l1_loss(fake_p.float(), p["image"], self._loss_mask(p["mask"])))
-            terms["kl"] = (c.kl_weight, kl_divergence(mu.float(), logvar.float()))
-            z_r = torch.randn(len(syn["depth"]), c.z_dim, device=self.device)
-            fake_s, bott = G(self._gin(syn), z_r, return_bottleneck=True)
-            Em = self.nets["E"]  # the raw module: under DDP a frozen wrapped module would wait for gradients
-            Em.requires_grad_(False)  # latent regression trains G only (BicycleGAN)
-            terms["latent"] = (c.latent_weight, l1_loss(Em(fake_s)[0].float(), z_r))
-            Em.requires_grad_(True)
-            fake = torch.cat([fake_p, fake_s])
-        if c.bottleneck_kl > 0:
-            terms["bottleneck_kl"] = (c.bottleneck_kl, bottleneck_kl(bott.float()))
-        return fake, terms
-
-    def _local_margin(self, d_real, d_fake) -> torch.Tensor:
-        """Mean D(real) - D(fake) on this process's batch, as probabilities for the log loss, raw scores otherwise."""
-        if self.cfg.gan_loss == "log":
-            d_real, d_fake = torch.sigmoid(d_real), torch.sigmoid(d_fake)
-        return (d_real.detach().float().mean() - d_fake.detach().float().mean()).reshape(1)
-
-    def _margin(self, d_real, d_fake) -> float:
-        """The margin averaged over all processes: every process must take the same number of D steps."""
-        m = self._local_margin(d_real, d_fake)
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.all_reduce(m)
-            m = m / self.world
-        return float(m)
+        x = x.clone()
+        dist.all_reduce(x)
+        return x / self.world
 
     def _any_process(self, flag: bool) -> bool:
         """True if ``flag`` is true on any process (a NaN on one rank must stop them all, not hang the others)."""
@@ -462,125 +334,6 @@ class Trainer:
         t = torch.tensor([float(flag)], device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
-
-    def _d_step(self, b, fake) -> dict:
-        c, D, opt = self.cfg, self.tn["D"], self.opts["D"]
-        real = b["real"]["image"]
-        fake = self.replay.query(fake.detach())
-        with self._autocast():
-            d_real, d_fake = D(real), D(fake)
-            if c.adaptive:  # measured before this update, as the original fetched it with the training op
-                self.margin = self._margin(d_real, d_fake)
-            l_real, l_fake = self.gan(d_real, True, True), self.gan(d_fake, False, True)
-            loss = l_real + l_fake
-            out = {"d_real": l_real, "d_fake": l_fake}
-            if c.gan_loss == "wgan-gp":
-                gp = gradient_penalty(D, real, fake)
-                loss = loss + c.gp_weight * gp
-                out["gp"] = gp
-        self._check(out)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if c.gan_loss == "wgan":
-            clip_weights(D, c.wgan_clip)
-        return {k: float(v.detach()) for k, v in out.items()}
-
-    def _d_inputs(self, b: dict, fake: torch.Tensor, k: int):
-        """Batches and fakes for the k-th D step of an iteration: the iteration's own first, fresh ones after."""
-        if k == 0:
-            return b, fake.detach()
-        bk = self._batches()
-        with torch.no_grad(), self._autocast():
-            fk, _ = self._generator_pass(bk)
-        return bk, fk
-
-    def _step_adversarial(self):
-        c = self.cfg
-        b = self._batches()
-        log = {}
-        # One generator pass serves both steps: D sees its output detached, G's step reuses it with its graph (G's
-        # parameters do not change during D's steps).
-        with self._autocast():
-            fake, terms = self._generator_pass(b)
-        n_d = 0
-        if c.adaptive:
-            # The original schedule (dvg13/image-model, basic_gan). With m = D(real) - D(fake) as measured by the
-            # last D pass: no D step if m >= high; else one, repeated while m < low (at most adaptive_max_d). Then
-            # one G step.
-            while self.margin < c.adaptive_high and (n_d == 0 or self.margin < c.adaptive_low) \
-                    and n_d < c.adaptive_max_d:
-                log.update(self._d_step(*self._d_inputs(b, fake, n_d)))
-                n_d += 1
-        else:
-            n_d = c.n_critic
-            if c.gan_loss in ("wgan", "wgan-gp") and c.wgan_burst:
-                n_d = wgan_critic_steps(self.step, c.n_critic, c.wgan_burst, c.wgan_burst_until, c.wgan_burst_every)
-            for k in range(n_d):
-                log.update(self._d_step(*self._d_inputs(b, fake, k)))
-        # G step. The raw D, frozen before its forward (CycleGAN's set_requires_grad): no gradients land in D, and
-        # under DDP no wrapped module waits for gradients that never come.
-        Dm = self.nets["D"]
-        Dm.requires_grad_(False)
-        with self._autocast():
-            if c.feature_matching > 0:
-                real_feats, _ = Dm.features(b["real"]["image"])
-                fake_feats, d_fake = Dm.features(fake)
-                terms["feature_matching"] = (c.feature_matching, feature_matching_loss(real_feats, fake_feats))
-            else:
-                d_fake = Dm(fake)
-            adv = self.gan(d_fake, True, for_d=False)
-            loss = c.gan_weight * adv + sum(w * v for w, v in terms.values())
-        try:
-            self._check({"g_adv": adv, **{k: v for k, (w, v) in terms.items()}})
-            names = [n for n in ("G", "E", "R") if n in self.opts]
-            for n in names:
-                self.opts[n].zero_grad(set_to_none=True)
-            loss.backward()
-        finally:
-            Dm.requires_grad_(True)
-        for n in names:
-            self.opts[n].step()
-        if c.adaptive and n_d == 0:  # no D pass measured the margin: measure it now without training (as the original)
-            with torch.no_grad(), self._autocast():
-                fk, _ = self._generator_pass(b)
-                self.margin = self._margin(self.tn["D"](b["real"]["image"]), self.tn["D"](fk))
-        log["g_adv"] = float(adv.detach())
-        log.update({k: float(v.detach()) for k, (w, v) in terms.items()})
-        log["d_steps"] = float(n_d)
-        if c.adaptive:
-            log["margin"] = self.margin
-        return log
-
-    def _pretrain_cross_encoder(self, progress: bool):
-        """Shared encoder + photo decoder + depth decoder as two autoencoders; then the encoder is frozen and the
-        generator's decoder starts from the photo decoder."""
-        c, G = self.cfg, self.nets["G"]
-        enc = G.enc
-        enc.requires_grad_(True)
-        params = list(enc.parameters()) + list(self.nets["DecP"].parameters()) + list(self.nets["DecD"].parameters())
-        opt = torch.optim.Adam(params, lr=c.lr, betas=(c.beta1, c.beta2))
-        for i in tqdm(range(c.pretrain_steps), desc="cross-encoder pre-training", disable=not progress):
-            real = self._next("real")["image"]
-            syn = self._next("synthetic")
-            d = syn["depth"] * 2 - 1
-            with self._autocast():
-                rec_p = l1_loss(self.nets["DecP"](enc(real)).float(), real)
-                rec_d = l1_loss(self.nets["DecD"](enc(G.as_image(d))).float(), d)
-                loss = rec_p + rec_d
-            self._check({"pretrain_photo": rec_p, "pretrain_depth": rec_d})
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            self.history.append({"step": 0, "pretrain_photo": float(rec_p.detach()), "pretrain_depth": float(rec_d.detach())})
-        enc.requires_grad_(False)
-        G.dec.load_state_dict(self.nets["DecP"].state_dict())
-        self.opts["G"] = self._optimizer("G")
-        self.pretrained = True
-
-    def _autocast(self):
-        on = self.cfg.amp and self.device.type == "cuda"
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=on)
 
     def _diverged(self, what: str, step: int):
         kept = f"last good checkpoint kept at {self.ckpt_path}" if self.ckpt_path.exists() else \
@@ -637,17 +390,15 @@ class Trainer:
 
     def _fit(self, progress: bool) -> list[dict]:
         c = self.cfg
-        step_fn = {"l1": self._step_l1, "cvae": self._step_cvae}.get(c.mode, self._step_adversarial)
-        if self.objective:  # flagship / peers
-            step_fn = self.objective.step
+        step_fn = self.objective.step
         for net in self.nets.values():
             net.train()
         main = self.rank == 0  # logging, samples and checkpoints on rank 0 only
         progress = progress and main
         writer = self._writer() if main else None
         self._sample_batch = self._fixed_val_batch()
-        if c.mode == "cross-encoder" and not self.pretrained:
-            self._pretrain_cross_encoder(progress)
+        if hasattr(self.objective, "pretrain") and not self.objective.pretrained:  # cross-encoder
+            self.objective.pretrain(progress)
             self.save()
         # after pre-training: wrapping broadcasts rank 0's weights to every process
         if self.world > 1 and self.tn is self.nets:
@@ -702,23 +453,10 @@ class Trainer:
         k = min(len(b["depth"]), len(b["image"]))
         return {key: v[:k] for key, v in b.items()}
 
-    @torch.no_grad()
     def generate(self, depth, mask, image=None, z=None):
-        """Generated images for depth maps; a cvae uses z = E(image) mean if an image is given, else z (or 0)."""
-        if self.objective:  # flagship / peers (the EMA generator where there is one)
-            return self.objective.generate(depth, mask, image, z)
-        G = self.nets["G"]
-        G.eval()
-        if "E" in self.nets:
-            self.nets["E"].eval()
-            if z is None:
-                z = self.nets["E"](image)[0] if image is not None else torch.zeros(len(depth), self.cfg.z_dim,
-                                                                                    device=depth.device)
-        out = G(generator_input(depth, mask, self.cfg.mask_input), z).float()
-        G.train()
-        if "E" in self.nets:
-            self.nets["E"].train()
-        return out
+        """Generated images (B, C, H, W) in [-1, 1] for depth maps (B, 1, H, W) and masks; a generator with an
+        appearance code uses z = E(image) if an image is given, else z (or 0)."""
+        return self.objective.generate(depth, mask, image, z)
 
     def save_samples(self):
         b = self._sample_batch
@@ -730,7 +468,7 @@ class Trainer:
     # ---- checkpoints ----------------------------------------------------------------------------------------------
     def state(self) -> dict:
         return {"config": asdict(self.cfg), "step": self.step, "history": self.history,
-                "positions": dict(self.positions), "margin": self.margin, "pretrained": self.pretrained,
+                "positions": dict(self.positions), **getattr(self.objective, "state", dict)(),
                 "replay_pools": {"world": self.world} if self.replay.size else None,  # files beside the checkpoint
                 "config_history": self.config_history,
                 "nets": {k: v.state_dict() for k, v in self.nets.items()},
@@ -789,8 +527,12 @@ class Trainer:
             raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e}); delete it to start "
                              f"over") from e
         mine = asdict(self.cfg)
-        # keys missing from an older checkpoint take their defaults
-        differ = {k for k in mine if k not in RESUME_FREE + RESUME_FREE_SILENT and k in saved and saved[k] != mine[k]}
+        # keys missing from an older checkpoint take their defaults; settings of a switch that is off in both runs
+        # do not matter (the adaptive schedule's thresholds changed default when it became the original's)
+        unused = {k for k in ("adaptive_low", "adaptive_high", "adaptive_max_d")
+                  if not saved.get("adaptive") and not mine["adaptive"]}
+        differ = {k for k in mine if k not in RESUME_FREE + RESUME_FREE_SILENT and k not in unused and k in saved
+                  and saved[k] != mine[k]}
         if differ:
             raise ValueError(f"{path}: checkpoint was made with another configuration ({sorted(differ)}); "
                              f"use a new out_dir or the same settings (a resume may change {', '.join(RESUME_FREE)})")
@@ -801,24 +543,16 @@ class Trainer:
         for k, v in ck["nets"].items():
             self.nets[k].load_state_dict(v)
         for k, v in ck["opts"].items():
-            if not (k == "G" and self.cfg.mode == "cross-encoder"):
-                lrs = [g["lr"] for g in self.opts[k].param_groups]  # this run's learning rates, not the saved ones
-                self.opts[k].load_state_dict(v)
-                for g, lr in zip(self.opts[k].param_groups, lrs):
-                    g["lr"] = lr
+            lrs = [g["lr"] for g in self.opts[k].param_groups]  # this run's learning rates, not the saved ones
+            self.opts[k].load_state_dict(v)
+            for g, lr in zip(self.opts[k].param_groups, lrs):
+                g["lr"] = lr
         self.step, self.history = ck["step"], ck["history"]
         self.positions = dict(ck.get("positions", {}))
         if training and self.replay.size:
             self._load_pool(path, ck)
-        self.margin = ck.get("margin", 0.0)
-        self.pretrained = ck.get("pretrained", False)
-        if self.cfg.mode == "cross-encoder" and self.pretrained:
-            self.nets["G"].enc.requires_grad_(False)
-            self.opts["G"] = self._optimizer("G")
-            lrs = [g["lr"] for g in self.opts["G"].param_groups]
-            self.opts["G"].load_state_dict(ck["opts"]["G"])
-            for g, lr in zip(self.opts["G"].param_groups, lrs):
-                g["lr"] = lr
+        if hasattr(self.objective, "load_state"):
+            self.objective.load_state(ck)
         self._ckpt_stamp = self._stamp()
         torch.set_rng_state(ck["rng"]["torch"])
         np.random.set_state(ck["rng"]["numpy"])
@@ -859,22 +593,3 @@ def supervised_config(name: str, **overrides) -> TrainConfig:
     if name in ("U", "V", "F", "NU"):
         return TrainConfig(mode="l1", generator=name, **overrides)
     raise ValueError(f"unknown supervised model {name!r}; choose U, V, F, NU or cvae")
-
-
-class EncoderDecoder(torch.nn.Module):
-    """The cross-encoder's generator: the shared (frozen) encoder, then a trainable photo decoder. Depth input
-    (B, 1, H, W) in [-1, 1] is repeated to the photo's channels, as the shared encoder takes one kind of input."""
-
-    def __init__(self, enc, dec, channels: int):
-        super().__init__()
-        self.enc, self.dec, self.channels = enc, dec, channels
-        self.z_dim = 0
-
-    def as_image(self, x):
-        return x.expand(-1, self.channels, -1, -1) if x.shape[1] == 1 else x
-
-    def forward(self, x, z=None, return_bottleneck: bool = False):
-        h = self.enc(self.as_image(x))
-        y = self.dec(h)
-        return (y, h) if return_bottleneck else y
-

@@ -67,7 +67,7 @@ def _worker(rank, store, out, steps, poison_rank, skewed):
                          overrides={"adaptive": {"replay_size": 6}})
     t = Trainer(cfg, data)
     if skewed:  # each process sees another margin on its own batch: the decision must still be one
-        t._local_margin = lambda r, f, rank=rank: torch.tensor([0.0 if rank == 0 else 2.0])
+        t.objective._local_margin = lambda r, f, rank=rank: torch.tensor([0.0 if rank == 0 else 2.0])
     try:
         t.fit(progress=False)
         result = {"status": "ok", "history": t.history, "G": t.nets["G"].state_dict(), "D": t.nets["D"].state_dict()}

@@ -82,15 +82,15 @@ def test_adaptive_schedule_is_the_originals(tmp_path, monkeypatch):
     assert (t.cfg.adaptive_low, t.cfg.adaptive_high) == (0.05, 0.95)
     # margins in the order they are measured (each D pass, or the measurement after a G step without D)
     margins = iter([0.01, 0.02, 0.5, 0.97, 0.99, 0.6, 0.04, 0.3])
-    monkeypatch.setattr(t, "_local_margin", lambda r, f: torch.tensor([next(margins)]))
+    monkeypatch.setattr(t.objective, "_local_margin", lambda r, f: torch.tensor([next(margins)]))
     snap = lambda n: [p.detach().clone() for p in t.nets[n].parameters()]
     changed = lambda before, n: any(not torch.equal(a, b) for a, b in zip(before, t.nets[n].parameters()))
     seen = []
     for _ in range(5):
         g0, d0 = snap("G"), snap("D")
-        log = t._step_adversarial()
+        log = t.objective.step()
         t.step += 1
-        seen.append((int(log["d_steps"]), changed(d0, "D"), changed(g0, "G"), round(t.margin, 2)))
+        seen.append((int(log["d_steps"]), changed(d0, "D"), changed(g0, "G"), round(t.objective.margin, 2)))
     # start 0 < low: D until >= low (0.01, 0.02, 0.5: 3 steps); 0.5: one D step (-> 0.97); 0.97 >= high: no D,
     # measured after G (0.99); again none (-> 0.6); 0.6: one D step (-> 0.04 < low) and again (-> 0.3)
     assert seen == [(3, True, True, 0.5), (1, True, True, 0.97), (0, False, True, 0.99), (0, False, True, 0.6),
@@ -161,3 +161,31 @@ def test_conclusions_are_computed_from_the_numbers():
         "2 of 3 variants finished; b diverged. Least varied outputs on the fixed depth maps: a (spread 0.200, 0.50x "
         "the supervised L1 model's); most varied: supervised-l1 (0.400). A spread near 0 means one output for every "
         "input (collapse).")
+
+
+def test_checkpoints_from_before_the_hardening_still_resume_exactly(tmp_path):
+    """A checkpoint as written before: the replay pool inside it, no keys added since, the adaptive thresholds of
+    the old default (the schedule off). It loads and resumes exactly."""
+    import shutil
+
+    from frankenstein_utils.replay import ReplayBuffer
+
+    kw = dict(SMALL, overrides={"replay": {"replay_size": 6}})
+    Trainer(variant_config("replay", out_dir=str(tmp_path / "old"), steps=2, **kw), streams()).fit(progress=False)
+    ck = torch.load(tmp_path / "old" / "checkpoint.pt", weights_only=False)
+    pool = ReplayBuffer(6)
+    pool.load(tmp_path / "old" / "replay" / "rank0.step00000002")
+    ck["replay"], ck["adaptive_state"] = pool.state_dict(), "D"
+    for k in ("replay_pools", "margin", "config_history"):
+        del ck[k]
+    for k in ("adaptive_max_d", "max_param", "input_convention"):
+        del ck["config"][k]
+    ck["config"].update(adaptive_low=0.1, adaptive_high=0.5)
+    shutil.rmtree(tmp_path / "old" / "replay")
+    torch.save(ck, tmp_path / "old" / "checkpoint.pt")
+    full = Trainer(variant_config("replay", out_dir=str(tmp_path / "full"), steps=4, **kw), streams())
+    full.fit(progress=False)
+    rest = Trainer(variant_config("replay", out_dir=str(tmp_path / "old"), steps=4, **kw), streams())
+    assert rest.step == 2
+    rest.fit(progress=False)
+    assert rest.history == full.history
