@@ -65,8 +65,31 @@ def peak_memory_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def explorer_latency(n: int = 30) -> None:
+    """One slider update of ``FaceExplorer`` with the shipped generator's panel (render the depth at the model's
+    resolution + generate the face), median and 90th percentile over ``n`` updates with random shapes."""
+    import numpy as np
+
+    from frankenstein_utils.facemodel import load_face_model
+    from frankenstein_utils.pretrained import load_pretrained
+    from frankenstein_utils.widgets import FaceExplorer
+
+    gen = load_pretrained()
+    ex = FaceExplorer(load_face_model(), render=gen.render, panels=[gen.panel()])
+    g = torch.Generator().manual_seed(0)
+    ex.update(torch.zeros(15))  # warm-up
+    ms = []
+    for _ in range(n):
+        ex.update(torch.randn(15, generator=g))
+        ms.append(ex.last_update_ms)
+    print(f"FaceExplorer update with the shipped model ({gen.cfg.image_size} px, {torch.get_num_threads()} threads): "
+          f"median {np.median(ms):.1f} ms, 90th percentile {np.percentile(ms, 90):.1f} ms over {n} updates "
+          f"(target < 100 ms): {'met' if np.median(ms) < 100 else 'NOT met'}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--explorer", action="store_true", help="also time a slider update with the shipped model")
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=10)
@@ -105,6 +128,8 @@ def main(argv=None):
     for label, rate, sps, params, mem, dev, gimg in rows:
         print(f"{label:22} {dev.type:6} {rate:9.1f} {sps:8.3f} {gimg:13d} {params:10,d} {mem:8.0f} "
               f"{rate / ref:15.2f}x")
+    if a.explorer:
+        explorer_latency()
 
 
 if __name__ == "__main__":

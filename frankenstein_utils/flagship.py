@@ -606,11 +606,13 @@ def study_data(size: int = 64, n_synthetic: int = 2000, seed: int = 0, cache_dir
     return model, train, {"paired": train, "real": train, "synthetic": syn}
 
 
-def run_study(out_dir, names: list[str], steps: int, n_eval: int = 128, progress: bool = False, **common) -> dict:
+def run_study(out_dir, names: list[str], steps: int, n_eval: int = 128, progress: bool = False, rescore: bool = False,
+              **common) -> dict:
     """Train each named run (``flagship``, an ``ABLATIONS`` key, ``pix2pix``, ``bicyclegan``) for ``steps`` with the
     ``common`` settings, then score it with ``pretrained.face_scores`` on ``n_eval`` fixed synthetic inputs
     (z ~ N(0, I)) against as many test photos, plus the checkerboard score. Results (and wall times) go to
-    ``out_dir/results.json`` after every run; finished runs are not redone."""
+    ``out_dir/results.json`` after every run; finished runs are not redone (``rescore``: their checkpoints are
+    scored again)."""
     import json
     import time
     from pathlib import Path
@@ -627,34 +629,43 @@ def run_study(out_dir, names: list[str], steps: int, n_eval: int = 128, progress
     d, m, lm, z = fixed_inputs(model, render, pose, n_eval)
     ref = reference_photos(n_eval, common.get("image_size", 64))
     ref_cb = checkerboard_score(ref)
+    def score(tr):
+        imgs = torch.cat([tr.generate(d[s:s + 32], m[s:s + 32], z=z[s:s + 32, :tr.cfg.z_dim] if "E" in tr.nets
+                                      else None) for s in range(0, n_eval, 32)])
+        return {**face_scores(imgs, lm, ref), "checkerboard": checkerboard_score(imgs), "reference_checkerboard": ref_cb}
+
     for name in names:
+        run_dir = out / name.replace(" ", "_").replace("/", "-").replace("(", "").replace(")", "")
         if name in results:
+            if rescore:  # the finished run's checkpoint, scored again by the current measures
+                from .training import load_run
+
+                results[name].update(score(load_run(run_dir / "checkpoint.pt")))
+                atomic_write_json(res_path, results)
             continue
         kw = preset(name) if name in PRESETS else {**PRESETS["flagship"], **ABLATIONS[name]}
-        run_dir = out / name.replace(" ", "_").replace("/", "-").replace("(", "").replace(")", "")
         cfg = TrainConfig(**{**kw, **common, "steps": steps, "out_dir": str(run_dir)})
         t0 = time.time()
         tr = Trainer(cfg, data)
         hist = tr.fit(progress=progress)
         wall = time.time() - t0
-        imgs = torch.cat([tr.generate(d[s:s + 32], m[s:s + 32], z=z[s:s + 32, :cfg.z_dim] if "E" in tr.nets else None)
-                          for s in range(0, n_eval, 32)])
-        r = face_scores(imgs, lm, ref)
-        r.update(checkerboard=checkerboard_score(imgs), reference_checkerboard=ref_cb, wall_s=wall, steps=steps,
-                 params_G=sum(p.numel() for p in tr.nets["G"].parameters()),
+        r = score(tr)
+        r.update(wall_s=wall, steps=steps, params_G=sum(p.numel() for p in tr.nets["G"].parameters()),
                  final_losses={k: float(np.mean([h[k] for h in hist[-20:] if k in h])) for k in hist[-1] if k != "step"})
         results[name] = r
         atomic_write_json(res_path, results)
     return results
 
 
-if __name__ == "__main__":  # python -m frankenstein_utils.flagship OUT STEPS NAME [NAME ...] (study runs)
+if __name__ == "__main__":  # python -m frankenstein_utils.flagship OUT STEPS [--rescore] NAME [NAME ...] (study runs)
     import sys
 
     torch.set_num_threads(1)
     out, steps, names = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+    rescore = "--rescore" in names
+    names = [n for n in names if n != "--rescore"]
     small = dict(image_size=64, width=8, d_width=8, encoder_width=8, batch_size=8, checkpoint_every=100,
                  sample_every=100, log_every=10)
     from frankenstein_utils import flagship as F  # the registered module, not __main__'s copy
 
-    print(json.dumps(F.run_study(out, names, steps, **small), indent=1))
+    print(json.dumps(F.run_study(out, names, steps, rescore=rescore, **small), indent=1))

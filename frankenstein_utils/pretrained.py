@@ -134,8 +134,9 @@ def face_scores(images: torch.Tensor, target_landmarks: np.ndarray, reference: t
     ref = jd.analyse(reference)
     box = tuple(float(v) for v in np.median(ref.boxes[ref.found], 0) / reference.shape[-1])
     faces = jd.analyse(images, fallback_box=box)
-    return {"detection": float(M.detection_rate(faces.found)["rate"]),
-            "nme": float(M.nme(faces.landmarks, target_landmarks, J.INNER_POINTS)["nme"]),
+    det, e = M.detection_rate(faces.found), M.nme(faces.landmarks, target_landmarks, J.INNER_POINTS)
+    return {"detection": float(det["rate"]), "detection_ci": [float(v) for v in det["ci"]],
+            "nme": float(e["nme"]), "nme_ci": [float(v) for v in e["ci"]],
             "face_fd": float(M.frechet_distance_features(faces.embeddings, ref.embeddings)),
             "diversity": float(M.mean_pairwise_distance(faces.embeddings)),
             "reference_diversity": float(M.mean_pairwise_distance(ref.embeddings)),
@@ -360,7 +361,7 @@ def card_sections(card: dict, size: int, gen, curve: list, study: dict) -> dict:
         "| target | measured | bound | met |\n|---|---|---|---|\n" +
         "\n".join(f"| {t} | {v:.4g} | {b:.4g} | {'yes' if ok else '**no**'} |" for t, v, b, ok in targets) +
         f"\n\nSmall fixed set recomputed by `tests/test_pretrained.py` (`pretrained.card_numbers`, 64 inputs): "
-        f"`{json.dumps({k: round(v, 4) for k, v in card['small_set'].items()})}`.")
+        f"`{json.dumps({k: round(v, 4) for k, v in card['small_set'].items() if isinstance(v, float)})}`.")
     if curve:
         sec["Training curve"] = ("Snapshots of the run, each scored with `card_numbers` (64 inputs):\n\n"
                                  "| step | wall h | face-FD | NME | detection |\n|---|---|---|---|---|\n" +
@@ -403,3 +404,21 @@ def curve_points(checkpoints, model, render: RenderConfig, pose: PoseJitter, sta
         r = card_numbers(from_run(run, render, pose), model)
         pts.append({"checkpoint": str(ck), "step": run.step, "wall_s": Path(ck).stat().st_mtime - start_time, **r})
     return pts
+
+
+def generator_fn(gen: PretrainedGenerator, seed: int = 0):
+    """``f(depth, mask, z=None) -> faces`` for ``evaluation.evaluate_generator`` (notebook 04): z ~ N(0, I) seeded
+    when None, as ``evaluation.generator_fn`` does for trained runs."""
+    z_dim = gen.nets["G"].z_dim
+
+    @torch.no_grad()
+    def f(depth, mask, z=None):
+        g = torch.Generator().manual_seed(seed)
+        out = []
+        for s in range(0, len(depth), 256):
+            n = len(depth[s:s + 256])
+            zz = z[s:s + 256] if z is not None else torch.randn(n, z_dim, generator=g)
+            out.append(gen.generate(depth[s:s + 256], mask[s:s + 256], z=zz))
+        return torch.cat(out)
+    f.z_dim = z_dim
+    return f

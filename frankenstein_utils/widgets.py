@@ -47,6 +47,15 @@ class FaceExplorer:
         self._range = slider_range
         self._widget = None
 
+    @classmethod
+    def with_pretrained(cls, model: FaceModel, name: str = "flagship", **kwargs) -> "FaceExplorer":
+        """The explorer with a shipped generator's face beside the depth map (``pretrained.load_pretrained``; no
+        training needed), rendered in that model's input convention, with its appearance sliders."""
+        from .pretrained import load_pretrained
+
+        gen = load_pretrained(name)
+        return cls(model, render=gen.render, panels=[gen.panel()], **kwargs)
+
     def render(self, coeffs: torch.Tensor | None = None, expressions: torch.Tensor | None = None) -> list[np.ndarray]:
         """The images for the given (or current) coefficients and expressions: depth first, then one per panel."""
         c = self.coeffs if coeffs is None else torch.as_tensor(coeffs, dtype=torch.float32).view(1, -1)
