@@ -461,15 +461,20 @@ def ladder_checks(rows: dict) -> dict:
         out[name] = {"ok": bool(ok), "rule": rule}
 
     here = "fd" in rows[REFS["train"]]  # False: judges only
-    for m in ("face_fd", "fd", "kid") if here else ("face_fd",):
-        v = {k: g(k, m) for k in ("train", b1, b2, n1, n2, "depth", "const")}
-        check(m, v["train"] < v[b1] < v[b2] and v["train"] < v[n1] < v[n2]
-              and max(v[b1], v[b2], v[n1], v[n2]) < v["depth"] < v["const"],
-              "real < blur 1 < blur 2; real < noise 10 < noise 20; every degraded rung < depth as image < constant")
+    v = {k: g(k, "face_fd") for k in ("train", b1, b2, n1, n2, "depth", "const")}
+    check("face_fd", v["train"] < v[b1] < v[b2] and v["train"] < v[n1] < v[n2]
+          and max(v[b1], v[b2], v[n1], v[n2]) < v["depth"] < v["const"],
+          "real < blur 1 < blur 2; real < noise 10 < noise 20; every degraded rung < depth as image < constant")
     if here:
+        # the autoencoder's features keep the ladder they were built for (real < blurred < depth maps); the mild
+        # rungs and the constant face are in the table, not checked: they need not see a 1 px blur or sensor noise
+        for m in ("fd", "kid"):
+            v = {k: g(k, m) for k in ("train", b2, "depth")}
+            check(m, v["train"] < v[b2] < v["depth"], "real < blur 2 < depth as image (mild rungs shown, unchecked)")
         v = {k: g(k, "c2st") for k in ("train", b2, "depth")}
-        check("c2st", v["train"] < v[b2] <= v["depth"] and rows[REFS["train"]]["c2st_ci"][0] < 0.5 + 0.1,
-              "real (train vs test) < blur 2 <= depth as image, real's interval reaches near 0.5")
+        hi = rows[REFS["train"]]["c2st_ci"]
+        check("c2st", hi[0] < 0.5 + 0.1 and hi[1] < min(v[b2], v["depth"]),
+              "real (train vs test) interval reaches near 0.5 and lies below blur 2 and depth as image")
     v = {k: g(k, "detection") for k in ("train", b1, b2, n1, n2, "depth")}
     check("detection", v["train"] >= v[b1] >= v[b2] and v["train"] > v[b2] and v["train"] >= v[n1] >= v[n2]
           and v["train"] > v[n2] and v["depth"] < v["train"],
@@ -506,11 +511,12 @@ def evaluate_runs(ctx: EvalContext, checkpoints: dict, progress: bool = True) ->
 
 
 # ---- the table, the winners, the figures -----------------------------------------------------------------------------
-# (column, metric key, interval key, lower is better); identity_auc_old is shown but never ranks (it is confounded)
+# (column, metric key, interval key, lower is better; None = shown, never ranks: the old identity design is
+# confounded, and the same-person share alone rewards identical outputs)
 COLUMNS = [("detection", "detection", "detection_ci", False), ("NME (inner 51)", "nme", "nme_ci", True),
            ("face-FD", "face_fd", None, True), ("face diversity", "face_diversity", None, False),
            ("identity AUC", "identity_auc_new", "identity_auc_new_ci", False),
-           ("same-person share", "identity_same_share", None, False),
+           ("same-person share", "identity_same_share", None, None),  # a collapsed output scores 1: never ranks
            ("identity AUC old design", "identity_auc_old", None, None),
            ("C2ST", "c2st", "c2st_ci", True), ("FD", "fd", None, True), ("KID", "kid", None, True),
            ("depth RMSE", "corr_rmse", "corr_rmse_ci", True), ("shape sens.", "shape_sensitivity", None, False),
@@ -543,7 +549,8 @@ def results_table(refs: dict, rows: dict, checks: dict) -> str:
 
 
 def winners(rows: dict, checks: dict) -> dict:
-    """The best run on each axis whose ladder passed (None when no run has a number or the ladder failed)."""
+    """The best run on each axis whose ladder passed (None when no run has a number, all runs tie, no run's
+    identity AUC is above chance, or the ladder failed)."""
     out = {}
     for col, key, _, lower in COLUMNS:
         chk = checks.get(LADDER_OF.get(key, key))
@@ -552,6 +559,10 @@ def winners(rows: dict, checks: dict) -> dict:
         cand = {n: r[key] for n, r in rows.items() if isinstance(r.get(key), float) and math.isfinite(r[key])}
         if key == "c2st":
             cand = {n: abs(v - 0.5) for n, v in cand.items()}
+        if key == "identity_auc_new":  # only runs that keep identity above chance (interval above 0.5)
+            cand = {n: v for n, v in cand.items() if rows[n]["identity_auc_new_ci"][0] > 0.5}
+        if len(set(cand.values())) == 1 and len(cand) > 1:  # all equal (e.g. C2ST saturated at 1): no winner
+            cand = {}
         out[col] = (min if lower else max)(cand, key=cand.get) if cand else None
     return out
 
@@ -571,7 +582,8 @@ def conclusions(refs: dict, rows: dict, checks: dict) -> list[str]:
             bits.append(f"face-FD {r['face_fd']:.3f} ({where}; real {real['face_fd']:.3f})")
         if checks["nme"]["ok"]:
             where = ("below the depth-blind constant face" if r["nme_ci"][1] < const["nme_ci"][0] else
-                     "not better than the depth-blind constant face")
+                     "worse than the depth-blind constant face" if r["nme_ci"][0] > const["nme_ci"][1] else
+                     "indistinguishable from the depth-blind constant face")
             bits.append(f"NME {r['nme']:.3f} ({where} {const['nme']:.3f}; oracle {oracle['nme']:.3f}, "
                         f"shuffled {shuffled['nme']:.3f})")
         if checks["identity_auc_new"]["ok"]:
