@@ -142,6 +142,10 @@ def test_judges_only_context_for_a_generator(data, face_model, tmp_path):
                            n_embed=8, n_map=150, orl_people=3, orl_per_person=2, n_test=30, judges_only=True,
                            cache_dir=data["cache"])
     assert ctx.feature_net is None and len(ctx.real_test) == 30 and ctx.syn_landmarks.shape == (12, 68, 2)
+    # the reference is the test split, and the "real" rung is other photos (it once compared a set with itself)
+    assert torch.equal(ctx.real_test, data["te"].tensors()[0][:30])
+    test_bytes = {x.numpy().tobytes() for x in data["te"].tensors()[0]}
+    assert not any(x.numpy().tobytes() in test_bytes for x in ctx.real_train)
     const = lambda d, m, z=None: data["tr"].tensors()[0][:1].expand(len(d), -1, -1, -1)  # noqa: E731
     r = EV.evaluate_generator(ctx, const, 0)
     assert {"detection", "nme", "nme_ci", "face_fd", "face_diversity", "identity_auc_new"} <= set(r)
