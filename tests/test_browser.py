@@ -5,9 +5,9 @@ client. It starts JupyterLab on a free localhost port with a token, opens a copy
 (Debian's ``chromium``, installed by ``make browser``; Playwright's own browser download is not reachable here) and
 runs it through the JupyterLab UI. The copy is notebook 01 as it is on disk, cut after its explorer cell, with one
 cell after the parameters cell that sets the project's tiny parameters (notebooks/params/tiny.yaml, output folders
-moved under outputs/browser/) and ``INTERACTIVE = True``. Without a shipped generator
-(``frankenstein_utils.pretrained``), notebook 01's explorer has no face panel, so the copy gets one more cell: an
-explorer whose face panel is a tiny cVAE run trained in the fixture (20 steps; the faces are blurry, they only have to
+moved under outputs/browser/) and ``INTERACTIVE = True``. If notebook 01's explorer shows no face, the test adds one
+cell through JupyterLab: ``FaceExplorer.with_pretrained`` (the shipped generator) when the package has one, else an
+explorer whose face panel is a tiny cVAE run trained in the fixture (20 steps; blurry faces, they only have to
 react). The test drags one shape slider and one appearance slider with the mouse and compares element screenshots:
 the shape slider must change both images, the appearance slider the face and not the depth, and no cell may end in an
 error. Screenshots and the server log go to outputs/browser/. The server and its kernels are shut down whatever
@@ -48,6 +48,7 @@ APPEARANCE_SLIDER = re.compile(r"^\s*(z dir|appearance|latent)\s*0?\s*$", re.I)
 JS_APP = "window.jupyterapp"  # JupyterLab exposes its application object with --expose-app-in-browser
 JS_KERNEL = f"{JS_APP}?.shell?.currentWidget?.sessionContext?.session?.kernel"
 # Settings: render every cell (no virtual scrolling, so the explorer stays in the DOM) and no news pop-up.
+VIEWPORT = {"width": 1600, "height": 2000}  # tall enough for the explorer's images (the slider column sets their height)
 MEASURED = {}  # filled by the slider test, read by the layout test below
 LAB_SETTINGS = {
     "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
@@ -72,6 +73,18 @@ def train_tiny_generator(folder: Path) -> Path:
     return folder / "cvae" / "checkpoint.pt"
 
 
+def shipped_generator() -> bool:
+    """Whether the package ships a generator that ``FaceExplorer.with_pretrained`` can show."""
+    try:
+        from frankenstein_utils.pretrained import load_pretrained
+        from frankenstein_utils.widgets import FaceExplorer
+
+        load_pretrained()
+        return hasattr(FaceExplorer, "with_pretrained")
+    except (ImportError, FileNotFoundError, ValueError):
+        return False
+
+
 def code_cell(source: str, cell_id: str) -> dict:
     return {"cell_type": "code", "id": cell_id, "metadata": {}, "execution_count": None, "outputs": [],
             "source": source}
@@ -82,7 +95,8 @@ def notebook_copy(dest: Path) -> Path:
     nb = json.loads(NOTEBOOK.read_text())
     cells = nb["cells"]
     params = [i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", [])]
-    explorer = [i for i, c in enumerate(cells) if c["cell_type"] == "code" and "FaceExplorer(" in "".join(c["source"])]
+    explorer = [i for i, c in enumerate(cells)
+                if c["cell_type"] == "code" and re.search(r"FaceExplorer(\.\w+)?\(", "".join(c["source"]))]
     assert params and explorer, f"{NOTEBOOK}: no parameters cell or no FaceExplorer cell"
     tiny = yaml.safe_load((ROOT / "notebooks" / "params" / "tiny.yaml").read_text())
     values = {**(tiny.get("common") or {}), **(tiny.get(NOTEBOOK.stem) or {})}
@@ -100,7 +114,11 @@ def notebook_copy(dest: Path) -> Path:
     return path
 
 
-# Typed into a new cell through JupyterLab when notebook 01's explorer shows no face (no shipped generator yet).
+# Typed into a new cell through JupyterLab when notebook 01's explorer shows no face: the shipped generator's
+# explorer when the package has one, else one with a tiny run trained by the fixture.
+PRETRAINED_CELL = """# tests/test_browser.py: notebook 01 shows no face here; the explorer with the shipped generator
+face_explorer = FaceExplorer.with_pretrained(model, n_components=K)
+face_explorer.widget"""
 GENERATOR_CELL = """# tests/test_browser.py: notebook 01 shows no face here, so the face comes from a tiny trained run
 from frankenstein_utils.training import load_run
 from frankenstein_utils.widgets import GeneratorPanel
@@ -242,7 +260,17 @@ def drag_slider(page, slider, dx: int) -> float:
 
 
 def shots(images) -> list[bytes]:
-    return [images.nth(i).screenshot() for i in range(images.count())]
+    """Element screenshots of the images, each centred in the notebook first and checked to be wholly visible (a
+    toolbar or a scroll offset in the picture would count as a change)."""
+    out = []
+    for i in range(images.count()):
+        img = images.nth(i)
+        img.evaluate("e => e.scrollIntoView({block: 'center'})")
+        visible = img.evaluate("""e => { const r = e.getBoundingClientRect(), x = r.left + r.width / 2;
+            return [r.top + 1, r.bottom - 1].every(y => document.elementFromPoint(x, y) === e); }""")
+        assert visible, f"image {i} of the explorer is not wholly visible in the {VIEWPORT} viewport"
+        out.append(img.screenshot())
+    return out
 
 
 def wait_images_changed(page, images, before_src: list[str], which: int):
@@ -259,7 +287,7 @@ def test_sliders_move_depth_and_face_in_jupyterlab(lab):
     with sync_playwright() as pw:
         ctx = pw.chromium.launch_persistent_context(str(OUT / "chromium-profile"), executable_path=CHROMIUM,
                                                    headless=True, args=CHROMIUM_ARGS,
-                                                   viewport={"width": 1600, "height": 1000})
+                                                   viewport=VIEWPORT)
         page_errors = []
         try:
             page = ctx.new_page()
@@ -280,7 +308,8 @@ def test_sliders_move_depth_and_face_in_jupyterlab(lab):
             # The explorer: the last output holding a shape slider; its image widgets are depth, then face.
             explorer, images = find_explorer(page)
             if images.count() < 2:  # no face panel in notebook 01 yet: add one through the UI
-                run_new_cell(page, GENERATOR_CELL.format(run=str(lab["train"]())))
+                run_new_cell(page, PRETRAINED_CELL if shipped_generator() else
+                             GENERATOR_CELL.format(run=str(lab["train"]())))
                 assert not error_outputs(page), f"error output in the added cell: {error_outputs(page)}"
                 explorer, images = find_explorer(page)
             assert images.count() >= 2, "the explorer shows no face panel beside the depth map"
