@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PARAMS ?= notebooks/params/default.yaml
 
-.PHONY: run test bench venv browser clean-outputs
+.PHONY: run test bench venv browser mediapipe clean-outputs
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -27,13 +27,22 @@ CHROMIUM ?= /usr/bin/chromium
 browser:
 	@test -x $(CHROMIUM) || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-test: venv browser
+# MediaPipe FaceMesh (landmarks for a user's own photos) needs protobuf<5: its own environment, .venv-mediapipe.
+mediapipe: $(VENV)-mediapipe/.installed
+$(VENV)-mediapipe/.installed: frankenstein_utils/landmarks.py | venv
+	$(PY) -m frankenstein_utils.landmarks --make-env
+	touch $@
+
+test: venv browser mediapipe
 	$(PY) -m pytest -q tests
 
 bench: venv
 	$(PY) bench/bench_depth.py
 	$(PY) bench/bench_train.py
 	$(PY) bench/bench_data.py
+	$(PY) bench/bench_slider.py
+	$(PY) bench/bench_fit.py
+	$(PY) bench/input_gap.py
 
 clean-outputs:
 	rm -rf outputs/notebooks outputs/figures outputs/depth_synthetic outputs/tiny
