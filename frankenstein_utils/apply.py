@@ -9,7 +9,8 @@ z = 0, or z ~ N(0, I) with ``--z-seed``.
 The input must follow the checkpoint's input convention (recorded in it: framing and window, depth mode and range,
 region, ...). When the folder (or its parent) holds the ``config.json`` of a generated set, it is compared with the
 checkpoint's: a different resolution is converted (resized to the checkpoint's size), anything else is refused with
-a message saying what differs. A PNG that cannot be read stops the run (``--on-error stop``, the default) or is
+a message saying what differs; a set whose faces are drawn otherwise than the checkpoint's synthetic training inputs
+(e.g. neutral expressions for a model trained on the photos' fitted expressions) is accepted with a note. A PNG that cannot be read stops the run (``--on-error stop``, the default) or is
 skipped and counted (``--on-error skip``).
 """
 from __future__ import annotations
@@ -43,18 +44,38 @@ def read_depth(path) -> torch.Tensor:
     return torch.from_numpy(a.astype(np.float32) / scale)[None, None]
 
 
-def folder_convention(input_dir) -> tuple[dict | None, Path | None]:
-    """The RenderConfig of a generated set holding ``input_dir`` (its ``config.json``), or (None, None)."""
+def folder_config(input_dir) -> tuple[dict | None, Path | None]:
+    """The configuration (``DepthSetConfig`` dict) of a generated set holding ``input_dir`` (its ``config.json``),
+    or (None, None)."""
     for d in (Path(input_dir), Path(input_dir).parent):
         f = d / "config.json"
         if f.exists():
             try:
-                render = json.loads(f.read_text()).get("render")
+                cfg = json.loads(f.read_text())
+                render = cfg.get("render")
             except (ValueError, AttributeError) as e:
                 raise ValueError(f"{f}: not a readable set configuration ({e})") from e
             if isinstance(render, dict):
-                return render, f
+                return cfg, f
     return None, None
+
+
+def folder_convention(input_dir) -> tuple[dict | None, Path | None]:
+    """The RenderConfig of a generated set holding ``input_dir`` (its ``config.json``), or (None, None)."""
+    cfg, where = folder_config(input_dir)
+    return (cfg["render"], where) if cfg else (None, None)
+
+
+def distribution_notes(expected: dict | None, found: dict) -> list[str]:
+    """Where a set's faces are drawn otherwise than the checkpoint's synthetic training inputs (pose from the
+    photos' fits or a jitter, fitted or neutral expressions): allowed (same convention), but said, since the
+    generator has seen fewer such faces."""
+    if not expected:
+        return []
+    have = {"pose": found.get("pose_source", "jitter"), "expressions": found.get("expression_source", "neutral")}
+    diff = [f"{k} {have[k]} (trained on {expected[k]})" for k in ("pose", "expressions") if have[k] != expected[k]]
+    return ["the input faces are drawn otherwise than the checkpoint's synthetic training inputs: " + ", ".join(diff)
+            ] if diff else []
 
 
 def convention_differences(expected: dict, found: dict) -> list[str]:
@@ -68,7 +89,8 @@ def convention_differences(expected: dict, found: dict) -> list[str]:
 def check_convention(run, input_dir) -> list[str]:
     """Refuse input of another convention (``ValueError`` saying what differs); returns notes to print."""
     expected = run.cfg.input_convention.get("render")
-    found, where = folder_convention(input_dir)
+    config, where = folder_config(input_dir)
+    found = config["render"] if config else None
     if expected is None:
         return ["the checkpoint does not record its input convention (an older run): only the size is checked"]
     if found is None:
@@ -79,7 +101,7 @@ def check_convention(run, input_dir) -> list[str]:
         raise ValueError(f"{where}: the depth maps follow another convention than the checkpoint's ("
                          + "; ".join(diff) + "); generate them with the checkpoint's RenderConfig "
                          "(load_run(...).cfg.input_convention['render'])")
-    return []
+    return distribution_notes(run.cfg.input_convention.get("synthetic"), config)
 
 
 def fit_size(depth: torch.Tensor, mask: torch.Tensor, size: int):

@@ -4,8 +4,11 @@
     torchrun --standalone --nproc_per_node 4 -m frankenstein_utils.train --mode l1+gan --steps 10000 ...
 
 Any ``TrainConfig`` field is an option (``--gan-loss wgan-gp``, ``--replay-size 256``, ...). Data: the paired CelebA
-set (``--size`` = image size, ``--limit`` photos), synthetic face-model depth maps with the matched framing and the
-real pose spread (``--n-synthetic``), and the paired set's photos as the unpaired real photos. ``--batch-size`` is
+set (``--size`` = image size, ``--limit`` photos; ``--depth-source fitted`` = depth of the face model fitted to each
+photo, ``landmarks`` = the landmark-mesh depth), synthetic face-model depth maps (``--n-synthetic``) framed like the
+pairs, with pose and expression drawn from the photos' fits (``--synthetic-pose jitter`` / ``--synthetic-expressions
+neutral``: frontal jitter with the photos' spread / neutral face, the earlier inputs), and the paired set's photos as
+the unpaired real photos. The checkpoint records the paired depth source and the synthetic distribution. ``--batch-size`` is
 the total batch over all processes. Rank 0 alone logs and writes checkpoints and samples; every process resumes from
 the same checkpoint. NCCL on GPUs, gloo on CPUs.
 """
@@ -19,6 +22,7 @@ from dataclasses import asdict, fields
 
 import torch
 
+from .datasets import DEPTH_SOURCES, PairedConfig
 from .fileio import FolderBusyError
 from .training import PRESETS, NonFiniteLossError, TrainConfig, Trainer, input_convention
 
@@ -51,6 +55,12 @@ def _parser(preset: str | None = None):
                     help="image size (paired set and synthetic depth)")
     ap.add_argument("--limit", type=int, default=0, help="use only the first N photos (0 = all)")
     ap.add_argument("--n-synthetic", type=int, default=2000)
+    ap.add_argument("--depth-source", choices=DEPTH_SOURCES, default=PairedConfig.depth_source,
+                    help="paired depth: the face model fitted to each photo (default) or its landmark mesh")
+    ap.add_argument("--synthetic-pose", choices=("fitted", "jitter"), default="fitted",
+                    help="synthetic poses: drawn from the photos' fits (default) or frontal jitter with their spread")
+    ap.add_argument("--synthetic-expressions", choices=("fitted", "neutral"), default="fitted",
+                    help="synthetic expressions: drawn from the photos' fits (default) or neutral")
     ap.add_argument("--cache-dir", default="outputs/cache")
     ap.add_argument("--dump-params", action="store_true", help="write each rank's final parameters (tests)")
     ap.add_argument("--debug", action="store_true", help="show the traceback of expected errors too")
@@ -86,6 +96,14 @@ def main(argv=None):
         return 1
 
 
+def synthetic_inputs(train, a, seed: int, model):
+    """The synthetic inputs of a run (a ``RenderedDepthDataset``, not yet rendered): ``train.synthetic``, i.e. the
+    pairs' framing and depth convention, identity ~ N(0, I), pose and expression as ``--synthetic-pose`` /
+    ``--synthetic-expressions`` say (default: drawn from the photos' fits, like the fitted pairs)."""
+    return train.synthetic(a.n_synthetic, seed=seed, model=model, pose=a.synthetic_pose,
+                           expressions=a.synthetic_expressions)
+
+
 def run(a, cfg: TrainConfig) -> int:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
@@ -95,12 +113,12 @@ def run(a, cfg: TrainConfig) -> int:
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group(backend)
-    from .datasets import PairedConfig, PairedFaceDataset
-    from .depthdata import RenderedDepthDataset
+    from .datasets import PairedFaceDataset
     from .facemodel import load_face_model
 
     model = load_face_model()
-    pcfg = PairedConfig(size=cfg.image_size, limit=a.limit or None, grayscale=cfg.out_channels == 1)
+    pcfg = PairedConfig(size=cfg.image_size, limit=a.limit or None, grayscale=cfg.out_channels == 1,
+                        depth_source=a.depth_source)
     rank = int(os.environ.get("RANK", "0"))
     if world > 1 and rank != 0:  # let rank 0 build the cached paired set first
         torch.distributed.barrier()
@@ -109,13 +127,12 @@ def run(a, cfg: TrainConfig) -> int:
     if world > 1 and rank == 0:
         torch.distributed.barrier()
     data = {"paired": train, "real": train}
-    render = train.render_config(model)
+    syn = synthetic_inputs(train, a, cfg.seed, model)
     if cfg.mode not in ("l1", "cvae"):
-        data["synthetic"] = RenderedDepthDataset(a.n_synthetic, seed=cfg.seed, render=render,
-                                                 pose=train.pose_jitter(model), model=model).materialize()
+        data["synthetic"] = syn.materialize()
     cfg.data = {"paired": vars(pcfg), "n_synthetic": a.n_synthetic}
-    cfg.input_convention = input_convention(render, f"paired: CelebA depth ({pcfg.depth_source}); synthetic: "
-                                                    f"face-model renders with the same RenderConfig")
+    # recorded for the supervised modes too: the inputs the generator is meant for
+    cfg.input_convention = input_convention(train.render_config(model), pcfg.depth_source, syn)
     t = Trainer(cfg, data, val)
     if a.dump_params:
         os.makedirs(cfg.out_dir, exist_ok=True)

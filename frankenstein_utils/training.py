@@ -579,10 +579,28 @@ def load_run(path, device: str = "cpu") -> Trainer:
     return t
 
 
-def input_convention(render, source: str) -> dict:
+def synthetic_distribution(syn) -> dict:
+    """How a set of synthetic inputs (a ``RenderedDepthDataset``) was drawn: identity components, pose and expression
+    sources (``fitted`` = rows of the photos' fitted table, named by ``table``; ``jitter`` / ``neutral``), seed."""
+    c = syn.config
+    return {"n": c.n, "seed": c.seed, "n_components": c.n_components, "truncation": c.truncation,
+            "pose": c.pose_source, "expressions": c.expression_source, "table": c.table,
+            "pose_jitter": asdict(c.pose) if c.pose_source == "jitter" else None}
+
+
+def input_convention(render, paired_depth: str, synthetic=None) -> dict:
     """What a checkpoint's generator expects as input: the depth maps' ``RenderConfig`` (resolution, framing and
-    window, depth mode and range, region, ...) and where the training depth came from. ``apply`` checks it."""
-    return {"render": render.to_dict(), "source": source}
+    window, depth mode and range, region, ...; ``apply`` checks it), where the paired depth came from
+    (``PairedConfig.depth_source``: ``fitted`` model renders or ``landmarks`` meshes) and, when given, the
+    distribution of the synthetic inputs (``synthetic``: their ``RenderedDepthDataset``)."""
+    conv = {"render": render.to_dict(), "paired_depth": paired_depth}
+    source = f"paired: CelebA depth ({paired_depth})"
+    if synthetic is not None:
+        conv["synthetic"] = d = synthetic_distribution(synthetic)
+        source += (f"; synthetic: face-model renders with the same RenderConfig, identity N(0, I) over "
+                   f"{d['n_components']}, pose {d['pose']}, expressions {d['expressions']}")
+    conv["source"] = source
+    return conv
 
 
 def supervised_config(name: str, **overrides) -> TrainConfig:

@@ -250,3 +250,63 @@ def test_original_preset_is_the_original_greyscale_setting():
     assert isinstance(t.opts["G"], torch.optim.RMSprop) and isinstance(t.opts["D"], torch.optim.RMSprop)
     assert (t.opts["G"].param_groups[0]["lr"], t.opts["D"].param_groups[0]["lr"]) == (1e-3, 1e-4)
     assert t.generate(torch.rand(2, 1, 16, 16), torch.ones(2, 1, 16, 16)).shape == (2, 1, 16, 16)  # greyscale
+
+
+def test_train_cli_trains_on_fitted_pairs_and_inputs_drawn_from_the_fits(tmp_path, face_model, capsys):
+    """By default the CLI pairs photos with the fitted model's depth and draws the synthetic inputs' pose and
+    expression from the photos' fits (not the earlier frontal jitter, neutral faces); both are recorded in the
+    checkpoint's input convention; the old inputs stay an explicit option; apply checks the recorded render
+    configuration and notes a set drawn otherwise."""
+    import numpy as np
+
+    from frankenstein_utils import train
+    from frankenstein_utils.apply import main as apply_main
+    from frankenstein_utils.datasets import PairedConfig, PairedFaceDataset
+
+    cache, out = tmp_path / "cache", tmp_path / "run"
+    common = ["--size", "32", "--limit", "60", "--n-synthetic", "12", "--cache-dir", str(cache), "--steps", "1",
+              "--batch-size", "4", "--width", "8", "--d-width", "8", "--sample-every", "0", "--log-every", "1"]
+    assert train.main(common + ["--mode", "gan", "--out-dir", str(out)]) == 0
+    conv = load_run(out / "checkpoint.pt").cfg.input_convention
+    assert conv["paired_depth"] == "fitted" and load_run(out / "checkpoint.pt").cfg.data["paired"]["depth_source"] \
+        == "fitted"
+    syn_rec = conv["synthetic"]
+    assert (syn_rec["pose"], syn_rec["expressions"], syn_rec["n"], syn_rec["n_components"]) == ("fitted", "fitted",
+                                                                                                12, 15)
+    assert syn_rec["table"].startswith("paired_celeba_") and ":train#" in syn_rec["table"]
+    # the stream the CLI trains on: every pose is a fitted photo's pose, the expressions are the photos' (not 0)
+    a, c = train.parse_args(common + ["--mode", "gan", "--out-dir", str(out)])
+    ds = PairedFaceDataset("train", PairedConfig(size=32, limit=60), cache_dir=cache, model=face_model)
+    syn = train.synthetic_inputs(ds, a, c.seed, face_model)
+    table = ds.face_params()
+    rows = [np.flatnonzero((table.poses == p).all(1)) for p in syn.poses.numpy()]
+    assert all(len(r) for r in rows), "a synthetic pose that no fitted photo has"
+    assert all(np.array_equal(syn.expressions[i].numpy(), table.expressions[r[0]]) for i, r in enumerate(rows))
+    assert float(syn.expressions.abs().sum(1).min()) > 0
+    assert conv["render"] == ds.render_config(face_model).to_dict()
+    # the earlier inputs, asked for explicitly: jitter poses, neutral faces, recorded so
+    old = tmp_path / "old"
+    assert train.main(common + ["--mode", "l1", "--out-dir", str(old), "--synthetic-pose", "jitter",
+                                "--synthetic-expressions", "neutral", "--depth-source", "landmarks"]) == 0
+    run_old = load_run(old / "checkpoint.pt")
+    conv_old = run_old.cfg.input_convention
+    assert (conv_old["paired_depth"], conv_old["synthetic"]["pose"], conv_old["synthetic"]["expressions"]) == (
+        "landmarks", "jitter", "neutral") and run_old.cfg.data["paired"]["depth_source"] == "landmarks"
+    a_old, _ = train.parse_args(common + ["--synthetic-pose", "jitter", "--synthetic-expressions", "neutral"])
+    assert float(train.synthetic_inputs(ds, a_old, 0, face_model).expressions.abs().max()) == 0
+    # apply: a set with the checkpoint's RenderConfig passes the check; drawn otherwise than training, it is noted
+    capsys.readouterr()
+    render = RenderConfig.from_dict(conv["render"])
+    plain = generate_depth_dataset(2, tmp_path / "plain", render=render, model=face_model, progress=False)
+    assert apply_main(["--checkpoint", str(out / "checkpoint.pt"), "--input", str(plain / "depth"), "--output",
+                       str(tmp_path / "f1")]) == 0
+    err = capsys.readouterr().err
+    assert "drawn otherwise" in err and "pose jitter (trained on fitted)" in err and "expressions neutral" in err
+    like = generate_depth_dataset(2, tmp_path / "like", render=render, model=face_model, progress=False, table=table,
+                                  pose_source="fitted", expression_source="fitted")
+    assert apply_main(["--checkpoint", str(out / "checkpoint.pt"), "--input", str(like / "depth"), "--output",
+                       str(tmp_path / "f2")]) == 0
+    assert "drawn otherwise" not in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.parse_args(["--depth-source", "mesh"])
+    assert "invalid choice: 'mesh'" in capsys.readouterr().err
