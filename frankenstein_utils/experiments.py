@@ -1,7 +1,8 @@
 """The refinement experiments of the study as named variants of ``TrainConfig``, run side by side.
 
-Every variant maps synthetic face-model depth maps (input) to images judged against unpaired real photos; the
-semi-supervised ones also use the paired set. ``run_variants`` trains each (resuming if interrupted), keeps going
+Every variant maps synthetic face-model depth maps (input; ``synthetic_sets``: pose and expression drawn from the
+photos' fits by default) to images judged against unpaired real photos; the semi-supervised ones also use the paired
+set. ``run_variants`` trains each (resuming if interrupted), keeps going
 when one diverges, and writes ``results.json`` that notebook 04 reads.
 """
 from __future__ import annotations
@@ -41,6 +42,16 @@ VARIANTS: dict[str, dict] = {
     "feature-matching": dict(mode="gan", feature_matching=1.0),
     "bottleneck-kl": dict(mode="gan", bottleneck_kl=0.1),
 }
+
+
+def synthetic_sets(train, model, n: int, seed: int = 0, pose: str = "fitted", expressions: str = "fitted",
+                   n_fixed: int = 8):
+    """The study's synthetic inputs, not yet rendered: ``n`` training inputs and ``n_fixed`` fixed ones for the
+    sample grids (another seed), both ``train.synthetic``: the pairs' framing and depth convention, identity
+    ~ N(0, I), pose and expression drawn from the photos' fits (``"fitted"``, like the fitted pairs) or frontal
+    jitter / neutral (``pose="jitter"``, ``expressions="neutral"``: the earlier inputs)."""
+    kw = dict(model=model, pose=pose, expressions=expressions)
+    return train.synthetic(n, seed=seed, **kw), train.synthetic(n_fixed, seed=seed + 12345, **kw)
 
 
 def variant_config(name: str, overrides: dict | None = None, **base) -> TrainConfig:

@@ -73,7 +73,7 @@ def test_02_supervised_baseline(out_dir):
     from frankenstein_utils.metrics import paired_metrics
     from frankenstein_utils.training import load_run
 
-    pcfg = PairedConfig(size=p["SIZE"], limit=p["LIMIT"])
+    pcfg = PairedConfig(size=p["SIZE"], limit=p["LIMIT"], depth_source=p.get("DEPTH_SOURCE", "fitted"))
     ti = PairedFaceDataset("train", pcfg, cache_dir=p["CACHE_DIR"], progress=False).tensors()[0]
     vi, vd, vm = PairedFaceDataset("val", pcfg, cache_dir=p["CACHE_DIR"], progress=False).tensors()
     m = vm.expand_as(vi)
@@ -81,6 +81,11 @@ def test_02_supervised_baseline(out_dir):
     assert rec["val/mean training photo"]["l1_mask"] == pytest.approx(float(per_image.mean()), abs=2e-4)
     u = load_run(Path(p["OUT_DIR"]) / "U" / "checkpoint.pt")
     assert u.step == p["STEPS"] and u.cfg.input_convention["render"]["region"] == "chin"
+    # fitted pairs and synthetic inputs drawn from the photos' fits by default, recorded in the checkpoint
+    conv = u.cfg.input_convention
+    assert conv["paired_depth"] == "fitted" and (conv["synthetic"]["pose"], conv["synthetic"]["expressions"]) == (
+        "fitted", "fitted")
+    assert rec["synthetic_expression_weight_mean"] > 0
     assert rec["val/U"]["l1_mask"] == pytest.approx(paired_metrics(u.generate(vd, vm, vi), vi, vm)["l1_mask"], abs=2e-4)
     assert "mean training photo" in rec["conclusion"] and "dB" in rec["conclusion"]
     # synthetic and real faces are framed alike (centre and size within a few pixels at 32 px)
@@ -105,6 +110,9 @@ def test_03_refinement_experiments(out_dir):
     results = json.loads((Path(p["OUT_DIR"]) / "results.json").read_text())
     for name, r in results.items():
         assert r["status"] == "ok" and Path(r["checkpoint"]).exists() and r["config"]["seed"] == 0
+        conv = r["config"]["input_convention"]
+        assert conv["paired_depth"] == "fitted" and conv["synthetic"]["n"] == p["N_SYNTH"]
+        assert (conv["synthetic"]["pose"], conv["synthetic"]["expressions"]) == ("fitted", "fitted")
     assert (Path(p["FIG_DIR"]) / "03_variants_samples.png").stat().st_size > 10_000
 
 

@@ -189,3 +189,26 @@ def test_checkpoints_from_before_the_hardening_still_resume_exactly(tmp_path):
     assert rest.step == 2
     rest.fit(progress=False)
     assert rest.history == full.history
+
+
+def test_study_synthetic_inputs_are_drawn_from_the_photos_fits(tmp_path, face_model):
+    """Notebook 03's synthetic sets (``synthetic_sets``) take whole (pose, expression) rows of the photos' fitted table
+    by default; the fixed grid inputs are other faces; jitter / neutral (the earlier inputs) only when asked."""
+    import numpy as np
+
+    from frankenstein_utils.datasets import PairedConfig, PairedFaceDataset
+    from frankenstein_utils.experiments import synthetic_sets
+
+    train = PairedFaceDataset("train", PairedConfig(size=32, limit=60), cache_dir=tmp_path, model=face_model)
+    table = train.face_params()
+    syn, fixed = synthetic_sets(train, face_model, 10, seed=3)
+    assert (len(syn), len(fixed)) == (10, 8) and not torch.equal(syn.coeffs[:8], fixed.coeffs)
+    for s in (syn, fixed):
+        assert (s.config.pose_source, s.config.expression_source) == ("fitted", "fitted")
+        for p, e in zip(s.poses.numpy(), s.expressions.numpy()):
+            row = np.flatnonzero((table.poses == p).all(1))
+            assert len(row) and np.array_equal(table.expressions[row[0]], e)
+        assert float(s.expressions.sum(1).min()) > 0
+    assert s.render_batch([0])[0].shape == (1, 1, 32, 32)
+    old, _ = synthetic_sets(train, face_model, 10, seed=3, pose="jitter", expressions="neutral")
+    assert float(old.expressions.abs().max()) == 0 and not any((table.poses == p).all(1).any() for p in old.poses.numpy())
