@@ -125,8 +125,9 @@ def generate_depth_dataset(n: int, out_dir, seed: int = 0, *, n_components: int 
                            expression_source: str = "neutral") -> Path:
     """Render ``n`` random faces into ``out_dir`` (see the module docstring for the layout).
 
-    The same seed, settings and device give the same bytes (a CPU and a CUDA render may differ in the last bit of
-    a depth value: compare sets made on one device). Files are written atomically; a run that was interrupted resumes
+    The same seed, settings and device give the same bytes; byte-reproducibility holds per device (a CPU and a CUDA
+    render may differ in the last bit of a depth value: compare sets made on one device; ``device`` None means CUDA
+    when available, else CPU). Files are written atomically; a run that was interrupted resumes
     where it stopped when called again with the same arguments (finished files are not redone). Asking for a
     different configuration in a folder that holds another set raises ``ValueError``. With ``table`` and
     ``pose_source`` / ``expression_source`` = "fitted", poses and expressions are drawn from fitted photos.

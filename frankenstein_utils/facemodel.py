@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import io
+import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from plyfile import PlyData, PlyElement
 
 from .fileio import atomic_savez, atomic_write_bytes
 from .paths import find_dataset
+from .rasterize import check_finite
 
 NPZ_NAME = "ict_identity_model.npz"
 EXPRESSION_NPZ_NAME = "ict_expression_model.npz"
@@ -182,11 +185,15 @@ class FaceModel:
                  ) -> torch.Tensor:
         """Vertices (B, N_r, 3) in cm for identity coefficients (B, K), K any number up to ``n_components``, and
         optional expression weights (B, E) with E = ``n_expressions`` (None = neutral). Weights are used as given;
-        the blendshapes are meant for [0, 1]."""
+        the blendshapes are meant for [0, 1]. NaN or Inf in either raises ``ValueError`` (every render goes
+        through here; a non-finite face would rasterize to an empty map without a word)."""
         coeffs = torch.as_tensor(coeffs, dtype=torch.float32)
         if coeffs.ndim == 1:
             coeffs = coeffs[None]
         self._check_k(coeffs.shape[1])
+        check_finite(coeffs, "identity coefficients")
+        if expressions is not None:
+            check_finite(torch.as_tensor(expressions), "expression weights")
         if expressions is not None:
             expressions = torch.as_tensor(expressions, dtype=torch.float32, device=coeffs.device)
             if expressions.ndim == 1:
@@ -248,10 +255,17 @@ def read_obj(path, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
     verts, tris = [], []
     with open(path, "r", encoding="utf-8", errors="replace") as fh:
         for lineno, line in enumerate(fh, 1):
-            if line.startswith("v "):
-                verts.append(line.split()[1:4])
-            elif line.startswith("f "):
-                idx = [int(tok.split("/")[0]) for tok in line.split()[1:]]
+            try:
+                if line.startswith("v "):
+                    verts.append(line.split()[1:4])  # kept as text: numpy parses it below, straight to ``dtype``
+                    if len(verts[-1]) != 3:
+                        raise ValueError("fewer than 3 coordinates")
+                    [float(t) for t in verts[-1]]  # a bad number fails here, with its line
+                elif line.startswith("f "):
+                    idx = [int(tok.split("/")[0]) for tok in line.split()[1:]]
+            except ValueError as e:
+                raise ValueError(f"{path}:{lineno}: unreadable line {line.strip()[:60]!r} ({e})") from None
+            if line.startswith("f "):
                 if len(idx) < 3:
                     raise ValueError(f"{path}:{lineno}: face with fewer than 3 vertices")
                 idx = [i - 1 if i > 0 else len(verts) + i for i in idx]  # OBJ is 1-based; negative = relative
@@ -337,13 +351,22 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description="Export an ICT-FaceKit FaceXModel folder of .obj files as one .npz")
     ap.add_argument("--from-obj", required=True, help="folder with generic_neutral_mesh.obj and identityNNN.obj")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--debug", action="store_true", help="show the traceback of expected errors too")
     a = ap.parse_args(argv)
-    m = FaceModel.from_obj_dir(a.from_obj)
-    fr = m.region("face")
-    atomic_savez(a.out, mean=m.mean.numpy(), basis=m.basis.numpy(), faces=m.faces.numpy().astype(np.int32),
-                 face_region=fr.vertices.numpy().astype(np.int32), face_region_faces=fr.faces.numpy().astype(np.int32))
+    try:
+        m = FaceModel.from_obj_dir(a.from_obj)
+        fr = m.region("face")
+        atomic_savez(a.out, mean=m.mean.numpy(), basis=m.basis.numpy(), faces=m.faces.numpy().astype(np.int32),
+                     face_region=fr.vertices.numpy().astype(np.int32),
+                     face_region_faces=fr.faces.numpy().astype(np.int32))
+    except (ValueError, OSError) as e:  # bad or missing files: one line naming the file (OSError's str names it)
+        if a.debug:
+            traceback.print_exc()
+        print(f"facemodel: error: {e}", file=sys.stderr)
+        return 1
     print(f"wrote {a.out}: {m.mean.shape[0]} vertices, {m.n_components} components")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -255,9 +255,22 @@ def normalize_depth(z: torch.Tensor, mask: torch.Tensor, cfg: RenderConfig) -> t
     return torch.where(mask, d, torch.zeros((), device=z.device))
 
 
+def check_finite(x: torch.Tensor, what: str) -> None:
+    """Raise ``ValueError`` naming ``what`` and its first bad rows if ``x`` (B, ...) holds NaN or Inf."""
+    bad = ~torch.isfinite(x.flatten(1) if x.ndim > 1 else x.reshape(1, -1))
+    if bad.any():
+        rows = bad.any(1).nonzero().flatten().tolist()
+        raise ValueError(f"{what} hold NaN or Inf (rows {rows[:5]}{' ...' if len(rows) > 5 else ''}); "
+                         "a face needs finite values")
+
+
 def render_mesh_depth(verts_cm: torch.Tensor, faces: torch.Tensor, cfg: RenderConfig,
                       poses: torch.Tensor | None = None):
-    """Depth maps (B, H, W) in [0, 1] and masks (B, H, W) bool of meshes in model cm, optionally posed."""
+    """Depth maps (B, H, W) in [0, 1] and masks (B, H, W) bool of meshes in model cm, optionally posed. The
+    coefficients are checked where vertices are made (``FaceModel.vertices``); the poses here (NaN/Inf ->
+    ``ValueError``, not an empty map)."""
+    if poses is not None:
+        check_finite(torch.as_tensor(poses), "poses")
     px = to_pixels(apply_pose(verts_cm, poses), cfg)
     z, mask = rasterize_depth(px, faces, cfg.resolution, cfg.resolution, cull_backfaces=cfg.cull_backfaces)
     return normalize_depth(z, mask, cfg), mask

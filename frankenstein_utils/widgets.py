@@ -8,6 +8,7 @@ map) plug in through ``panels``: callables that take the depth (1, 1, H, W) and 
 """
 from __future__ import annotations
 
+import io
 import time
 from typing import Callable, Sequence
 
@@ -121,9 +122,24 @@ class FaceExplorer:
             reset.on_click(lambda _: self.set_coeffs(torch.zeros(self.k), torch.zeros(self.model.n_expressions)))
             self._widget = W.HBox([W.VBox([W.Label("shape (sigma)")] + self._sliders + expr_box
                                           + self._latent_sliders + [reset, self._timing]),
-                                   W.HBox(self._images)])
+                                   W.HBox(self._images)],
+                                  # the default (stretch) would scale the images to the slider column's height
+                                  layout=W.Layout(align_items="flex-start"))
             self.update()
         return self._widget
+
+    @property
+    def shape_sliders(self) -> list:
+        """The identity sliders ("c0", "c1", ...) of the built widget; setting a value is what a drag does."""
+        self.widget
+        return self._sliders
+
+    def shown(self) -> list[np.ndarray]:
+        """The images the widget displays now (decoded from its PNGs, at display scale): depth, then panels."""
+        from PIL import Image
+
+        self.widget
+        return [np.asarray(Image.open(io.BytesIO(bytes(w.value)))) for w in self._images]
 
     def _on_slider(self, k, value):
         self.coeffs[0, k] = float(value)
@@ -153,11 +169,6 @@ class FaceExplorer:
                 s.value = float(expressions[j])
                 s.observe(lambda ch, j=j: self._on_expression(j, ch["new"]), names="value")
         return self.update(coeffs, expressions)
-
-
-def face_sliders(model: FaceModel, n_components: int = 15, **kwargs):
-    """The ipywidgets box of a new ``FaceExplorer`` (display it in a notebook cell)."""
-    return FaceExplorer(model, n_components, **kwargs).widget
 
 
 class GeneratorPanel:

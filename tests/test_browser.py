@@ -356,9 +356,6 @@ def test_sliders_move_depth_and_face_in_jupyterlab(lab):
             ctx.close()
 
 
-@pytest.mark.xfail(strict=True, reason="widgets.py: the explorer's outer HBox stretches the images to the height of "
-                   "the slider column (align-items: stretch), ~7x too tall; layout=W.Layout(align_items='flex-start') "
-                   "on that HBox fixes it (tried: 6.8 -> 1.0); then remove this mark")
 def test_explorer_images_are_not_distorted():
     """Measured in the slider test's browser session: each image shown with its PNG's aspect ratio (within 2 %)."""
     assert "stretch" in MEASURED, "the slider test did not get as far as measuring the images"

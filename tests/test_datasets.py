@@ -153,11 +153,22 @@ def test_image_folder_and_bad_files(tmp_path):
         ImageFolderDataset(tmp_path / "nope")
 
 
-def test_haar_face_crops_orl_and_skips_non_faces(tmp_path):
-    orl = find_dataset("orl_faces") / "images"
-    for name in ("s01_1.png", "s02_1.png", "s03_1.png"):
-        (tmp_path / name).symlink_to(orl / name)
-    Image.fromarray(np.full((112, 92), 128, np.uint8)).save(tmp_path / "blank.png")
-    ds = HaarFaceDataset(tmp_path, size=32, grayscale=True)
-    assert ds.n_no_face >= 1 and any(p.name == "blank.png" for p in ds.no_face)
-    assert len(ds) >= 2 and ds[0].shape == (1, 32, 32)
+def test_haar_boxes_land_on_the_face_and_skip_non_faces(tmp_path):
+    """On CelebA photos the Haar box (margin 0) overlaps the box of the photo's MediaPipe landmarks (IoU > 0.5, the
+    landmarks' centre within 8 px of the box's), most photos are found, and a blank image gives no detection."""
+    celeba = find_dataset("celeba_10k")
+    lms = np.load(celeba / "landmarks_mediapipe.npz")
+    names = [str(n) for n in lms["names"][:8]]
+    for name in names:
+        (tmp_path / name).symlink_to(celeba / "images" / name)
+    Image.fromarray(np.full((109, 89, 3), 128, np.uint8)).save(tmp_path / "blank.png")
+    ds = HaarFaceDataset(tmp_path, size=32, margin=0.0)
+    assert [p.name for p in ds.no_face if p.name == "blank.png"] == ["blank.png"]
+    assert len(ds) >= 6 and len(ds) + ds.n_no_face == 9 and ds[0].shape == (3, 32, 32)
+    for f, (x0, y0, x1, y1) in ds.items:
+        lm = lms["landmarks"][names.index(f.name), :, :2]
+        (lx0, ly0), (lx1, ly1) = lm.min(0), lm.max(0)
+        inter = max(0, min(x1, lx1) - max(x0, lx0)) * max(0, min(y1, ly1) - max(y0, ly0))
+        iou = inter / ((x1 - x0) * (y1 - y0) + (lx1 - lx0) * (ly1 - ly0) - inter)
+        centre = np.hypot((x0 + x1) / 2 - lm[:, 0].mean(), (y0 + y1) / 2 - lm[:, 1].mean())
+        assert iou > 0.5 and centre < 8, (f.name, iou, centre)

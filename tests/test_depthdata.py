@@ -24,9 +24,10 @@ def digest(folder):
 
 
 def test_same_seed_same_bytes(tmp_path, face_model):
-    a = generate_depth_dataset(10, tmp_path / "a", seed=5, render=RC, model=face_model, progress=False)
+    # byte-reproducibility holds per device (a CUDA render may differ in the last bit): compare on one, pinned
+    a = generate_depth_dataset(10, tmp_path / "a", seed=5, render=RC, model=face_model, progress=False, device="cpu")
     b = generate_depth_dataset(10, tmp_path / "b", seed=5, render=RC, model=face_model, progress=False, device="cpu")
-    c = generate_depth_dataset(10, tmp_path / "c", seed=6, render=RC, model=face_model, progress=False)
+    c = generate_depth_dataset(10, tmp_path / "c", seed=6, render=RC, model=face_model, progress=False, device="cpu")
     assert digest(a) == digest(b) != digest(c)
     assert len(list((a / "depth").glob("*.png"))) == 10 and len(list((a / "mask").glob("*.png"))) == 10
     meta = np.load(a / "meta.npz")

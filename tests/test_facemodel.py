@@ -168,3 +168,51 @@ def test_expressions_add_blendshapes(face_model):
         face_model.vertices(c, "full", torch.zeros(2, 52))
     with pytest.raises(ValueError, match="unknown expression"):
         face_model.expression_index("frown")
+
+
+def test_non_finite_inputs_are_refused_not_rendered_empty(face_model):
+    """NaN/Inf coefficients, expressions or poses raise a clear ValueError (they used to give an empty map)."""
+    from frankenstein_utils.facemodel import render_faces
+    from frankenstein_utils.rasterize import RenderConfig, render_depth
+
+    cfg = RenderConfig(resolution=16)
+    c = torch.zeros(3, 15)
+    c[2, 4] = float("nan")
+    with pytest.raises(ValueError, match=r"identity coefficients hold NaN or Inf \(rows \[2\]\)"):
+        render_depth(face_model, c, cfg)
+    with pytest.raises(ValueError, match=r"expression weights hold NaN or Inf \(rows \[0, 1\]\)"):
+        render_faces(face_model, torch.zeros(2, 15), cfg, None, torch.full((2, face_model.n_expressions), float("inf")))
+    poses = torch.tensor([[0.0, 0, 0, 1, 0, 0]] * 2)  # yaw, pitch, roll, scale, shift x, y
+    assert render_depth(face_model, torch.zeros(2, 15), cfg, poses)[1].all(0).any()  # finite ones still render
+    poses[1, 0] = float("-inf")
+    with pytest.raises(ValueError, match=r"poses hold NaN or Inf \(rows \[1\]\)"):
+        render_depth(face_model, torch.zeros(2, 15), cfg, poses)
+    with pytest.raises(ValueError, match="identity coefficients"):
+        face_model.vertices(torch.full((15,), float("inf")))
+
+
+def test_cli_prints_one_error_line_naming_the_file(tmp_path):
+    """Expected errors (missing folder, unreadable OBJ, no identity files) give one ``error:`` line and exit 1; the
+    traceback only with --debug."""
+    import subprocess
+    import sys
+
+    def cli(folder, *extra):
+        r = subprocess.run([sys.executable, "-m", "frankenstein_utils.facemodel", "--from-obj", str(folder), "--out",
+                            str(tmp_path / "out.npz"), *extra], capture_output=True, text=True, timeout=120)
+        return r.returncode, r.stderr.strip().splitlines()
+
+    code, err = cli(tmp_path / "nope")
+    assert code == 1 and len(err) == 1 and err[0].startswith("facemodel: error:")
+    assert str(tmp_path / "nope" / "generic_neutral_mesh.obj") in err[0]
+    neutral = tmp_path / "generic_neutral_mesh.obj"
+    neutral.write_text("v 0 0 0\nv 1 0 x\nv 0 1 0\nf 1 2 3\n")
+    code, err = cli(tmp_path)
+    assert code == 1 and err == [f"facemodel: error: {neutral}:2: unreadable line 'v 1 0 x' "
+                                 "(could not convert string to float: 'x')"]
+    neutral.write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n")
+    code, err = cli(tmp_path)
+    assert code == 1 and len(err) == 1 and "no identityNNN.obj files" in err[0] and str(tmp_path) in err[0]
+    code, err = cli(tmp_path, "--debug")
+    assert code == 1 and err[0].startswith("Traceback") and err[-1].startswith("facemodel: error:")
+    assert not (tmp_path / "out.npz").exists()

@@ -48,3 +48,18 @@ def test_expression_sliders_rerender_the_face(face_model):
     assert not np.array_equal(ex.render()[0], ex.render(torch.zeros(15), torch.zeros(1, 53))[0])
     ex.set_coeffs(torch.zeros(15), torch.zeros(53))  # what the reset button does
     assert ex._expr_sliders["jawOpen"].value == 0 and ex.expressions.abs().sum() == 0
+
+
+def test_images_keep_their_aspect_beside_the_slider_column(face_model):
+    """The outer box must not stretch its children to the slider column's height (the browser saw 3.9-7x too tall
+    images with the default align-items: stretch); ``shown`` gives what the widgets display."""
+    ex = FaceExplorer(face_model, n_components=3, render=RenderConfig(resolution=32), display_scale=2,
+                      panels=[lambda depth, mask: 1 - depth[0, 0]])
+    assert ex.widget.layout.align_items == "flex-start"
+    before = ex.shown()
+    assert [a.shape for a in before] == [(64, 64), (64, 64)]
+    np.testing.assert_array_equal(before[0][::2, ::2], ex.render()[0])  # nearest-neighbour upscale of the render
+    ex.shape_sliders[0].value = 2.0  # as a user dragging the slider
+    after = ex.shown()
+    assert all((a != b).mean() > 0.02 for a, b in zip(before, after))
+    np.testing.assert_array_equal(after[1][::2, ::2], ex.render()[1])
