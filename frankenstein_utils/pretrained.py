@@ -206,6 +206,8 @@ def evaluate_for_card(generate, model, train, test, n: int = 256, seed: int = 20
     tf = jd.analyse(ref, embed=False, fallback_box=box)
     out["real-photo oracle"] = {"nme": float(M.nme(tf.landmarks, test_lm, J.INNER_POINTS)["nme"])}
     out["shuffled"] = {"nme": float(M.nme(tf.landmarks, np.roll(test_lm, 1, 0), J.INNER_POINTS)["nme"])}
+    # chance for the synthetic inputs: another input's target landmarks put forward as the prediction
+    out["synthetic targets shuffled"] = {"nme": float(M.nme(np.roll(lm, 1, 0), lm, J.INNER_POINTS)["nme"])}
     return out
 
 
@@ -304,7 +306,8 @@ def card_sections(card: dict, size: int, gen, curve: list, study: dict) -> dict:
     rows = [_row("this model (G's EMA), z ~ N(0, I)", m, keys)]
     if card.get("raw_G"):
         rows.append(_row("same run, raw G weights (no EMA)", card["raw_G"], keys))
-    for k in ("train photos", "train photos blurred sigma 2", "real-photo oracle", "shuffled"):
+    for k in ("train photos", "train photos blurred sigma 2", "real-photo oracle", "shuffled",
+              "synthetic targets shuffled"):
         rows.append(_row(k, ev[k], keys))
     blur_fd, oracle = ev["train photos blurred sigma 2"]["face_fd"], ev["real-photo oracle"]["nme"]
     div_ref = m["reference_diversity"]

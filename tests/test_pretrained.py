@@ -1,0 +1,64 @@
+"""The shipped generator: loads on CPU from the package alone, is small and half precision, and recomputes the
+model card's numbers (dlib detection rate, landmark error against the face model's own landmarks, face-FD against
+test photos) on the card's small fixed set of synthetic inputs."""
+import pytest
+import torch
+
+from frankenstein_utils.pretrained import WEIGHTS_DIR, available, card_numbers, load_pretrained
+
+
+@pytest.fixture(scope="module")
+def gen():
+    return load_pretrained()
+
+
+def test_shipped_files_are_small_half_precision_and_carded():
+    files = list(WEIGHTS_DIR.glob("*.pt"))
+    assert "flagship" in available()
+    assert sum(f.stat().st_size for f in files) <= 20 * 2 ** 20
+    blob = torch.load(WEIGHTS_DIR / "flagship.pt", map_location="cpu", weights_only=False)
+    assert all(v.dtype == torch.float16 for v in blob["G"].values() if v.is_floating_point())
+    card = (WEIGHTS_DIR / "flagship_MODEL_CARD.md").read_text()
+    for must in ("non-commercial", "python -m frankenstein_utils.train", f"{blob['card']['step']:,}",
+                 f"{blob['card']['evaluation']['model']['face_fd']:.3f}"):
+        assert must in card
+
+
+def test_load_pretrained_generates(gen, face_model):
+    from frankenstein_utils.rasterize import render_depth
+
+    S = gen.cfg.image_size
+    assert gen.render.resolution == S
+    d, m = render_depth(face_model, torch.zeros(2, 15), gen.render)
+    out = gen.generate(d[:, None], m[:, None].float())
+    assert out.shape == (2, 3, S, S) and torch.isfinite(out).all() and out.abs().max() <= 1
+    z = torch.randn(2, gen.nets["G"].z_dim, generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(out, gen.generate(d[:, None], m[:, None].float(), z=z), atol=1e-3)  # z matters
+    assert all(not p.requires_grad for p in gen.nets["G"].parameters())
+    with pytest.raises(ValueError, match=f"{S}x{S}"):
+        gen.generate(torch.zeros(1, 1, S + 4, S + 4), torch.zeros(1, 1, S + 4, S + 4))
+    with pytest.raises(FileNotFoundError, match="no shipped model"):
+        load_pretrained("nonexistent")
+
+
+def test_card_numbers_recomputed(gen, face_model):
+    got = card_numbers(gen, face_model)
+    want = gen.card["small_set"]
+    assert got["detection"] == pytest.approx(want["detection"], abs=3 / 64)  # 3 faces of 64
+    assert got["nme"] == pytest.approx(want["nme"], rel=0.05)
+    assert got["face_fd"] == pytest.approx(want["face_fd"], rel=0.05)
+    assert got["diversity"] == pytest.approx(want["diversity"], rel=0.05)
+
+
+def test_explorer_shows_the_shipped_model(face_model):
+    from frankenstein_utils.widgets import FaceExplorer
+
+    ex = FaceExplorer.with_pretrained(face_model)
+    depth, face = ex.update(torch.zeros(15))
+    S = ex.cfg.resolution
+    assert depth.shape == (S, S) and face.shape == (S, S, 3) and face.dtype.name == "uint8"
+    assert face.std() > 5  # a picture, not a constant
+    panel = ex.panels[0]
+    assert panel.n_latent == 4  # appearance sliders from the shipped encoder directions
+    panel.values[0] = 2.0
+    assert (ex.render()[1].astype(int) - face.astype(int)).__abs__().mean() > 1  # the slider changes the face
