@@ -14,7 +14,6 @@ split is per image (the CelebA subset has no identity labels), so one celebrity 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -661,7 +660,3 @@ def to_json(obj):
     if isinstance(obj, (np.floating, np.integer, np.bool_)):
         return obj.item()
     return obj
-
-
-def load_results(path) -> dict:
-    return json.loads(Path(path).read_text())

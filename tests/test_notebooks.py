@@ -14,6 +14,20 @@ def out_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("nb")
 
 
+@pytest.fixture(scope="module")
+def ran(out_dir):
+    """Runs a notebook at tiny size once per module and gives its records: notebooks 02 and 03 serve their own tests
+    and notebook 04's (which evaluates their checkpoints), whichever of them runs first or alone."""
+    records = {}
+
+    def run(stem):
+        if stem not in records:
+            records[stem] = notebooks.execute(notebooks.NOTEBOOK_DIR / f"{stem}.ipynb", out_dir / f"{stem}.ipynb",
+                                              params_for(stem, out_dir))
+        return records[stem]
+    return run
+
+
 def params_for(stem, out_dir):
     p = {**TINY.get("common", {}), **TINY[stem]}
     for k in list(p):  # keep test outputs out of the repository
@@ -43,7 +57,12 @@ def test_01_data_generation(out_dir):
     assert 0.2 < rec["mask_fraction"] < 0.6
     assert rec["depth_in_mask_min"] >= 0.1 and rec["depth_max"] <= 1.0
     assert rec["c0_mask_area_ratio"] < 0.8  # component 0 changes the face size a lot
-    assert rec["slider_update_ms_median"] > 0
+    # the explorer shows the shipped generator's face beside the depth map, and a slider move changes both
+    from frankenstein_utils import pretrained
+
+    assert rec["explorer_images"] == (2 if pretrained.available() else 1)
+    assert len(rec["explorer_changed_share"]) == rec["explorer_images"]
+    assert all(x > 0.05 for x in rec["explorer_changed_share"]), rec["explorer_changed_share"]
     figs = Path(p["FIG_DIR"])
     for name in ("01_depth_grid.png", "01_components.png", "01_options.png", "01_expressions.png",
                  "01_pairs_fitted.png", "01_fitted_distribution.png"):
@@ -55,10 +74,10 @@ def test_01_data_generation(out_dir):
     assert 2 < rec["fitted_yaw_sd"] < 40 and 0 < rec["fitted_expression_weight_mean"] < 0.5
 
 
-def test_02_supervised_baseline(out_dir):
+def test_02_supervised_baseline(out_dir, ran):
     stem = "02_supervised_baseline"
     p = params_for(stem, out_dir)
-    rec = notebooks.execute(notebooks.NOTEBOOK_DIR / f"{stem}.ipynb", out_dir / f"{stem}.ipynb", p)
+    rec = ran(stem)
     assert rec["n_train"] > rec["n_val"] > 0
     for model in ("mean training photo", "linear map of depth", "U", "V", "F", "cvae, z = E(photo)",
                   "cvae, z ~ N(0, I)"):
@@ -100,10 +119,10 @@ def test_02_supervised_baseline(out_dir):
         assert (Path(p["FIG_DIR"]) / fig).stat().st_size > 5_000
 
 
-def test_03_refinement_experiments(out_dir):
+def test_03_refinement_experiments(out_dir, ran):
     stem = "03_refinement_experiments"
     p = params_for(stem, out_dir)
-    rec = notebooks.execute(notebooks.NOTEBOOK_DIR / f"{stem}.ipynb", out_dir / f"{stem}.ipynb", p)
+    rec = ran(stem)
     from frankenstein_utils.experiments import VARIANTS
 
     assert rec["n_variants"] == len(VARIANTS) and rec["n_ok"] == len(VARIANTS)
@@ -116,15 +135,14 @@ def test_03_refinement_experiments(out_dir):
     assert (Path(p["FIG_DIR"]) / "03_variants_samples.png").stat().st_size > 10_000
 
 
-def test_04_evaluation(out_dir):
-    """After tiny runs of 02 and 03 (the tests above), notebook 04 finds their checkpoints and writes the table."""
+def test_04_evaluation(out_dir, ran):
+    """After tiny runs of 02 and 03 (shared with their tests), notebook 04 finds their checkpoints and writes the
+    table."""
     stem = "04_evaluation"
     p = params_for(stem, out_dir)
     p["RUN_ROOTS"] = {"supervised": params_for("02_supervised_baseline", out_dir)["OUT_DIR"],
                       "": params_for("03_refinement_experiments", out_dir)["OUT_DIR"]}
-    roots_ok = [Path(r) for r in p["RUN_ROOTS"].values() if Path(r).exists()]
-    if len(roots_ok) < 2:
-        pytest.skip("needs the outputs of the notebook 02 and 03 tests (run the whole module)")
+    ran("02_supervised_baseline"), ran("03_refinement_experiments")
     rec = notebooks.execute(notebooks.NOTEBOOK_DIR / f"{stem}.ipynb", out_dir / f"{stem}.ipynb", p)
     metrics = json.loads((Path(p["OUT_DIR"]) / "metrics.json").read_text())
     from frankenstein_utils.evaluation import REFS
