@@ -313,25 +313,6 @@ def shape_sensitivity(generate, net: FeatureNet, coeffs: torch.Tensor, depth: to
     return float(spearmanr(dc.numpy(), df.numpy()).statistic)
 
 
-@torch.no_grad()
-def identity_consistency(generate, net: FeatureNet, depth: torch.Tensor, mask: torch.Tensor, n_ids: int,
-                         n_poses: int, z: torch.Tensor | None = None) -> dict:
-    """Same identity (coefficients and appearance code), several poses: the images should look like one person.
-    ``depth``/``mask`` are ordered identity-major (n_ids * n_poses). Reports the mean feature distance within an
-    identity, between identities, their ratio (lower is better) and the AUC that a within-identity pair is closer
-    than a between-identity pair (0.5 = no identity kept, 1 = perfect)."""
-    imgs = generate(depth, mask, z)
-    f = features(net, imgs).double()
-    ids = torch.arange(n_ids).repeat_interleave(n_poses)
-    d = torch.cdist(f, f)
-    i, j = torch.triu_indices(len(f), len(f), 1)
-    same = ids[i] == ids[j]
-    within, between = d[i, j][same], d[i, j][~same]
-    auc = float((within[:, None] < between[None, :]).double().mean())
-    return {"within": float(within.mean()), "between": float(between.mean()),
-            "ratio": float(within.mean() / between.mean()), "auc": auc}
-
-
 # ---- judges trained elsewhere (dlib, see ``judges``): detection, landmarks, identity, face-FD ---------------------
 def detection_rate(found) -> dict:
     """Share of images where the face detector found a face, with its 95 % Wilson interval."""
