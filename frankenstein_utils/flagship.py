@@ -593,16 +593,15 @@ def preset(name: str, **overrides) -> dict:
 
 # ---- the ablation and peer study (short runs at one equal budget) ---------------------------------------------------
 def study_data(size: int = 64, n_synthetic: int = 2000, seed: int = 0, cache_dir="outputs/cache"):
-    """The streams every study run trains on (as ``train.py`` builds them): paired CelebA (landmark-mesh depth),
-    the same training photos as unpaired reals, face-model depth with the paired set's framing and pose spread."""
+    """The streams every study run trains on (as ``train.py`` builds them): paired CelebA (depth of the fitted face
+    model), the same training photos as unpaired reals, face-model depth with the paired set's framing, pose and
+    expression drawn from the photos' fits (``train.synthetic``)."""
     from .datasets import PairedConfig, PairedFaceDataset
-    from .depthdata import RenderedDepthDataset
     from .facemodel import load_face_model
 
     model = load_face_model()
     train = PairedFaceDataset("train", PairedConfig(size=size), cache_dir=cache_dir, model=model, progress=False)
-    syn = RenderedDepthDataset(n_synthetic, seed=seed, render=train.render_config(model),
-                               pose=train.pose_jitter(model), model=model).materialize()
+    syn = train.synthetic(n_synthetic, seed=seed, model=model).materialize()
     return model, train, {"paired": train, "real": train, "synthetic": syn}
 
 
@@ -626,7 +625,7 @@ def run_study(out_dir, names: list[str], steps: int, n_eval: int = 128, progress
     results = json.loads(res_path.read_text()) if res_path.exists() else {}
     model, train, data = study_data(common.get("image_size", 64))
     render, pose = train.render_config(model), train.pose_jitter(model)
-    d, m, lm, z = fixed_inputs(model, render, pose, n_eval)
+    d, m, lm, z = fixed_inputs(model, render, pose, n_eval, train=train)
     ref = reference_photos(n_eval, common.get("image_size", 64))
     ref_cb = checkerboard_score(ref)
     def score(tr):

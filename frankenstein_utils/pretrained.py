@@ -108,14 +108,21 @@ def load_pretrained(name: str = "flagship", device: str = "cpu") -> PretrainedGe
 
 
 # ---- the card's numbers: a small fixed set of synthetic inputs, judged by dlib ---------------------------------------
-def fixed_inputs(model, render: RenderConfig, pose: PoseJitter, n: int = 64, seed: int = 2024):
-    """``n`` face-model depth maps (identity ~ N(0, I) over 15 components, pose from ``pose``), their masks, the
-    face model's own 68 landmarks in their pixel frame and appearance codes z ~ N(0, I) (8-D): a fixed function of
-    ``seed``."""
+def fixed_inputs(model, render: RenderConfig, pose: PoseJitter, n: int = 64, seed: int = 2024, train=None):
+    """``n`` face-model depth maps, their masks, the face model's own 68 landmarks in their pixel frame and
+    appearance codes z ~ N(0, I) (8-D): a fixed function of ``seed``. With ``train`` (a ``PairedFaceDataset``) the
+    faces are ``train.synthetic``'s: identity ~ N(0, I) over 15 components, pose and expression drawn from the
+    photos' fits, the distribution the generator is trained and evaluated on (notebook 04); without it, identity
+    with ``pose`` jitter and a neutral expression."""
     from .evaluation import model_landmarks
     from .rasterize import render_depth
 
     g = torch.Generator().manual_seed(seed)
+    if train is not None:
+        s = train.synthetic(n, seed=seed, model=model)
+        d, m = s.render_batch(list(range(n)))
+        z = torch.randn(n, 8, generator=g)
+        return d, m, model_landmarks(model, s.coeffs, s.config.render, s.poses, s.expressions), z
     coeffs = model.sample_coefficients(n, 15, generator=g)
     poses = pose.sample(n, generator=g)
     z = torch.randn(n, 8, generator=g)
@@ -151,10 +158,15 @@ def reference_photos(n: int = 64, size: int = 64) -> torch.Tensor:
     return test.tensors()[0][:n]
 
 
-def card_numbers(gen, model, n: int = 64, seed: int = 2024) -> dict:
+def card_numbers(gen, model, n: int = 64, seed: int = 2024, train=None) -> dict:
     """The numbers the card records and ``tests/test_pretrained.py`` recomputes: ``face_scores`` of ``gen`` on
-    ``fixed_inputs(n, seed)`` against ``reference_photos(n)``."""
-    d, m, lm, z = fixed_inputs(model, gen.render, gen.pose, n, seed)
+    ``fixed_inputs(n, seed)`` (drawn from the fitted pose and expression distribution of the paired training set,
+    ``train``, loaded when not given) against ``reference_photos(n)``."""
+    if train is None:
+        from .datasets import PairedConfig, PairedFaceDataset
+
+        train = PairedFaceDataset("train", PairedConfig(size=gen.cfg.image_size), progress=False)
+    d, m, lm, z = fixed_inputs(model, gen.render, gen.pose, n, seed, train=train)
     faces = torch.cat([gen.generate(d[s:s + 32], m[s:s + 32], z=z[s:s + 32, :gen.nets["G"].z_dim])
                        for s in range(0, n, 32)])
     return face_scores(faces, lm, reference_photos(n, gen.cfg.image_size))
@@ -183,7 +195,7 @@ def evaluate_for_card(generate, model, train, test, n: int = 256, seed: int = 20
     from . import metrics as M
 
     render, pose = train.render_config(model), train.pose_jitter(model)
-    d, m, lm, z = fixed_inputs(model, render, pose, n, seed)
+    d, m, lm, z = fixed_inputs(model, render, pose, n, seed, train=train)
     ref = test.tensors()[0][:n]
     imgs = torch.cat([generate(d[s:s + 64], m[s:s + 64], z[s:s + 64, :z_dim]) for s in range(0, n, 64)])
     out = {"model": face_scores(imgs, lm, ref), "n": n}
@@ -267,7 +279,7 @@ def main(argv=None):
         latent = {"mean": mean, "directions": dirs, "scales": scales}
     export(run, path, render, pose, {}, latent)
     gen = load_pretrained(a.name)
-    small = card_numbers(gen, model)
+    small = card_numbers(gen, model, train=train)
     ev = evaluate_for_card(lambda d, m, z: gen.generate(d, m, z=z), model, train, test, a.n, z_dim=gen.cfg.z_dim)
     raw = None
     if "G_ema" in run.nets:  # the EMA ablation, free: the same run's raw generator weights
@@ -352,7 +364,8 @@ def card_sections(card: dict, size: int, gen, curve: list, study: dict) -> dict:
         f"```bash\n{card['command'].strip()}\n```\n\nthen export: `python -m frankenstein_utils.pretrained "
         f"outputs/flagship/long/checkpoint.pt --wall-s {card['wall_s']:.0f} --command \"...\"`.")
     sec["Evaluation"] = (
-        f"{ev['n']} fixed synthetic inputs (`pretrained.fixed_inputs`, seed 2024) with z ~ N(0, I), judged by dlib "
+        f"{ev['n']} fixed synthetic inputs (`pretrained.fixed_inputs`, seed 2024: identity ~ N(0, I), pose and "
+        f"expression drawn from the training photos' fits) with z ~ N(0, I), judged by dlib "
         f"(`judges`: HOG detector, 68-point shape predictor, ResNet descriptor; images upsampled bicubic to 256 px); "
         f"reference = the first {ev['n']} test photos (never trained on). face-FD: Fréchet distance of dlib "
         f"descriptors vs the test photos; NME: inner 51 points vs the face model's own landmarks (photos: vs their "
@@ -374,12 +387,14 @@ def card_sections(card: dict, size: int, gen, curve: list, study: dict) -> dict:
         keys = ("face_fd", "nme", "detection", "diversity", "checkerboard", "wall_s")
         sec["Ablations and peers (short equal budget)"] = (
             f"Each run: {next(iter(study.values()))['steps']} steps, batch 8, width 8 (a budget far below this "
-            f"model's), scored on 128 fixed synthetic inputs vs 128 test photos.\n\n"
+            f"model's), scored by `flagship.run_study` on 128 fixed synthetic inputs vs 128 test photos (runs scored before "
+            f"2026-11-30 13:00 UTC used jitter poses and neutral expressions, not the fitted distribution).\n\n"
             "| run | face-FD | NME | detection | diversity | checkerboard | wall s |\n|---|---|---|---|---|---|---|\n" +
             "\n".join(_row(k, v, keys) for k, v in study.items()))
     sec["Limitations"] = (
         "64 px; CPU budget of about an hour on a shared 2-core machine, far below what GAN faces need; the test "
-        "photos come from the same CelebA subset (per-image split); synthetic inputs have a neutral expression.")
+        "photos come from the same CelebA subset (per-image split); the identity rows use jitter poses and neutral "
+        "expressions.")
     return sec
 
 
@@ -396,7 +411,8 @@ def from_run(run, render: RenderConfig, pose: PoseJitter) -> PretrainedGenerator
     return PretrainedGenerator(nets, run.cfg, render, pose, {}, Path(run.out) / "checkpoint.pt")
 
 
-def curve_points(checkpoints, model, render: RenderConfig, pose: PoseJitter, start_time: float) -> list[dict]:
+def curve_points(checkpoints, model, render: RenderConfig, pose: PoseJitter, start_time: float,
+                 train=None) -> list[dict]:
     """``card_numbers`` of each checkpoint (a training curve by the card's measure), with its step and the wall
     time since ``start_time`` (the file's modification time)."""
     from .training import load_run
@@ -404,7 +420,7 @@ def curve_points(checkpoints, model, render: RenderConfig, pose: PoseJitter, sta
     pts = []
     for ck in checkpoints:
         run = load_run(ck)
-        r = card_numbers(from_run(run, render, pose), model)
+        r = card_numbers(from_run(run, render, pose), model, train=train)
         pts.append({"checkpoint": str(ck), "step": run.step, "wall_s": Path(ck).stat().st_mtime - start_time, **r})
     return pts
 
