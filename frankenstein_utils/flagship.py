@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .losses import GANLoss, kl_divergence, l1_loss, reparameterize
-from .models import AppearanceEncoder, init_weights
+from .models import AppearanceEncoder, PatchDiscriminator, init_weights
 
 UPSAMPLES = ("resize", "transpose")
 MODULATIONS = ("spade", "adain", "none")
@@ -137,42 +137,18 @@ class FlagshipGenerator(nn.Module):
 
 
 # ---- discriminators -------------------------------------------------------------------------------------------------
-def _sn(layer, on):
-    return nn.utils.parametrizations.spectral_norm(layer) if on else layer
-
-
 def _norm(kind, ch):
     return {"batch": lambda: nn.BatchNorm2d(ch), "instance": lambda: nn.InstanceNorm2d(ch, affine=False),
             "none": nn.Identity}[kind]()
 
 
-class NLayerDiscriminator(nn.Module):
-    """PatchGAN (pix2pix's ``n_layers`` = 3 gives 70x70 receptive fields): C64-C128-C256 stride 2, C512 stride 1,
-    then a 1-channel 4x4 conv: one logit per patch (B, 1, h, w). No norm on the first layer; with spectral
-    normalisation no other norm."""
+class NLayerDiscriminator(PatchDiscriminator):
+    """PatchGAN counted as pix2pix counts it (``n_layers`` = 3 gives 70x70 receptive fields): C64-C128-C256 stride 2,
+    C512 stride 1, then a 1-channel 4x4 conv: one logit per patch (B, 1, h, w). No norm on the first layer; with
+    spectral normalisation no other norm. The study's ``PatchDiscriminator`` with one block more."""
 
     def __init__(self, in_ch, width=64, n_layers=3, norm="batch", spectral_norm=False):
-        super().__init__()
-        norm = "none" if spectral_norm else norm
-        blocks = [nn.Sequential(_sn(nn.Conv2d(in_ch, width, 4, 2, 1), spectral_norm), nn.LeakyReLU(0.2, True))]
-        ch = width
-        for i in range(1, n_layers + 1):
-            nxt = width * min(2 ** i, 8)
-            blocks.append(nn.Sequential(_sn(nn.Conv2d(ch, nxt, 4, 2 if i < n_layers else 1, 1), spectral_norm),
-                                        _norm(norm, nxt), nn.LeakyReLU(0.2, True)))
-            ch = nxt
-        self.blocks = nn.ModuleList(blocks)
-        self.out = _sn(nn.Conv2d(ch, 1, 4, 1, 1), spectral_norm)
-
-    def features(self, x):
-        feats = []
-        for b in self.blocks:
-            x = b(x)
-            feats.append(x)
-        return feats, self.out(x)
-
-    def forward(self, x):
-        return self.features(x)[1]
+        super().__init__(in_ch, width, n_layers + 1, spectral_norm, norm)
 
 
 class MultiScaleDiscriminator(nn.Module):
