@@ -10,7 +10,7 @@ face to the frame, and map depth to [fg_floor, 1] inside the face (near = 1) wit
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 
