@@ -105,6 +105,8 @@ def test_02_supervised_baseline(out_dir, ran):
     assert conv["paired_depth"] == "fitted" and (conv["synthetic"]["pose"], conv["synthetic"]["expressions"]) == (
         "fitted", "fitted")
     assert rec["synthetic_expression_weight_mean"] > 0
+    # the explorer's depth map and every generated panel change when a shape slider moves
+    assert len(rec["explorer_changed_share"]) == 3 and min(rec["explorer_changed_share"]) > 0.05
     assert rec["val/U"]["l1_mask"] == pytest.approx(paired_metrics(u.generate(vd, vm, vi), vi, vm)["l1_mask"], abs=2e-4)
     assert "mean training photo" in rec["conclusion"] and "dB" in rec["conclusion"]
     # synthetic and real faces are framed alike (centre and size within a few pixels at 32 px)
