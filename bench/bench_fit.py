@@ -11,7 +11,6 @@ import json
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,22 +26,18 @@ def main(argv=None):
     import numpy as np
 
     from frankenstein_utils.facemodel import load_face_model
-    from frankenstein_utils.fitting import FitConfig, derive_correspondence, fit_landmarks, fit_summary
+    from frankenstein_utils.fitting import FitConfig, correspond_and_fit, fit_summary
     from frankenstein_utils.paths import find_dataset
 
     d = np.load(find_dataset("celeba_10k", "landmarks_mediapipe.npz") / "landmarks_mediapipe.npz")
     lm = d["landmarks"][d["found"]]
     model = load_face_model()
     cfg = FitConfig()
-    t0 = time.perf_counter()
-    corr = derive_correspondence(model, lm)
-    t1 = time.perf_counter()
-    fit = fit_landmarks(model, lm, corr, cfg)
-    t2 = time.perf_counter()
+    corr, fit, corr_s, fit_s = correspond_and_fit(model, lm, cfg)
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, numpy {np.__version__}, {a.threads} BLAS threads, "
           f"load average {os.getloadavg()[0]:.1f}")
-    print(f"photos: {len(lm)}; correspondence {t1 - t0:.1f} s; fit {t2 - t1:.1f} s ({len(lm) / (t2 - t1):.0f} photos/s)")
-    print(f"target 60 s / fit time: {60 / (t2 - t1):.1f}x")
+    print(f"photos: {len(lm)}; correspondence {corr_s:.1f} s; fit {fit_s:.1f} s ({len(lm) / fit_s:.0f} photos/s)")
+    print(f"target 60 s / fit time: {60 / fit_s:.1f}x")
     print(json.dumps(fit_summary(fit, cfg, int((~d["found"]).sum()))))
 
 

@@ -321,6 +321,15 @@ def reference_correspondence(model: FaceModel, cache_dir=None) -> tuple[Correspo
     return corr, d["offsets"]
 
 
+def correspond_and_fit(model: FaceModel, landmarks: np.ndarray, cfg: FitConfig | None = None):
+    """``derive_correspondence`` then ``fit_landmarks`` on the same photos, timed: (corr, fit, seconds of each)."""
+    t0 = time.perf_counter()
+    corr = derive_correspondence(model, landmarks)
+    t1 = time.perf_counter()
+    fit = fit_landmarks(model, landmarks, corr, cfg)
+    return corr, fit, t1 - t0, time.perf_counter() - t1
+
+
 def fit_summary(fit: Fit, cfg: FitConfig, n_missing: int = 0) -> dict:
     """Residual statistics and failure count of a fit (for reports and notebooks)."""
     fail = fit.residual_cm > cfg.fail_residual_cm
@@ -347,13 +356,9 @@ def main(argv=None):
     lm = d["landmarks"][found]
     model = load_face_model()
     cfg = FitConfig(n_components=a.components)
-    t0 = time.perf_counter()
-    corr = derive_correspondence(model, lm)
-    t1 = time.perf_counter()
-    fit = fit_landmarks(model, lm, corr, cfg)
-    t2 = time.perf_counter()
+    corr, fit, corr_s, fit_s = correspond_and_fit(model, lm, cfg)
     summary = fit_summary(fit, cfg, int((~found).sum()))
-    summary.update(correspondence_s=t1 - t0, fit_s=t2 - t1,
+    summary.update(correspondence_s=corr_s, fit_s=fit_s,
                    align_median_cm=float(np.median(corr.align_error_cm)),
                    vertex_median_cm=float(np.median(corr.vertex_error_cm)))
     print(json.dumps(summary, indent=1))
