@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from .fileio import atomic_write_json
-from .training import NonFiniteLossError, TrainConfig, Trainer
+from .flagship import PRESETS, preset
+from .training import NonFiniteLossError, TrainConfig, Trainer, supervised_config
 
 # name -> settings of TrainConfig on top of the base (U generator, PatchGAN discriminator, LSGAN, Adam).
 VARIANTS: dict[str, dict] = {
@@ -42,6 +43,45 @@ VARIANTS: dict[str, dict] = {
     "feature-matching": dict(mode="gan", feature_matching=1.0),
     "bottleneck-kl": dict(mode="gan", bottleneck_kl=0.1),
 }
+
+
+SUPERVISED = ("U", "V", "F", "NU", "cvae")  # notebook 02's models (training.supervised_config)
+
+
+def model_config(name: str, **settings) -> TrainConfig:
+    """The ``TrainConfig`` of any named model of the study: a supervised one (``SUPERVISED``), a variant of notebook
+    03 (``VARIANTS``) or a peer preset (``flagship.PRESETS``: pix2pix, bicyclegan, flagship), on top of ``settings``."""
+    if name in SUPERVISED:
+        return supervised_config(name, **settings)
+    if name in VARIANTS:
+        return variant_config(name, **settings)
+    if name in PRESETS:
+        return TrainConfig(**{**preset(name), **settings})
+    raise ValueError(f"unknown model {name!r}; choose from {list(SUPERVISED) + sorted(VARIANTS) + sorted(PRESETS)}")
+
+
+class _StreamLog(dict):
+    """Training streams that remember which ones the trainer asked for."""
+
+    def __init__(self, streams: dict):
+        super().__init__(streams)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+
+def streams_read(name: str, streams: dict, out_dir, image_size: int = 64) -> set[str]:
+    """The streams (``paired``, ``synthetic``, ``real``) that model ``name`` trains on, observed rather than
+    declared: two steps of a width-4 copy on ``streams``, into ``out_dir``. A model that never reads ``paired``
+    cannot depend on how the pairs were made."""
+    log = _StreamLog(streams)
+    cfg = model_config(name, steps=2, batch_size=2, width=4, d_width=4, encoder_width=4, z_dim=4,
+                       image_size=image_size, pretrain_steps=1, seed=0, out_dir=str(out_dir), sample_every=0,
+                       checkpoint_every=10 ** 6, log_every=1)
+    Trainer(cfg, log, resume=False).fit(progress=False)
+    return log.read
 
 
 def synthetic_sets(train, model, n: int, seed: int = 0, pose: str = "fitted", expressions: str = "fitted",

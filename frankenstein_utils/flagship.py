@@ -557,6 +557,7 @@ ABLATIONS = {
     "-feature matching": dict(feature_matching=0.0),
     "-latent regression": dict(latent_weight=0.0),
     "hinge -> non-saturating": dict(gan_loss="log"),
+    "-EMA (raw G weights)": dict(fs_ema=0.0),
 }
 
 
