@@ -111,6 +111,9 @@ class TrainConfig:
     fs_r1_every: int = 4
     fs_diffaug: str = "color,translation,cutout"  # DiffAugment policy, "" = off
     fs_ema: float = 0.999  # EMA decay of G's weights (sampling uses the average), 0 = off
+    # a checkpoint whose networks, optimizer moments and EMA start this run (a fine-tune, e.g. on other data); the
+    # run's own step, data order and RNG start fresh; "" = random initialisation
+    init_from: str = ""
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
@@ -276,6 +279,8 @@ class Trainer:
         self._streams: dict = {}
         if resume and self.ckpt_path.exists():
             self._load(self.ckpt_path)
+        elif cfg.init_from:
+            self._init_from(cfg.init_from)
 
     # ---- construction ---------------------------------------------------------------------------------------------
     def _build_nets(self) -> dict:
@@ -516,6 +521,32 @@ class Trainer:
             # else: a process the saved run did not have starts with an empty pool
         elif ck.get("replay") is not None and self.rank == 0:
             self.replay.load_state_dict(ck["replay"])
+
+    def _init_from(self, path):
+        """Start from another run's networks, optimizer moments and objective state (``cfg.init_from``), keeping
+        this run's learning rates; recorded in ``config_history`` with the source's step and configuration."""
+        try:
+            ck = torch.load(path, map_location=self.device, weights_only=False)
+            nets, opts = ck["nets"], ck["opts"]
+        except Exception as e:  # torch raises several types for damaged files
+            raise ValueError(f"{path}: not a readable checkpoint to start from ({type(e).__name__}: {e})") from e
+        if set(nets) != set(self.nets):
+            raise ValueError(f"{path}: its networks {sorted(nets)} are not this run's {sorted(self.nets)}")
+        try:
+            for k, v in nets.items():
+                self.nets[k].load_state_dict(v)
+        except RuntimeError as e:
+            raise ValueError(f"{path}: its network shapes differ from this run's configuration "
+                             f"({str(e).strip().splitlines()[0]})") from e
+        for k, v in opts.items():
+            lrs = [g["lr"] for g in self.opts[k].param_groups]
+            self.opts[k].load_state_dict(v)
+            for g, lr in zip(self.opts[k].param_groups, lrs):
+                g["lr"] = lr
+        if hasattr(self.objective, "load_state"):
+            self.objective.load_state(ck)
+        self.config_history.append({"step": 0, "init_from": str(path), "source_step": ck["step"],
+                                    "source_config": ck["config"]})
 
     def _load(self, path, training: bool = True):
         """Restore a run from its checkpoint. ``training=False`` (``load_run``: apply, notebooks) leaves the replay

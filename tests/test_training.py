@@ -310,3 +310,26 @@ def test_train_cli_trains_on_fitted_pairs_and_inputs_drawn_from_the_fits(tmp_pat
     with pytest.raises(SystemExit):
         train.parse_args(["--depth-source", "mesh"])
     assert "invalid choice: 'mesh'" in capsys.readouterr().err
+
+
+def test_init_from_starts_a_new_run_from_another_runs_networks(tmp_path):
+    """A fine-tune on new data: networks and optimizer moments come from the source run, the step and data order
+    start at 0, the source is recorded, and a resume of the new run is its own (not the source again)."""
+    data = {"paired": ToyPairs()}
+    src = Trainer(cfg(tmp_path / "src", mode="cvae", steps=3), data)
+    src.fit(progress=False)
+    ck = str(tmp_path / "src" / "checkpoint.pt")
+    t = Trainer(cfg(tmp_path / "ft", mode="cvae", steps=2, lr=1e-3, init_from=ck), {"paired": ToyPairs(32)})
+    assert t.step == 0 and t.positions == {}
+    for k, net in src.nets.items():
+        assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), t.nets[k].state_dict().values())), k
+    assert t.opts["G"].state_dict()["state"] and t.opts["G"].param_groups[0]["lr"] == 1e-3
+    t.fit(progress=False)
+    run = load_run(tmp_path / "ft" / "checkpoint.pt")
+    assert run.step == 2 and run.config_history[0]["init_from"] == ck and run.config_history[0]["source_step"] == 3
+    again = Trainer(cfg(tmp_path / "ft", mode="cvae", steps=4, lr=1e-3, init_from=ck), {"paired": ToyPairs(32)})
+    assert again.step == 2  # resumed from its own checkpoint
+    with pytest.raises(ValueError, match=r"checkpoint.pt: its network shapes differ"):
+        Trainer(cfg(tmp_path / "bad", mode="cvae", width=16, init_from=ck), data)
+    with pytest.raises(ValueError, match=r"checkpoint.pt: its networks \['E', 'G'\] are not this run's \['G'\]"):
+        Trainer(cfg(tmp_path / "bad2", init_from=ck), data)
