@@ -608,7 +608,9 @@ def run_study(out_dir, names: list[str], steps: int, n_eval: int = 128, progress
     def score(tr):
         imgs = torch.cat([tr.generate(d[s:s + 32], m[s:s + 32], z=z[s:s + 32, :tr.cfg.z_dim] if "E" in tr.nets
                                       else None) for s in range(0, n_eval, 32)])
-        return {**face_scores(imgs, lm, ref), "checkerboard": checkerboard_score(imgs), "reference_checkerboard": ref_cb}
+        return {**face_scores(imgs, lm, ref), "checkerboard": checkerboard_score(imgs), "reference_checkerboard": ref_cb,
+                "inputs": "train.synthetic: identity N(0, I) over 15 components, pose and expression drawn from the "
+                          "photos' fits"}
 
     for name in names:
         run_dir = out / name.replace(" ", "_").replace("/", "-").replace("(", "").replace(")", "")

@@ -261,6 +261,7 @@ def main(argv=None):
     ap.add_argument("--curve", default="", help="JSON file: [{step, wall_s, detection, nme, face_fd}, ...]")
     ap.add_argument("--study", default="", help="results.json of the ablation / peer study")
     ap.add_argument("--n", type=int, default=256)
+    ap.add_argument("--machine-note", default="", help="what else ran on the machine while it trained")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     t0 = time.time()
@@ -286,10 +287,12 @@ def main(argv=None):
         G = run.nets["G"].eval().requires_grad_(False)
         raw = evaluate_for_card(lambda d, m, z: G(gen_input(d, m, run.cfg.mask_input), z).detach(), model, train,
                                 test, a.n, z_dim=gen.cfg.z_dim, references=False)["model"]
-    card = {"small_set": small, "evaluation": ev, "raw_G": raw, "step": run.step, "wall_s": a.wall_s,
+    starts = [{k: h[k] for k in ("init_from", "source_step")} | {"source_source": h["source_config"].get(
+        "input_convention", {}).get("source", "not recorded")} for h in run.config_history if "init_from" in h]
+    card = {"small_set": small, "evaluation": ev, "raw_G": raw, "step": run.step, "wall_s": a.wall_s, "starts": starts,
             "command": a.command, "config": {k: v for k, v in asdict(run.cfg).items() if k != "data"},
             "data": run.cfg.data, "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores "
-            f"(shared with four other jobs), torch {torch.__version__}, 1 thread, no GPU"}
+            f"{' (' + a.machine_note + ')' if a.machine_note else ''}, torch {torch.__version__}, 1 thread, no GPU"}
     size = export(run, path, render, pose, card, latent)
     curve = json.loads(Path(a.curve).read_text()) if a.curve else []
     study = json.loads(Path(a.study).read_text()) if a.study else {}
@@ -351,18 +354,29 @@ def card_sections(card: dict, size: int, gen, curve: list, study: dict) -> dict:
         "restriction.\n"
         f"- Training pairs: {pairs_text}; "
         f"unpaired reals: the same training photos; synthetic inputs: ICT-FaceKit face-model renders (MIT licence) "
-        f"with the paired set's framing and pose spread ({card['data'].get('n_synthetic', '?')} faces).")
+        f"with the paired set's framing ({card['data'].get('n_synthetic', '?')} faces; recorded convention: "
+        f"{cfg['input_convention'].get('source', 'not recorded')}).")
+    starts = card.get("starts", [])
+    total = card["step"] + sum(st["source_step"] for st in starts)
+    chain = "".join(f"- Started from `{st['init_from']}` at its step {st['source_step']:,} (`--init-from`: its "
+                    f"networks and optimizer moments; that run's inputs: {st['source_source']}), then "
+                    f"{card['step']:,} steps on this run's inputs ({cfg['input_convention'].get('source', '?')}).\n"
+                    for st in starts)
     sec["Training"] = (
-        f"- Steps: {card['step']:,} (batch {cfg['batch_size']} paired + {cfg['batch_size']} synthetic + "
+        chain +
+        f"- Steps: {total:,} in all (batch {cfg['batch_size']} paired + {cfg['batch_size']} synthetic + "
         f"{cfg['batch_size']} real photos per step); wall time {card['wall_s'] / 3600:.2f} h on {card['machine']}.\n"
         f"- Objective: hinge/NS loss `{cfg['gan_loss']}` on a {cfg['fs_scales']}-scale spectral-norm PatchGAN, lazy R1 "
         f"(gamma {cfg['fs_r1']}, every {cfg['fs_r1_every']} steps), DiffAugment `{cfg['fs_diffaug']}`, L1 x "
         f"{cfg['l1_weight']} and KL x {cfg['kl_weight']} (cVAE branch on pairs), pix2pixHD feature matching x "
         f"{cfg['feature_matching']}, latent regression x {cfg['latent_weight']} (cLR branch on synthetic depth).\n"
         f"- Settings that differ from `TrainConfig`'s defaults: `{json.dumps(changed)}`\n"
-        f"- Reproduce (resumes if interrupted; stop it at step {card['step']}, or pass `--steps {card['step']}`):\n\n"
+        + (f"- Reproduce, one command after the other (each resumes if interrupted; stop the first at step "
+           f"{starts[0]['source_step']} and the last at step {card['step']}, or pass `--steps`):\n\n" if starts else
+           f"- Reproduce (resumes if interrupted; stop it at step {card['step']}, or pass `--steps {card['step']}`):"
+           f"\n\n") +
         f"```bash\n{card['command'].strip()}\n```\n\nthen export: `python -m frankenstein_utils.pretrained "
-        f"outputs/flagship/long/checkpoint.pt --wall-s {card['wall_s']:.0f} --command \"...\"`.")
+        f"{card['config']['out_dir']}/checkpoint.pt --wall-s {card['wall_s']:.0f} --command \"...\"`.")
     sec["Evaluation"] = (
         f"{ev['n']} fixed synthetic inputs (`pretrained.fixed_inputs`, seed 2024: identity ~ N(0, I), pose and "
         f"expression drawn from the training photos' fits) with z ~ N(0, I), judged by dlib "
@@ -387,8 +401,8 @@ def card_sections(card: dict, size: int, gen, curve: list, study: dict) -> dict:
         keys = ("face_fd", "nme", "detection", "diversity", "checkerboard", "wall_s")
         sec["Ablations and peers (short equal budget)"] = (
             f"Each run: {next(iter(study.values()))['steps']} steps, batch 8, width 8 (a budget far below this "
-            f"model's), scored by `flagship.run_study` on 128 fixed synthetic inputs vs 128 test photos (runs scored before "
-            f"2026-11-30 13:00 UTC used jitter poses and neutral expressions, not the fitted distribution).\n\n"
+            f"model's), scored by `flagship.run_study` on 128 fixed synthetic inputs vs 128 test photos; inputs: "
+            f"{'; '.join(sorted({v.get('inputs', 'not recorded') for v in study.values()}))}.\n\n"
             "| run | face-FD | NME | detection | diversity | checkerboard | wall s |\n|---|---|---|---|---|---|---|\n" +
             "\n".join(_row(k, v, keys) for k, v in study.items()))
     sec["Limitations"] = (
@@ -397,9 +411,6 @@ def card_sections(card: dict, size: int, gen, curve: list, study: dict) -> dict:
         "expressions.")
     return sec
 
-
-if __name__ == "__main__":
-    main()
 
 
 def from_run(run, render: RenderConfig, pose: PoseJitter) -> PretrainedGenerator:
@@ -441,3 +452,7 @@ def generator_fn(gen: PretrainedGenerator, seed: int = 0):
         return torch.cat(out)
     f.z_dim = z_dim
     return f
+
+
+if __name__ == "__main__":
+    main()
