@@ -49,8 +49,9 @@ def _parser(preset: str | None = None):
         name = "--" + f.name.replace("_", "-")
         ap.add_argument(name, type=parse_bool if isinstance(v, bool) else type(v), default=v)
     ap.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                    help="named settings, e.g. 'original': greyscale 128 px, RMSProp, D lr 1e-4, G lr 1e-3, batch 8 "
-                         "(options given explicitly win)")
+                    help="named settings: 'original' (greyscale 128 px, RMSProp, D lr 1e-4, G lr 1e-3, batch 8), "
+                         "'flagship', 'pix2pix', 'bicyclegan' (mode and their papers' settings); options given "
+                         "explicitly win")
     ap.add_argument("--size", type=int, default=defaults["image_size"],
                     help="image size (paired set and synthetic depth)")
     ap.add_argument("--limit", type=int, default=0, help="use only the first N photos (0 = all)")

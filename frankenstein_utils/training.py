@@ -42,6 +42,7 @@ from .objectives import OBJECTIVES as BUILTIN_OBJECTIVES
 from .objectives import EncoderDecoder, generator_input  # noqa: F401  (public names of this module before the split)
 from .replay import ReplayBuffer
 from .flagship import OBJECTIVES  # flagship / peers: mode -> class owning its nets, losses and step
+from .flagship import PRESETS as PEER_PRESETS
 from .widgets import to_uint8
 
 MODES = ("l1", "cvae", "gan", "gan+recon", "l1+gan", "cvae-gan", "cross-encoder")
@@ -177,6 +178,7 @@ class TrainConfig:
 PRESETS: dict[str, dict] = {
     # the original study's setting (dvg13/image-model): greyscale 128 px, RMSProp, D lr 1e-4, G lr 1e-3, batch 8
     "original": dict(out_channels=1, image_size=128, optimizer="rmsprop", lr=1e-3, d_lr=1e-4, batch_size=8),
+    **PEER_PRESETS,  # flagship, pix2pix, bicyclegan: their papers' settings (flagship.py)
 }
 
 

@@ -250,6 +250,10 @@ def test_original_preset_is_the_original_greyscale_setting():
     assert isinstance(t.opts["G"], torch.optim.RMSprop) and isinstance(t.opts["D"], torch.optim.RMSprop)
     assert (t.opts["G"].param_groups[0]["lr"], t.opts["D"].param_groups[0]["lr"]) == (1e-3, 1e-4)
     assert t.generate(torch.rand(2, 1, 16, 16), torch.ones(2, 1, 16, 16)).shape == (2, 1, 16, 16)  # greyscale
+    _, p = train.parse_args(["--preset", "pix2pix"])  # the peers' papers' settings through the same option
+    assert (p.mode, p.l1_weight, p.beta1, p.masked_l1) == ("pix2pix", 100.0, 0.5, False)
+    _, f = train.parse_args(["--preset", "flagship", "--width", "24"])
+    assert (f.mode, f.gan_loss, f.spectral_norm, f.width) == ("flagship", "hinge", True, 24)
 
 
 def test_train_cli_trains_on_fitted_pairs_and_inputs_drawn_from_the_fits(tmp_path, face_model, capsys):
