@@ -17,7 +17,7 @@ import torch
 
 from .fileio import atomic_write_json
 from .flagship import PRESETS, preset
-from .training import NonFiniteLossError, TrainConfig, Trainer, supervised_config
+from .training import NonFiniteLossError, TrainConfig, Trainer, input_convention, supervised_config
 
 # name -> settings of TrainConfig on top of the base (U generator, PatchGAN discriminator, LSGAN, Adam).
 VARIANTS: dict[str, dict] = {
@@ -234,3 +234,135 @@ def variants_conclusion(results: dict, names) -> str:
                  + (f", {spread[lo] / ref:.2f}x the supervised L1 model's" if ref else "") + "); most varied: "
                  f"{hi} ({spread[hi]:.3f}). A spread near 0 means one output for every input (collapse).")
     return text
+
+
+# ---- the comparison at one equal budget, with curves (shipped as weights/study/<model>.pt) ---------------------------
+def load_budget_params(path) -> dict:
+    """The budget study's parameter file (``notebooks/params/study_budget.yaml``), checked: one clear line on a
+    missing or unknown key."""
+    import yaml
+
+    path = Path(path)
+    try:
+        p = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"{path}: not a readable parameter file ({type(e).__name__}: {e})") from e
+    need = {"steps", "eval_every", "n_eval", "n_synthetic", "settings", "models", "out_dir"}
+    if set(p) != need:
+        raise ValueError(f"{path}: keys must be {sorted(need)}; missing {sorted(need - set(p))}, "
+                         f"unknown {sorted(set(p) - need)}")
+    for name in p["models"]:
+        model_config(name, **p["settings"])  # raises on an unknown model or setting
+    if p["steps"] % p["eval_every"]:
+        raise ValueError(f"{path}: steps ({p['steps']}) must be a multiple of eval_every ({p['eval_every']})")
+    return p
+
+
+def train_with_curve(name: str, params: dict, data: dict, scorer, out_dir, progress: bool = False) -> dict:
+    """Train model ``name`` for ``params['steps']`` in segments of ``eval_every``, scoring the generator after each
+    segment with ``scorer(run) -> dict`` (resuming exactly, so the segments are one run). Returns and writes
+    ``out_dir/curve.json``: {"points": [{step, train_s, **scores}], "config", "streams"}; finished points are kept
+    when the run is resumed."""
+    out = Path(out_dir)
+    path = out / "curve.json"
+    done = json.loads(path.read_text()) if path.exists() else {"points": []}
+    points = done["points"]
+    train_s = points[-1]["train_s"] if points else 0.0
+    every = params["eval_every"]
+    for step in range(every, params["steps"] + 1, every):
+        if any(p["step"] == step for p in points):
+            continue
+        cfg = model_config(name, **{**params["settings"], "steps": step, "out_dir": str(out), "checkpoint_every": every,
+                                    "sample_every": 0, "log_every": max(every // 10, 1)})
+        t0 = time.perf_counter()
+        run = Trainer(cfg, data)
+        run.fit(progress=progress)
+        train_s += time.perf_counter() - t0
+        points.append({"step": run.step, "train_s": round(train_s, 1), **scorer(run)})
+        done = {"points": points, "config": asdict(cfg), "streams": sorted(run._streams)}
+        atomic_write_json(path, done)
+    return done
+
+
+def budget_study(params: dict, names=None, progress: bool = False) -> dict:
+    """Every model of ``params['models']`` (or ``names``) at the same budget, each with its curve: face-FD, landmark
+    error, detection and diversity (``pretrained.face_scores``) on ``n_eval`` fixed synthetic inputs
+    (``pretrained.fixed_inputs``: identity N(0, I), pose and expression from the photos' fits) against as many
+    test photos. Data: ``flagship.study_data`` (fitted pairs, the training photos as unpaired reals, synthetic
+    inputs from the fitted distribution). Writes ``out_dir/<model>/curve.json`` and ``out_dir/results.json``."""
+    from .evaluation import generator_fn
+    from .flagship import study_data
+    from .pretrained import face_scores, fixed_inputs, reference_photos
+
+    s = params["settings"]
+    size = s.get("image_size", 64)
+    model, train, data = study_data(size, params["n_synthetic"], s.get("seed", 0))
+    render, pose = train.render_config(model), train.pose_jitter(model)
+    syn = train.synthetic(params["n_synthetic"], seed=s.get("seed", 0), model=model)  # its recorded distribution
+    params = {**params, "settings": {**s, "data": {"paired": vars(train.config), "n_synthetic": params["n_synthetic"]},
+                                     "input_convention": input_convention(render, train.config.depth_source, syn)}}
+    d, m, lm, z = fixed_inputs(model, render, pose, params["n_eval"], train=train)
+    ref = reference_photos(params["n_eval"], size)
+
+    def scorer(run):
+        f = generator_fn(run)
+        imgs = f(d, m, z[:, :f.z_dim] if f.z_dim else None)
+        r = face_scores(imgs, lm, ref)
+        return {k: r[k] for k in ("face_fd", "nme", "detection", "diversity", "reference_diversity")}
+
+    out = Path(params["out_dir"])
+    results = {}
+    for name in names or params["models"]:
+        t0 = time.time()
+        try:
+            curve = train_with_curve(name, params, data, scorer, out / name, progress)
+            results[name] = {"status": "ok", **curve["points"][-1], "streams": curve["streams"]}
+        except NonFiniteLossError as e:  # a diverging model is recorded; the others go on
+            results[name] = {"status": "diverged", "message": str(e)}
+        results[name]["wall_s"] = round(time.time() - t0, 1)
+        old = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
+        atomic_write_json(out / "results.json", {**old, name: results[name]})
+    return results
+
+
+def settled(points: list[dict], key: str, tail: int = 3, tol: float = 0.1) -> bool:
+    """Whether a curve has settled: over its last ``tail`` points ``key`` spread by at most ``tol`` of its last
+    value."""
+    v = [p[key] for p in points[-tail:]]
+    if len(v) < tail:
+        return False
+    spread = (max(v) - min(v)) / max(abs(v[-1]), 1e-9)
+    return spread <= tol
+
+
+def main(argv=None):
+    """python -m frankenstein_utils.experiments PARAMS [--models NAME ...] [--export]: train the budget study of the
+    parameter file (resumes where it stopped), then with ``--export`` ship each finished model to
+    ``weights/study/<model>.pt`` with its model card."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("params")
+    ap.add_argument("--models", nargs="+", default=None)
+    ap.add_argument("--export", action="store_true")
+    ap.add_argument("--machine-note", default="", help="what else ran on the machine (recorded in the cards)")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    try:
+        params = load_budget_params(a.params)
+    except ValueError as e:
+        print(f"experiments: error: {e}", file=sys.stderr)
+        return 1
+    res = budget_study(params, a.models, progress=False)
+    for k, r in res.items():
+        print(k, {x: (round(v, 3) if isinstance(v, float) else v) for x, v in r.items()}, flush=True)
+    if a.export:
+        from .pretrained import export_study
+
+        export_study(a.params, params, a.models, a.machine_note)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -28,7 +28,19 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 # the settings that rebuild a generator and its encoder (the rest of a TrainConfig is about training)
 BUILD_KEYS = ("mode", "width", "d_width", "encoder_width", "z_dim", "image_size", "out_channels", "mask_input",
               "gan_loss", "spectral_norm", "fs_bottleneck", "fs_upsample", "fs_modulation", "fs_skips", "fs_scales",
-              "fs_ema")
+              "fs_ema", "generator", "norm", "flat_layers", "discriminator", "d_norm")
+
+
+def build_networks(cfg) -> dict:
+    """The networks of ``cfg``'s mode, randomly initialised: the flagship and the peers build theirs from the
+    config alone; the study's objectives are built as a trainer would, without data."""
+    from types import SimpleNamespace
+
+    from .objectives import OBJECTIVES as STUDY_OBJECTIVES
+
+    if cfg.mode in OBJECTIVES:
+        return OBJECTIVES[cfg.mode].networks(cfg)
+    return STUDY_OBJECTIVES[cfg.mode](SimpleNamespace(cfg=cfg, device=torch.device("cpu"))).nets
 
 
 class PretrainedGenerator:
@@ -57,10 +69,13 @@ class PretrainedGenerator:
         if depth.shape[-2:] != (S, S) or mask.shape[-2:] != depth.shape[-2:]:
             raise ValueError(f"{self.path.name}: expects depth and mask of {S}x{S} px (render with "
                              f"PretrainedGenerator.render), got {tuple(depth.shape[-2:])}, {tuple(mask.shape[-2:])}")
-        G = self.nets["G"]
+        G, x = self.nets["G"], gen_input(depth.float(), mask.float(), self.cfg.mask_input)
+        z_dim = getattr(G, "z_dim", 0)
+        if not z_dim:  # a depth-only generator
+            return G(x).float()
         if z is None:
-            z = self.nets["E"](image)[0] if image is not None else torch.zeros(len(depth), G.z_dim)
-        return G(gen_input(depth.float(), mask.float(), self.cfg.mask_input), z.float()).float()
+            z = self.nets["E"](image)[0] if image is not None and "E" in self.nets else torch.zeros(len(depth), z_dim)
+        return G(x, z.float()).float()
 
 
 def export(run, path, render: RenderConfig, pose: PoseJitter, card: dict, latent: dict | None = None) -> int:
@@ -80,20 +95,22 @@ def export(run, path, render: RenderConfig, pose: PoseJitter, card: dict, latent
 
 
 def available() -> list[str]:
-    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.pt"))
+    """Names of the shipped models: ``flagship`` and ``study/<model>`` (the study at its equal budget)."""
+    return sorted(p.relative_to(WEIGHTS_DIR).with_suffix("").as_posix() for p in WEIGHTS_DIR.rglob("*.pt"))
 
 
 def load_pretrained(name: str = "flagship", device: str = "cpu") -> PretrainedGenerator:
-    """The shipped generator ``name`` (see ``available()``), rebuilt from its file, float32, eval mode."""
+    """The shipped generator ``name`` (see ``available()``; or the path of an exported ``.pt`` file), rebuilt from
+    its file, float32, eval mode."""
     from .training import TrainConfig
 
-    path = WEIGHTS_DIR / f"{name}.pt"
+    path = Path(name) if str(name).endswith(".pt") else WEIGHTS_DIR / f"{name}.pt"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no shipped model {name!r}; available: {available()}")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=False)
         cfg = TrainConfig(**blob["config"], device=device)
-        nets = OBJECTIVES[cfg.mode].networks(cfg)
+        nets = build_networks(cfg)
         G = nets.get("G")
         G.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["G"].items()})
         out = {"G": G}
@@ -167,7 +184,7 @@ def card_numbers(gen, model, n: int = 64, seed: int = 2024, train=None) -> dict:
 
         train = PairedFaceDataset("train", PairedConfig(size=gen.cfg.image_size), progress=False)
     d, m, lm, z = fixed_inputs(model, gen.render, gen.pose, n, seed, train=train)
-    faces = torch.cat([gen.generate(d[s:s + 32], m[s:s + 32], z=z[s:s + 32, :gen.nets["G"].z_dim])
+    faces = torch.cat([gen.generate(d[s:s + 32], m[s:s + 32], z=z[s:s + 32, :getattr(gen.nets["G"], "z_dim", 0)])
                        for s in range(0, n, 32)])
     return face_scores(faces, lm, reference_photos(n, gen.cfg.image_size))
 
@@ -436,10 +453,93 @@ def curve_points(checkpoints, model, render: RenderConfig, pose: PoseJitter, sta
     return pts
 
 
+def export_study(params_path, params: dict, names=None, machine_note: str = "", weights_dir=None) -> dict:
+    """Ship every finished model of the budget study (``experiments.budget_study``) as ``weights/study/<model>.pt``
+    (G and encoder in float16, no EMA: these objectives keep none) with ``<model>_MODEL_CARD.md``: its curve, the
+    card numbers of the shipped weights (``card_numbers``: 64 fixed synthetic inputs), training time and the
+    command that retrains it. Returns {model: card}."""
+    import os
+    import platform
+
+    from .datasets import PairedConfig, PairedFaceDataset
+    from .facemodel import load_face_model
+    from .training import TrainConfig, load_run
+
+    model = load_face_model()
+    size = params["settings"].get("image_size", 64)
+    train = PairedFaceDataset("train", PairedConfig(size=size), model=model, progress=False)
+    render, pose = train.render_config(model), train.pose_jitter(model)
+    base = asdict(TrainConfig())
+    cards = {}
+    for name in names or params["models"]:
+        run_dir = Path(params["out_dir"]) / name
+        curve = json.loads((run_dir / "curve.json").read_text())
+        if curve["points"][-1]["step"] != params["steps"]:
+            print(f"{name}: not finished ({curve['points'][-1]['step']} of {params['steps']} steps), not shipped")
+            continue
+        run = load_run(run_dir / "checkpoint.pt")
+        path = Path(weights_dir or WEIGHTS_DIR) / "study" / f"{name}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        export(run, path, render, pose, {})
+        small = card_numbers(load_pretrained(str(path)), model, train=train)
+        cfg = asdict(run.cfg)
+        card = {"small_set": small, "curve": curve["points"], "step": run.step, "streams": curve["streams"],
+                "n_eval": params["n_eval"],
+                "train_s": curve["points"][-1]["train_s"], "data": run.cfg.data,
+                "command": f"python -m frankenstein_utils.experiments {params_path} --models '{name}' --export",
+                "changed": {k: v for k, v in cfg.items() if k in base and base[k] != v
+                            and k not in ("out_dir", "steps", "input_convention", "data")},
+                "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores"
+                           f"{' (' + machine_note + ')' if machine_note else ''}, torch {torch.__version__}, "
+                           f"1 thread, no GPU"}
+        size_b = export(run, path, render, pose, card)
+        write_card(path.with_name(f"{name}_MODEL_CARD.md"), f"Model card: study/{name} (the study at one "
+                   f"equal budget, {run.cfg.image_size} px)", study_card_sections(name, card, size_b, run))
+        cards[name] = card
+        print(f"exported {path} ({size_b / 2 ** 10:.0f} KiB): {json.dumps(small, default=float)}")
+    return cards
+
+
+def study_card_sections(name: str, card: dict, size: int, run) -> dict:
+    """A study model's card, every number from ``card``."""
+    from .models import count_parameters
+
+    c = run.cfg
+    n = {k: count_parameters(v) for k, v in run.nets.items() if k in ("G", "E")}
+    pts = card["curve"]
+    sec = {"What it is": (
+        f"Model `{name}` of the study (mode `{c.mode}`, generator `{c.generator if c.mode not in OBJECTIVES else c.mode}`, "
+        f"{n['G']:,} generator parameters" + (f", appearance encoder {n['E']:,}" if "E" in n else "") +
+        f"), trained at the study's one equal budget so that every model of the comparison had the same steps, "
+        f"batch and width. Stored in float16: {size / 2 ** 10:.0f} KiB. Load with "
+        f"`frankenstein_utils.pretrained.load_pretrained('study/{name}')`; notebook 04 evaluates it beside its own "
+        f"runs.")}
+    sec["Data and terms"] = (
+        "CelebA photos (`../shared/data/celeba_10k`; **non-commercial research and educational use only**; these "
+        "weights are derived from them and carry the same restriction), per-image split 90/5/5 %. Streams this "
+        f"model read (observed): {', '.join(card['streams'])}; paired depth: the face model fitted to each photo; "
+        f"recorded input convention: {c.input_convention.get('source', 'not recorded')}.")
+    sec["Training"] = (
+        f"- {card['step']:,} steps, batch {c.batch_size}, width {c.width}, {c.image_size} px, seed {c.seed}; "
+        f"{card['train_s'] / 60:.1f} min of training (scoring excluded) on {card['machine']}.\n"
+        f"- Settings that differ from `TrainConfig`'s defaults: `{json.dumps(card['changed'])}`\n"
+        f"- Retrain (resumes if interrupted): `{card['command']}`")
+    sec["Curve"] = (
+        f"Scored after every segment on {card['n_eval']} fixed synthetic inputs (`pretrained.fixed_inputs`, seed "
+        f"2024) against as many test photos, dlib judges (`pretrained.face_scores`):\n\n| step | train min | face-FD | NME | detection | "
+        "diversity |\n|---|---|---|---|---|---|\n" +
+        "\n".join(f"| {p['step']} | {p['train_s'] / 60:.1f} | {p['face_fd']:.3f} | {p['nme']:.3f} | "
+                  f"{p['detection']:.3f} | {p['diversity']:.3f} |" for p in pts))
+    sec["Evaluation of the shipped weights"] = (
+        f"`card_numbers` of the float16 weights (recomputed by `tests/test_pretrained.py`): "
+        f"`{json.dumps({k: round(v, 4) for k, v in card['small_set'].items() if isinstance(v, float)})}`.")
+    return sec
+
+
 def generator_fn(gen: PretrainedGenerator, seed: int = 0):
     """``f(depth, mask, z=None) -> faces`` for ``evaluation.evaluate_generator`` (notebook 04): z ~ N(0, I) seeded
     when None, as ``evaluation.generator_fn`` does for trained runs."""
-    z_dim = gen.nets["G"].z_dim
+    z_dim = getattr(gen.nets["G"], "z_dim", 0)
 
     @torch.no_grad()
     def f(depth, mask, z=None):

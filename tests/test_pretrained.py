@@ -13,7 +13,7 @@ def gen():
 
 
 def test_shipped_files_are_small_half_precision_and_carded():
-    files = list(WEIGHTS_DIR.glob("*.pt"))
+    files = list(WEIGHTS_DIR.rglob("*.pt"))  # the flagship and the study models together
     assert "flagship" in available()
     assert sum(f.stat().st_size for f in files) <= 20 * 2 ** 20
     blob = torch.load(WEIGHTS_DIR / "flagship.pt", map_location="cpu", weights_only=False)
@@ -62,3 +62,40 @@ def test_explorer_shows_the_shipped_model(face_model):
     assert panel.n_latent == 4  # appearance sliders from the shipped encoder directions
     panel.values[0] = 2.0
     assert (ex.render()[1].astype(int) - face.astype(int)).__abs__().mean() > 1  # the slider changes the face
+
+
+def test_budget_study_scores_each_segment_resumes_and_ships(tmp_path, face_model):
+    """The study at one equal budget (experiments.budget_study): a curve point per segment, a resume adds only the
+    missing points, export writes half-precision weights and a card whose numbers the shipped file reproduces;
+    a wrong parameter file fails with one line naming it."""
+    import json
+
+    import yaml
+
+    from frankenstein_utils import experiments as X
+    from frankenstein_utils.pretrained import export_study
+
+    params = dict(steps=2, eval_every=1, n_eval=8, n_synthetic=16, models=["U", "gan-log"], out_dir=str(tmp_path / "out"),
+                  settings=dict(image_size=64, width=4, d_width=4, encoder_width=4, batch_size=2, seed=0))
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(params))
+    p = X.load_budget_params(path)
+    res = X.budget_study(p)
+    assert res["U"]["streams"] == ["paired"] and res["gan-log"]["streams"] == ["real", "synthetic"]
+    curve = json.loads((tmp_path / "out" / "U" / "curve.json").read_text())
+    assert [q["step"] for q in curve["points"]] == [1, 2]
+    assert curve["config"]["input_convention"]["synthetic"]["pose"] == "fitted"
+    first = curve["points"][0]
+    X.budget_study({**p, "steps": 3}, ["U"])  # a longer budget resumes: the old points stay as they were
+    curve = json.loads((tmp_path / "out" / "U" / "curve.json").read_text())
+    assert [q["step"] for q in curve["points"]] == [1, 2, 3] and curve["points"][0] == first
+    cards = export_study(path, p, ["gan-log"], weights_dir=tmp_path / "w")
+    blob = torch.load(tmp_path / "w" / "study" / "gan-log.pt", map_location="cpu", weights_only=False)
+    assert all(v.dtype == torch.float16 for v in blob["G"].values() if v.is_floating_point())
+    g = load_pretrained(str(tmp_path / "w" / "study" / "gan-log.pt"))
+    assert card_numbers(g, face_model)["nme"] == pytest.approx(cards["gan-log"]["small_set"]["nme"], rel=1e-6)
+    text = (tmp_path / "w" / "study" / "gan-log_MODEL_CARD.md").read_text()
+    assert "non-commercial" in text and f"experiments {path} --models 'gan-log'" in text
+    path.write_text(yaml.safe_dump({**params, "step": 5}))
+    with pytest.raises(ValueError, match=r"p.yaml: keys must be .*unknown \['step'\]"):
+        X.load_budget_params(path)
