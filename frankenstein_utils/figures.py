@@ -67,3 +67,20 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None, digits: i
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def plot_metric_curves(curves: dict, keys=("face_fd", "nme", "detection")):
+    """One subplot per metric, one line per model: ``curves`` = model -> [{step, metric...}, ...] (a budget study's
+    scored segments, e.g. the shipped study models' cards)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
+    styles = ["-", "--", ":", "-."]
+    for ax, key in zip(axes[0], keys):
+        for i, (name, pts) in enumerate(curves.items()):
+            ax.plot([p["step"] for p in pts], [p[key] for p in pts], styles[(i // 10) % 4], marker=".", label=name)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+    axes[0][-1].legend(fontsize=6, ncol=2, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.tight_layout()
+    return fig
