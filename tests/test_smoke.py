@@ -233,6 +233,6 @@ def test_settled_curves():
     from frankenstein_utils.experiments import settled
 
     pts = lambda *v: [{"step": i, "nme": x} for i, x in enumerate(v)]
-    assert settled(pts(0.3, 0.10, 0.105, 0.1))  # flat tail (5 % spread)
-    assert not settled(pts(0.3, 0.2, 0.15, 0.1))  # still falling
-    assert not settled(pts(0.1, 0.1))  # too few points to tell
+    assert settled(pts(0.3, 0.10, 0.105, 0.1), "nme")  # flat tail (5 % spread)
+    assert not settled(pts(0.3, 0.2, 0.15, 0.1), "nme")  # still falling
+    assert not settled(pts(0.1, 0.1), "nme")  # too few points to tell
