@@ -292,6 +292,7 @@ def budget_study(params: dict, names=None, progress: bool = False) -> dict:
     inputs from the fitted distribution). Writes ``out_dir/<model>/curve.json`` and ``out_dir/results.json``."""
     from .evaluation import generator_fn
     from .flagship import study_data
+    from .judges import judges
     from .pretrained import face_scores, fixed_inputs, reference_photos
 
     s = params["settings"]
@@ -303,11 +304,12 @@ def budget_study(params: dict, names=None, progress: bool = False) -> dict:
                                      "input_convention": input_convention(render, train.config.depth_source, syn)}}
     d, m, lm, z = fixed_inputs(model, render, pose, params["n_eval"], train=train)
     ref = reference_photos(params["n_eval"], size)
+    ref_faces = judges().analyse(ref)  # once for every point of every curve
 
     def scorer(run):
         f = generator_fn(run)
         imgs = f(d, m, z[:, :f.z_dim] if f.z_dim else None)
-        r = face_scores(imgs, lm, ref)
+        r = face_scores(imgs, lm, ref, ref_faces)
         return {k: r[k] for k in ("face_fd", "nme", "detection", "diversity", "reference_diversity")}
 
     out = Path(params["out_dir"])

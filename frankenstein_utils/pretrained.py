@@ -147,15 +147,16 @@ def fixed_inputs(model, render: RenderConfig, pose: PoseJitter, n: int = 64, see
     return d[:, None], m[:, None].float(), model_landmarks(model, coeffs, render, poses), z
 
 
-def face_scores(images: torch.Tensor, target_landmarks: np.ndarray, reference: torch.Tensor) -> dict:
+def face_scores(images: torch.Tensor, target_landmarks: np.ndarray, reference: torch.Tensor, ref=None) -> dict:
     """dlib judges (``judges``; measures of ``metrics``) on generated faces: detection rate, landmark NME against
     the face model's own landmarks (inner points 17-67, fallback box = the reference photos' median detection box),
-    face-FD of descriptors against ``reference`` photos, diversity of descriptors (beside the reference's own)."""
+    face-FD of descriptors against ``reference`` photos, diversity of descriptors (beside the reference's own).
+    ``ref``: the reference photos already analysed (``judges().analyse(reference)``), to score many generators."""
     from . import judges as J
     from . import metrics as M
 
     jd = J.judges()
-    ref = jd.analyse(reference)
+    ref = jd.analyse(reference) if ref is None else ref
     box = tuple(float(v) for v in np.median(ref.boxes[ref.found], 0) / reference.shape[-1])
     faces = jd.analyse(images, fallback_box=box)
     det, e = M.detection_rate(faces.found), M.nme(faces.landmarks, target_landmarks, J.INNER_POINTS)
