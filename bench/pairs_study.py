@@ -102,7 +102,7 @@ def main(argv=None):
 
     for name in a.models:
         read = streams_read(name, {"paired": sets["fitted"], "real": sets["fitted"], "synthetic": syn_train},
-                            out / "streams" / name, image_size=a.size)
+                            image_size=a.size)
         if "paired" not in read:  # trained on synthetic depth and unpaired photos only: the pair type cannot matter
             pairs_free[name] = sorted(read)
             print(f"{name}: reads {sorted(read)}, no paired stream: identical on both pair types, not trained")

@@ -72,15 +72,18 @@ class _StreamLog(dict):
         return super().__getitem__(key)
 
 
-def streams_read(name: str, streams: dict, out_dir, image_size: int = 64) -> set[str]:
+def streams_read(name: str, streams: dict, image_size: int = 64) -> set[str]:
     """The streams (``paired``, ``synthetic``, ``real``) that model ``name`` trains on, observed rather than
-    declared: two steps of a width-4 copy on ``streams``, into ``out_dir``. A model that never reads ``paired``
-    cannot depend on how the pairs were made."""
+    declared: two steps of a width-4 copy on ``streams``, in a temporary folder. A model that never reads
+    ``paired`` cannot depend on how the pairs were made."""
+    import tempfile
+
     log = _StreamLog(streams)
-    cfg = model_config(name, steps=2, batch_size=2, width=4, d_width=4, encoder_width=4, z_dim=4,
-                       image_size=image_size, pretrain_steps=1, seed=0, out_dir=str(out_dir), sample_every=0,
-                       checkpoint_every=10 ** 6, log_every=1)
-    Trainer(cfg, log, resume=False).fit(progress=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = model_config(name, steps=2, batch_size=2, width=4, d_width=4, encoder_width=4, z_dim=4,
+                           image_size=image_size, pretrain_steps=1, seed=0, out_dir=tmp, sample_every=0,
+                           checkpoint_every=10 ** 6, log_every=1)
+        Trainer(cfg, log, resume=False).fit(progress=False)
     return log.read
 
 
