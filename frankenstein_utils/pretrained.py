@@ -498,7 +498,31 @@ def export_study(params_path, params: dict, names=None, machine_note: str = "", 
                    f"equal budget, {run.cfg.image_size} px)", study_card_sections(name, card, size_b, run))
         cards[name] = card
         print(f"exported {path} ({size_b / 2 ** 10:.0f} KiB): {json.dumps(small, default=float)}")
+    write_study_index(Path(weights_dir or WEIGHTS_DIR) / "study", params_path)
     return cards
+
+
+def write_study_index(folder, params_path) -> None:
+    """``study/README.md``: every shipped study model with its size, budget and card numbers (read from the files)."""
+    rows = []
+    for f in sorted(Path(folder).glob("*.pt")):
+        card = torch.load(f, map_location="cpu", weights_only=False)["card"]
+        sm = card["small_set"]
+        rows.append(f"| [`{f.stem}`]({f.stem}_MODEL_CARD.md) | {f.stat().st_size / 2 ** 10:.0f} KiB | {card['step']:,} | "
+                    f"{card['train_s'] / 60:.1f} | {sm['face_fd']:.3f} | {sm['nme']:.3f} | {sm['detection']:.2f} |")
+    text = ("# The study at one equal budget (shipped)
+
+Every model of the study trained with the same steps, batch, "
+            f"width and data by `python -m frankenstein_utils.experiments {params_path} --export` (the parameter "
+            "file states the budget); each card has the model's curve and the command that retrains it alone. "
+            "Numbers: `pretrained.card_numbers` of the shipped float16 weights (64 fixed synthetic inputs vs 64 test "
+            "photos).
+
+| model | size | steps | train min | face-FD | NME | detection |
+|---|---|---|---|---|---|---|
+"
+            + "\n".join(rows) + "\n")
+    atomic_write_bytes(Path(folder) / "README.md", text.encode())
 
 
 def study_card_sections(name: str, card: dict, size: int, run) -> dict:
