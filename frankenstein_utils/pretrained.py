@@ -510,17 +510,11 @@ def write_study_index(folder, params_path) -> None:
         sm = card["small_set"]
         rows.append(f"| [`{f.stem}`]({f.stem}_MODEL_CARD.md) | {f.stat().st_size / 2 ** 10:.0f} KiB | {card['step']:,} | "
                     f"{card['train_s'] / 60:.1f} | {sm['face_fd']:.3f} | {sm['nme']:.3f} | {sm['detection']:.2f} |")
-    text = ("# The study at one equal budget (shipped)
-
-Every model of the study trained with the same steps, batch, "
+    text = ("# The study at one equal budget (shipped)\n\nEvery model of the study trained with the same steps, batch, "
             f"width and data by `python -m frankenstein_utils.experiments {params_path} --export` (the parameter "
             "file states the budget); each card has the model's curve and the command that retrains it alone. "
             "Numbers: `pretrained.card_numbers` of the shipped float16 weights (64 fixed synthetic inputs vs 64 test "
-            "photos).
-
-| model | size | steps | train min | face-FD | NME | detection |
-|---|---|---|---|---|---|---|
-"
+            "photos).\n\n| model | size | steps | train min | face-FD | NME | detection |\n|---|---|---|---|---|---|---|\n"
             + "\n".join(rows) + "\n")
     atomic_write_bytes(Path(folder) / "README.md", text.encode())
 
