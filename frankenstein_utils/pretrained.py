@@ -280,7 +280,19 @@ def main(argv=None):
     ap.add_argument("--study", default="", help="results.json of the ablation / peer study")
     ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--machine-note", default="", help="what else ran on the machine while it trained")
+    ap.add_argument("--card-only", action="store_true",
+                    help="rewrite the shipped model's MODEL_CARD.md from its stored card numbers with this --curve, "
+                         "--study, --command and --note (nothing retrained or re-scored; CHECKPOINT is only named)")
+    ap.add_argument("--note", default="", help="provenance the run did not record, shown in the card as written")
     a = ap.parse_args(argv)
+    if a.card_only:
+        gen = load_pretrained(a.name)
+        curve = json.loads(Path(a.curve).read_text()) if a.curve else []
+        study = json.loads(Path(a.study).read_text()) if a.study else {}
+        card = {**gen.card, "command": a.command, "note": a.note}
+        write_card(WEIGHTS_DIR / f"{a.name}_MODEL_CARD.md", f"Model card: {a.name} (depth map -> face, "
+                   f"{gen.cfg.image_size} px)", card_sections(card, gen.path.stat().st_size, gen, curve, study))
+        return
     torch.set_num_threads(1)
     t0 = time.time()
     run = load_run(a.checkpoint)
@@ -308,7 +320,7 @@ def main(argv=None):
     starts = [{k: h[k] for k in ("init_from", "source_step")} | {"source_source": h["source_config"].get(
         "input_convention", {}).get("source", "not recorded")} for h in run.config_history if "init_from" in h]
     card = {"small_set": small, "evaluation": ev, "raw_G": raw, "step": run.step, "wall_s": a.wall_s, "starts": starts,
-            "command": a.command, "config": {k: v for k, v in asdict(run.cfg).items() if k != "data"},
+            "command": a.command, "note": a.note, "config": {k: v for k, v in asdict(run.cfg).items() if k != "data"},
             "data": run.cfg.data, "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores "
             f"{' (' + a.machine_note + ')' if a.machine_note else ''}, torch {torch.__version__}, 1 thread, no GPU"}
     size = export(run, path, render, pose, card, latent)
@@ -423,6 +435,8 @@ def card_sections(card: dict, size: int, gen, curve: list, study: dict) -> dict:
             f"{'; '.join(sorted({v.get('inputs', 'not recorded') for v in study.values()}))}.\n\n"
             "| run | face-FD | NME | detection | diversity | checkerboard | wall s |\n|---|---|---|---|---|---|---|\n" +
             "\n".join(_row(k, v, keys) for k, v in study.items()))
+    if card.get("note"):
+        sec["Note"] = card["note"]
     sec["Limitations"] = (
         "64 px; CPU budget of about an hour on a shared 2-core machine, far below what GAN faces need; the test "
         "photos come from the same CelebA subset (per-image split); the identity rows use jitter poses and neutral "
