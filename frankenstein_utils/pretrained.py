@@ -12,6 +12,7 @@ numbers of its model card; ``<name>_MODEL_CARD.md`` says how it was made and wha
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 from dataclasses import asdict
@@ -187,7 +188,18 @@ def card_numbers(gen, model, n: int = 64, seed: int = 2024, train=None) -> dict:
     d, m, lm, z = fixed_inputs(model, gen.render, gen.pose, n, seed, train=train)
     faces = torch.cat([gen.generate(d[s:s + 32], m[s:s + 32], z=z[s:s + 32, :getattr(gen.nets["G"], "z_dim", 0)])
                        for s in range(0, n, 32)])
-    return face_scores(faces, lm, reference_photos(n, gen.cfg.image_size))
+    ref, ref_faces = _analysed_reference(n, gen.cfg.image_size)
+    return face_scores(faces, lm, ref, ref_faces)
+
+
+@functools.lru_cache(maxsize=4)
+def _analysed_reference(n: int, size: int):
+    """``reference_photos(n, size)`` and their dlib analysis, once per process (many cards are scored against
+    them)."""
+    from .judges import judges
+
+    ref = reference_photos(n, size)
+    return ref, judges().analyse(ref)
 
 
 def write_card(path, title: str, sections: dict) -> None:

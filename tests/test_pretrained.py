@@ -99,3 +99,26 @@ def test_budget_study_scores_each_segment_resumes_and_ships(tmp_path, face_model
     path.write_text(yaml.safe_dump({**params, "step": 5}))
     with pytest.raises(ValueError, match=r"p.yaml: keys must be .*unknown \['step'\]"):
         X.load_budget_params(path)
+
+
+def test_every_study_model_of_the_parameter_file_is_shipped_and_recomputes_its_card(face_model):
+    """The study at its equal budget ships beside the flagship: every model of notebooks/params/study_budget.yaml,
+    trained for its steps, half precision, with a card holding its curve and the command that retrains it; each
+    reproduces its card's numbers on the fixed synthetic inputs."""
+    from frankenstein_utils.datasets import PairedConfig, PairedFaceDataset
+    from frankenstein_utils.experiments import load_budget_params
+
+    params = load_budget_params(WEIGHTS_DIR.parent.parent / "notebooks" / "params" / "study_budget.yaml")
+    train = PairedFaceDataset("train", PairedConfig(size=params["settings"]["image_size"]), progress=False)
+    for name in params["models"]:
+        g = load_pretrained(f"study/{name}")
+        card = g.card
+        assert card["step"] == params["steps"] and card["curve"][-1]["step"] == params["steps"], name
+        assert [p["step"] for p in card["curve"]] == list(range(params["eval_every"], params["steps"] + 1,
+                                                                params["eval_every"])), name
+        text = (WEIGHTS_DIR / "study" / f"{name}_MODEL_CARD.md").read_text()
+        assert "non-commercial" in text and f"--models '{name}'" in text, name
+        got, want = card_numbers(g, face_model, train=train), card["small_set"]
+        assert got["nme"] == pytest.approx(want["nme"], rel=1e-3), name
+        assert got["face_fd"] == pytest.approx(want["face_fd"], rel=1e-3), name
+        assert got["detection"] == pytest.approx(want["detection"], abs=1 / 64), name
