@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .fileio import atomic_write_json
+from .fileio import atomic_write_json, update_json
 from .flagship import PRESETS, preset
 from .training import NonFiniteLossError, TrainConfig, Trainer, input_convention, supervised_config
 
@@ -151,7 +151,7 @@ def run_variants(names, streams: dict, val, fixed_depth, fixed_mask, out_dir, pr
                 entry["output_spread"] = output_spread(fakes)
             entry["history"] = trainer.history
         results[name] = entry
-        atomic_write_json(path, results)
+        results = update_json(path, {name: entry})
     return results
 
 
@@ -282,7 +282,7 @@ def train_with_curve(name: str, params: dict, data: dict, scorer, out_dir, progr
         run.fit(progress=progress)
         train_s += time.perf_counter() - t0
         points.append({"step": run.step, "train_s": round(train_s, 1), **scorer(run)})
-        done = {"points": points, "config": asdict(cfg), "streams": sorted(run._streams)}
+        done = {"points": points, "config": asdict(cfg), "streams": run.streams_used}
         atomic_write_json(path, done)
     return done
 
@@ -295,8 +295,7 @@ def budget_study(params: dict, names=None, progress: bool = False) -> dict:
     inputs from the fitted distribution). Writes ``out_dir/<model>/curve.json`` and ``out_dir/results.json``."""
     from .evaluation import generator_fn
     from .flagship import study_data
-    from .judges import judges
-    from .pretrained import face_scores, fixed_inputs, reference_photos
+    from .pretrained import _analysed_reference, face_scores, fixed_inputs
 
     s = params["settings"]
     size = s.get("image_size", 64)
@@ -306,8 +305,7 @@ def budget_study(params: dict, names=None, progress: bool = False) -> dict:
     params = {**params, "settings": {**s, "data": {"paired": vars(train.config), "n_synthetic": params["n_synthetic"]},
                                      "input_convention": input_convention(render, train.config.depth_source, syn)}}
     d, m, lm, z = fixed_inputs(model, render, pose, params["n_eval"], train=train)
-    ref = reference_photos(params["n_eval"], size)
-    ref_faces = judges().analyse(ref)  # once for every point of every curve
+    ref, ref_faces = _analysed_reference(params["n_eval"], size)  # once for every point of every curve
 
     def scorer(run):
         f = generator_fn(run)
@@ -325,8 +323,7 @@ def budget_study(params: dict, names=None, progress: bool = False) -> dict:
         except NonFiniteLossError as e:  # a diverging model is recorded; the others go on
             results[name] = {"status": "diverged", "message": str(e)}
         results[name]["wall_s"] = round(time.time() - t0, 1)
-        old = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
-        atomic_write_json(out / "results.json", {**old, name: results[name]})
+        update_json(out / "results.json", {name: results[name]})
     return results
 
 

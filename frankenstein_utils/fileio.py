@@ -159,6 +159,22 @@ def atomic_write_json(path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+def update_json(path, entries: dict) -> dict:
+    """Merge ``entries`` into the JSON object at ``path`` (created if absent) and write it atomically, holding a
+    blocking ``flock`` on ``<path>.lock`` from the read to the write: processes that share one results file (runs of
+    one study split over cores) each add their rows without dropping the others'. Returns the merged object."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        merged = {**(json.loads(path.read_text()) if path.exists() else {}), **entries}
+        atomic_write_json(path, merged)
+        return merged
+    finally:
+        os.close(fd)  # closing drops the lock
+
+
 def atomic_savez(path, **arrays) -> None:
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)

@@ -593,7 +593,7 @@ def run_study(out_dir, names: list[str], steps: int, n_eval: int = 128, progress
     import time
     from pathlib import Path
 
-    from .fileio import atomic_write_json
+    from .fileio import update_json
     from .pretrained import face_scores, fixed_inputs, reference_photos
     from .training import TrainConfig, Trainer
 
@@ -619,7 +619,7 @@ def run_study(out_dir, names: list[str], steps: int, n_eval: int = 128, progress
                 from .training import load_run
 
                 results[name].update(score(load_run(run_dir / "checkpoint.pt")))
-                atomic_write_json(res_path, results)
+                results = update_json(res_path, {name: results[name]})
             continue
         kw = preset(name) if name in PRESETS else {**PRESETS["flagship"], **ABLATIONS[name]}
         cfg = TrainConfig(**{**kw, **common, "steps": steps, "out_dir": str(run_dir)})
@@ -631,7 +631,7 @@ def run_study(out_dir, names: list[str], steps: int, n_eval: int = 128, progress
         r.update(wall_s=wall, steps=steps, params_G=sum(p.numel() for p in tr.nets["G"].parameters()),
                  final_losses={k: float(np.mean([h[k] for h in hist[-20:] if k in h])) for k in hist[-1] if k != "step"})
         results[name] = r
-        atomic_write_json(res_path, results)
+        results = update_json(res_path, {name: r})
     return results
 
 

@@ -308,6 +308,11 @@ class Trainer:
         for batch in loader:
             yield {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
+    @property
+    def streams_used(self) -> list[str]:
+        """The data streams this run has read batches from (since step 0: positions are kept in the checkpoint)."""
+        return sorted(self.positions)
+
     def _next(self, name: str) -> dict:
         """The next batch of a stream; its position is counted so a resumed run continues with the same batches."""
         if name not in self.data:

@@ -1,5 +1,6 @@
 """Safe files (fileio.py) and where they are used: atomic writes keep the umask's mode, a folder lock stops a
 second writer, a resume verifies PNGs and removes the temporary files of killed writes, damaged files are named."""
+import json
 import os
 import stat
 import warnings
@@ -98,3 +99,27 @@ def test_haar_dataset_skips_unreadable_photos_and_warns_when_empty(tmp_path):
     with warnings.catch_warnings(), pytest.raises(ValueError, match="broken.jpg: cannot read image"):
         warnings.simplefilter("ignore")
         HaarFaceDataset(tmp_path, skip_bad=False)
+
+
+def _add_rows(path, prefix, n):
+    from frankenstein_utils.fileio import update_json
+
+    for i in range(n):
+        update_json(path, {f"{prefix}{i}": i})
+
+
+def test_update_json_keeps_every_writers_rows(tmp_path):
+    """Two processes adding rows to one results file (a study split over both cores) lose none of each other's: the
+    read-merge-write is done under a lock. Without it, a read between the other's read and write drops rows."""
+    import multiprocessing as mp
+
+    path = tmp_path / "results.json"
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_add_rows, args=(path, p, 300)) for p in "ab"]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    rows = json.loads(path.read_text())
+    assert len(rows) == 600 and rows["a299"] == 299 and rows["b0"] == 0
