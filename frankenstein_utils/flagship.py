@@ -34,15 +34,10 @@ import torch.nn.functional as F
 
 from .losses import GANLoss, kl_divergence, l1_loss, reparameterize
 from .models import AppearanceEncoder, PatchDiscriminator, init_weights
+from .objectives import generator_input
 
 UPSAMPLES = ("resize", "transpose")
 MODULATIONS = ("spade", "adain", "none")
-
-
-def gen_input(depth, mask, mask_input: bool):
-    """The trainer's input convention (``training.generator_input``): depth in [0, 1] -> [-1, 1], plus the mask."""
-    x = depth * 2 - 1
-    return torch.cat([x, mask * 2 - 1], 1) if mask_input else x
 
 
 # ---- flagship generator ---------------------------------------------------------------------------------------------
@@ -378,7 +373,7 @@ class Objective:
         return torch.optim.Adam(self.nets[name].parameters(), lr=lr, betas=(c.beta1, c.beta2))
 
     def gin(self, b):
-        return gen_input(b["depth"], b["mask"], self.cfg.mask_input)
+        return generator_input(b["depth"], b["mask"], self.cfg.mask_input)
 
     def _update(self, loss, names, frozen=()):
         """zero_grad, backward (``frozen`` nets get no gradient), step -- for the optimizers of ``names``."""
@@ -399,7 +394,7 @@ class Objective:
             n.eval()
         if E is not None and z is None:
             z = E(image)[0] if image is not None else torch.zeros(len(depth), G.z_dim, device=depth.device)
-        out = G(gen_input(depth, mask, self.cfg.mask_input), z).float()
+        out = G(generator_input(depth, mask, self.cfg.mask_input), z).float()
         for k, n in self.nets.items():
             n.train(was[k])
         return out

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from .fileio import atomic_write_bytes
-from .flagship import OBJECTIVES, gen_input
+from .flagship import OBJECTIVES
+from .objectives import generator_input
 from .rasterize import PoseJitter, RenderConfig
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -70,7 +71,7 @@ class PretrainedGenerator:
         if depth.shape[-2:] != (S, S) or mask.shape[-2:] != depth.shape[-2:]:
             raise ValueError(f"{self.path.name}: expects depth and mask of {S}x{S} px (render with "
                              f"PretrainedGenerator.render), got {tuple(depth.shape[-2:])}, {tuple(mask.shape[-2:])}")
-        G, x = self.nets["G"], gen_input(depth.float(), mask.float(), self.cfg.mask_input)
+        G, x = self.nets["G"], generator_input(depth.float(), mask.float(), self.cfg.mask_input)
         z_dim = getattr(G, "z_dim", 0)
         if not z_dim:  # a depth-only generator
             return G(x).float()
@@ -79,16 +80,26 @@ class PretrainedGenerator:
         return G(x, z.float()).float()
 
 
-def export(run, path, render: RenderConfig, pose: PoseJitter, card: dict, latent: dict | None = None) -> int:
-    """Write a trained run's sampling generator (G's EMA where there is one) and encoder in float16 with its
-    settings, input convention, card numbers and ``latent`` (the encoder's main directions for appearance sliders:
-    ``widgets.latent_directions`` of training photos) to ``path`` (atomically). Returns the file size in bytes."""
+def shipped_blob(run, render: RenderConfig, pose: PoseJitter, card: dict, latent: dict | None = None) -> dict:
+    """What ``export`` writes: the run's sampling generator (G's EMA where there is one) and encoder in float16,
+    the settings that rebuild them, the input convention, ``card`` and ``latent``."""
     nets = run.nets
     G = nets.get("G_ema", nets["G"])
     half = lambda m: {k: (v.half() if v.is_floating_point() else v) for k, v in m.state_dict().items()}
-    blob = {"format": 1, "config": {k: getattr(run.cfg, k) for k in BUILD_KEYS},
+    return {"format": 1, "config": {k: getattr(run.cfg, k) for k in BUILD_KEYS},
             "G": half(G), "E": half(nets["E"]) if "E" in nets else None,
             "render": render.to_dict(), "pose": asdict(pose), "card": card, "latent": latent}
+
+
+def export(run, path, render: RenderConfig, pose: PoseJitter, card: dict, latent: dict | None = None) -> int:
+    """Write ``shipped_blob`` of a trained run (float16 G and encoder with its settings, input convention, card
+    numbers and ``latent``: the encoder's main directions for appearance sliders, ``widgets.latent_directions`` of
+    training photos) to ``path`` (atomically). Returns the file size in bytes."""
+    return write_shipped(path, shipped_blob(run, render, pose, card, latent))
+
+
+def write_shipped(path, blob: dict) -> int:
+    """``blob`` saved to ``path`` atomically; returns the file size in bytes."""
     buf = io.BytesIO()
     torch.save(blob, buf)
     atomic_write_bytes(path, buf.getvalue())
@@ -103,13 +114,23 @@ def available() -> list[str]:
 def load_pretrained(name: str = "flagship", device: str = "cpu") -> PretrainedGenerator:
     """The shipped generator ``name`` (see ``available()``; or the path of an exported ``.pt`` file), rebuilt from
     its file, float32, eval mode."""
-    from .training import TrainConfig
-
     path = Path(name) if str(name).endswith(".pt") else WEIGHTS_DIR / f"{name}.pt"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no shipped model {name!r}; available: {available()}")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable shipped model ({type(e).__name__}: {e})") from e
+    return generator_from_blob(blob, path, device)
+
+
+def generator_from_blob(blob: dict, path, device: str = "cpu") -> PretrainedGenerator:
+    """A ``PretrainedGenerator`` from a ``shipped_blob`` (read from ``path``, or not yet written there): its
+    networks rebuilt from the settings, the float16 weights loaded as float32."""
+    from .training import TrainConfig
+
+    path = Path(path)
+    try:
         cfg = TrainConfig(**blob["config"], device=device)
         nets = build_networks(cfg)
         G = nets.get("G")
@@ -320,14 +341,14 @@ def main(argv=None):
 
         mean, dirs, scales = latent_directions(run.nets["E"], train.tensors()[0][:2000], k=4)
         latent = {"mean": mean, "directions": dirs, "scales": scales}
-    export(run, path, render, pose, {}, latent)
-    gen = load_pretrained(a.name)
+    blob = shipped_blob(run, render, pose, {}, latent)  # scored as shipped (float16), before its card is written
+    gen = generator_from_blob(blob, path)
     small = card_numbers(gen, model, train=train)
     ev = evaluate_for_card(lambda d, m, z: gen.generate(d, m, z=z), model, train, test, a.n, z_dim=gen.cfg.z_dim)
     raw = None
     if "G_ema" in run.nets:  # the EMA ablation, free: the same run's raw generator weights
         G = run.nets["G"].eval().requires_grad_(False)
-        raw = evaluate_for_card(lambda d, m, z: G(gen_input(d, m, run.cfg.mask_input), z).detach(), model, train,
+        raw = evaluate_for_card(lambda d, m, z: G(generator_input(d, m, run.cfg.mask_input), z).detach(), model, train,
                                 test, a.n, z_dim=gen.cfg.z_dim, references=False)["model"]
     starts = [{k: h[k] for k in ("init_from", "source_step")} | {"source_source": h["source_config"].get(
         "input_convention", {}).get("source", "not recorded")} for h in run.config_history if "init_from" in h]
@@ -335,7 +356,7 @@ def main(argv=None):
             "command": a.command, "note": a.note, "config": {k: v for k, v in asdict(run.cfg).items() if k != "data"},
             "data": run.cfg.data, "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores "
             f"{' (' + a.machine_note + ')' if a.machine_note else ''}, torch {torch.__version__}, 1 thread, no GPU"}
-    size = export(run, path, render, pose, card, latent)
+    size = write_shipped(path, {**blob, "card": card})
     curve = json.loads(Path(a.curve).read_text()) if a.curve else []
     study = json.loads(Path(a.study).read_text()) if a.study else {}
     write_card(WEIGHTS_DIR / f"{a.name}_MODEL_CARD.md", f"Model card: {a.name} (depth map -> face, "
@@ -507,8 +528,8 @@ def export_study(params_path, params: dict, names=None, machine_note: str = "", 
         run = load_run(run_dir / "checkpoint.pt")
         path = Path(weights_dir or WEIGHTS_DIR) / "study" / f"{name}.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
-        export(run, path, render, pose, {})
-        small = card_numbers(load_pretrained(str(path)), model, train=train)
+        blob = shipped_blob(run, render, pose, {})  # scored as shipped (float16), before its card is written
+        small = card_numbers(generator_from_blob(blob, path), model, train=train)
         cfg = asdict(run.cfg)
         card = {"small_set": small, "curve": curve["points"], "step": run.step, "streams": curve["streams"],
                 "n_eval": params["n_eval"],
@@ -519,7 +540,7 @@ def export_study(params_path, params: dict, names=None, machine_note: str = "", 
                 "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores"
                            f"{' (' + machine_note + ')' if machine_note else ''}, torch {torch.__version__}, "
                            f"1 thread, no GPU"}
-        size_b = export(run, path, render, pose, card)
+        size_b = write_shipped(path, {**blob, "card": card})
         write_card(path.with_name(f"{name}_MODEL_CARD.md"), f"Model card: study/{name} (the study at one "
                    f"equal budget, {run.cfg.image_size} px)", study_card_sections(name, card, size_b, run))
         cards[name] = card
