@@ -37,20 +37,10 @@ from frankenstein_utils.evaluation import generator_fn, model_landmarks  # noqa:
 from frankenstein_utils.facemodel import load_face_model  # noqa: E402
 from frankenstein_utils.fileio import atomic_write_json  # noqa: E402
 from frankenstein_utils.experiments import model_config, streams_read  # noqa: E402
+from frankenstein_utils.pretrained import face_scores  # noqa: E402
 from frankenstein_utils.training import Trainer, input_convention  # noqa: E402
 
 SOURCES = ("landmarks", "fitted")
-
-
-def judge(jd, images, target, fallback, test_embeddings) -> dict:
-    faces = jd.analyse(images, fallback_box=fallback)
-    det = M.detection_rate(faces.found)
-    row = {"detection": det["rate"], "detection_ci": det["ci"],
-           "face_fd": M.frechet_distance_features(faces.embeddings, test_embeddings)}
-    if target is not None:
-        e = M.nme(faces.landmarks, target, J.INNER_POINTS)
-        row.update(nme=e["nme"], nme_ci=e["ci"])
-    return row
 
 
 def main(argv=None):
@@ -80,14 +70,13 @@ def main(argv=None):
     jd = J.judges()
     test_images = test.tensors()[0][:a.n_eval]
     test_faces = jd.analyse(test_images)
-    fallback = tuple(np.median(test_faces.boxes[test_faces.found], 0) / a.size)
     rows = {}
     real = M.detection_rate(test_faces.found)
     rows["control: test photos (real)"] = {"detection": real["rate"], "detection_ci": real["ci"],
                                            "face_fd": M.frechet_distance_features(test_faces.embeddings[: len(test_faces.embeddings) // 2],
                                                                                   test_faces.embeddings[len(test_faces.embeddings) // 2:])}
     mean_photo = sets["fitted"].tensors()[0].mean(0, keepdim=True).expand(a.n_eval, -1, -1, -1)
-    rows["control: mean photo (depth-blind)"] = judge(jd, mean_photo, target, fallback, test_faces.embeddings)
+    rows["control: mean photo (depth-blind)"] = face_scores(mean_photo, target, test_images, test_faces)
     syn_train = sets["fitted"].synthetic(a.n_synthetic, seed=a.seed, model=model).materialize()
     saved = json.loads((out / "pairs_study.json").read_text()) if (out / "pairs_study.json").exists() else {}
     same = ("steps", "size", "batch", "width", "n_eval", "n_synthetic", "limit", "seed")
@@ -125,7 +114,7 @@ def main(argv=None):
             for net in run.nets.values():
                 net.eval()
             images = generator_fn(run, seed=a.seed)(depth, mask)
-            row = judge(jd, images, target, fallback, test_faces.embeddings)
+            row = face_scores(images, target, test_images, test_faces)
             row["train_seconds"] = seconds
             row["steps"] = run.step
             rows[key] = row
