@@ -337,6 +337,17 @@ def settled(points: list[dict], key: str, tail: int = 3, tol: float = 0.1) -> bo
     return spread <= tol
 
 
+def trend(points: list[dict], key: str, window: int = 5) -> float | None:
+    """Where a curve is heading: the mean of ``key`` over its last ``window`` points relative to the mean over the
+    ``window`` before, minus 1 (-0.1: the last stretch is 10 % lower; for face-FD and NME, still improving). Means of
+    several points, so a noisy but flat curve reads near 0 where ``settled`` says no. None below 2 x window points."""
+    v = [p[key] for p in points]
+    if len(v) < 2 * window:
+        return None
+    last, before = sum(v[-window:]) / window, sum(v[-2 * window:-window]) / window
+    return float(last / max(before, 1e-9) - 1)
+
+
 def main(argv=None):
     """python -m frankenstein_utils.experiments PARAMS [--models NAME ...] [--export]: train the budget study of the
     parameter file (resumes where it stopped), then with ``--export`` ship each finished model to

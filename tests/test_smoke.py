@@ -237,3 +237,13 @@ def test_settled_curves():
     assert settled(pts(0.3, 0.10, 0.105, 0.1), "nme")  # flat tail (5 % spread)
     assert not settled(pts(0.3, 0.2, 0.15, 0.1), "nme")  # still falling
     assert not settled(pts(0.1, 0.1), "nme")  # too few points to tell
+
+
+def test_curve_trend():
+    from frankenstein_utils.experiments import trend
+
+    pts = lambda *v: [{"step": i, "nme": x} for i, x in enumerate(v)]
+    assert trend(pts(0.2, 0.2, 0.1, 0.1), "nme", window=2) == pytest.approx(-0.5)  # halved over the last stretch
+    zigzag = pts(*[0.1, 0.13] * 5)  # never settled (30 % spread), flat on average
+    assert abs(trend(zigzag, "nme", window=4)) < 1e-9
+    assert trend(pts(0.1, 0.1, 0.1), "nme", window=2) is None  # too few points
