@@ -348,6 +348,19 @@ def trend(points: list[dict], key: str, window: int = 5) -> float | None:
     return float(last / max(before, 1e-9) - 1)
 
 
+def ranking_agreement(curves: dict, key: str, window: int = 5) -> float | None:
+    """Whether the study's ranking has settled even where single curves oscillate: Spearman's rank correlation,
+    across models, between the mean of ``key`` over each curve's last ``window`` points and over the ``window``
+    before (1: the same order). ``curves``: {model: points}. None with fewer than 3 models or short curves."""
+    from scipy.stats import spearmanr
+
+    pairs = [[sum(p[key] for p in pts[-2 * window:-window]) / window, sum(p[key] for p in pts[-window:]) / window]
+             for pts in curves.values() if len(pts) >= 2 * window]
+    if len(pairs) < 3:
+        return None
+    return float(spearmanr([a for a, _ in pairs], [b for _, b in pairs]).statistic)
+
+
 def main(argv=None):
     """python -m frankenstein_utils.experiments PARAMS [--models NAME ...] [--export]: train the budget study of the
     parameter file (resumes where it stopped), then with ``--export`` ship each finished model to

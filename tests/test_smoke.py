@@ -247,3 +247,14 @@ def test_curve_trend():
     zigzag = pts(*[0.1, 0.13] * 5)  # never settled (30 % spread), flat on average
     assert abs(trend(zigzag, "nme", window=4)) < 1e-9
     assert trend(pts(0.1, 0.1, 0.1), "nme", window=2) is None  # too few points
+
+
+def test_ranking_agreement():
+    from frankenstein_utils.experiments import ranking_agreement
+
+    curve = lambda *v: [{"nme": x} for x in v]
+    same_order = {"a": curve(0.1, 0.1, 0.11, 0.09), "b": curve(0.2, 0.2, 0.19, 0.2), "c": curve(0.3, 0.3, 0.3, 0.31)}
+    assert ranking_agreement(same_order, "nme", window=2) == pytest.approx(1.0)
+    swapped = {"a": curve(0.1, 0.1, 0.3, 0.3), "b": curve(0.2, 0.2, 0.2, 0.2), "c": curve(0.3, 0.3, 0.1, 0.1)}
+    assert ranking_agreement(swapped, "nme", window=2) == pytest.approx(-1.0)
+    assert ranking_agreement({"a": curve(0.1, 0.2)}, "nme", window=2) is None
