@@ -337,14 +337,23 @@ def settled(points: list[dict], key: str, tail: int = 3, tol: float = 0.1) -> bo
     return spread <= tol
 
 
+def _window_means(points: list[dict], key: str, window: int):
+    """(mean of ``key`` over the ``window`` points before the last ``window``, mean over the last ``window``), or None
+    for a curve shorter than 2 x window."""
+    v = [p[key] for p in points]
+    if len(v) < 2 * window:
+        return None
+    return sum(v[-2 * window:-window]) / window, sum(v[-window:]) / window
+
+
 def trend(points: list[dict], key: str, window: int = 5) -> float | None:
     """Where a curve is heading: the mean of ``key`` over its last ``window`` points relative to the mean over the
     ``window`` before, minus 1 (-0.1: the last stretch is 10 % lower; for face-FD and NME, still improving). Means of
     several points, so a noisy but flat curve reads near 0 where ``settled`` says no. None below 2 x window points."""
-    v = [p[key] for p in points]
-    if len(v) < 2 * window:
+    means = _window_means(points, key, window)
+    if means is None:
         return None
-    last, before = sum(v[-window:]) / window, sum(v[-2 * window:-window]) / window
+    before, last = means
     return float(last / max(before, 1e-9) - 1)
 
 
@@ -354,8 +363,7 @@ def ranking_agreement(curves: dict, key: str, window: int = 5) -> float | None:
     before (1: the same order). ``curves``: {model: points}. None with fewer than 3 models or short curves."""
     from scipy.stats import spearmanr
 
-    pairs = [[sum(p[key] for p in pts[-2 * window:-window]) / window, sum(p[key] for p in pts[-window:]) / window]
-             for pts in curves.values() if len(pts) >= 2 * window]
+    pairs = [m for m in (_window_means(pts, key, window) for pts in curves.values()) if m is not None]
     if len(pairs) < 3:
         return None
     return float(spearmanr([a for a, _ in pairs], [b for _, b in pairs]).statistic)
