@@ -24,6 +24,7 @@ import torch
 from . import judges as J
 from . import metrics as M
 from .depthdata import RenderedDepthDataset
+from .draws import normal
 from .rasterize import apply_pose, render_depth, to_pixels
 from .training import load_run
 
@@ -109,7 +110,7 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
 def add_noise(images: torch.Tensor, grey_levels: float, seed: int = 0) -> torch.Tensor:
     """Additive Gaussian noise with a standard deviation of ``grey_levels`` of 255 (images in [-1, 1]), clipped."""
     g = torch.Generator().manual_seed(seed)
-    return (images + grey_levels / 127.5 * torch.randn(images.shape, generator=g)).clamp(-1, 1)
+    return (images + grey_levels / 127.5 * normal(*images.shape, generator=g)).clamp(-1, 1)
 
 
 def depth_as_image(depth: torch.Tensor, channels: int) -> torch.Tensor:
@@ -170,7 +171,7 @@ class EvalContext:
     def id_codes_z(self, z_dim: int) -> torch.Tensor:
         """The appearance code of every identity-set render: one N(0, I) code per code index (seeded)."""
         n_codes = int(self.id_codes.max()) + 1
-        z = torch.randn(n_codes, z_dim, generator=torch.Generator().manual_seed(self.seed + 4242))
+        z = normal(n_codes, z_dim, generator=torch.Generator().manual_seed(self.seed + 4242))
         return z[torch.from_numpy(self.id_codes)]
 
 
@@ -282,7 +283,7 @@ def generator_fn(run, seed: int = 0):
             n = len(depth[s:s + 256])
             zz = None
             if z_dim:
-                zz = z[s:s + 256] if z is not None else torch.randn(n, z_dim, generator=g)
+                zz = z[s:s + 256] if z is not None else normal(n, z_dim, generator=g)
             out.append(run.generate(depth[s:s + 256], mask[s:s + 256], z=zz).cpu())
         return torch.cat(out)
     f.z_dim = z_dim
@@ -366,7 +367,7 @@ def evaluate_generator(ctx: EvalContext, generate, z_dim: int = 0, images: torch
         k, s = 8, 8
         d = ctx.syn_depth[:k].repeat_interleave(s, 0)
         m = ctx.syn_mask[:k].repeat_interleave(s, 0)
-        imgs = generate(d, m, torch.randn(k * s, z_dim, generator=torch.Generator().manual_seed(ctx.seed + 1)))
+        imgs = generate(d, m, normal(k * s, z_dim, generator=torch.Generator().manual_seed(ctx.seed + 1)))
         out["z_diversity"] = float(np.mean([M.mean_pairwise_feature_distance(ctx.feature_net, imgs[i * s:(i + 1) * s])
                                             for i in range(k)]))
     return out

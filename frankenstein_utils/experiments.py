@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .draws import normal
 from .fileio import atomic_write_json, update_json
 from .flagship import PRESETS, preset
 from .training import NonFiniteLossError, TrainConfig, Trainer, input_convention, supervised_config
@@ -174,7 +175,7 @@ def supervised_table(runs: dict, train, val, seconds: dict | None = None, seed: 
         if "E" in run.nets:
             predictors[f"{name}, z = E(photo)"] = (lambda d, m, i, run=run: run.generate(d, m, i), name)
             predictors[f"{name}, z ~ N(0, I)"] = (lambda d, m, i, run=run: run.generate(
-                d, m, z=torch.randn(len(d), run.cfg.z_dim, generator=torch.Generator().manual_seed(seed))), name)
+                d, m, z=normal(len(d), run.cfg.z_dim, generator=torch.Generator().manual_seed(seed))), name)
         else:
             predictors[name] = (lambda d, m, i, run=run: run.generate(d, m, i), name)
     rows = []

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from plyfile import PlyData, PlyElement
 
+from .draws import normal
 from .fileio import atomic_savez, atomic_write_bytes
 from .paths import find_dataset
 from .rasterize import check_finite
@@ -170,7 +171,7 @@ class FaceModel:
         """``c ~ N(0, I_k)``, shape (n, k); with ``truncation=t`` a normal truncated to [-t, t] (inverse CDF)."""
         self._check_k(k)
         if truncation is None:
-            return torch.randn(n, k, generator=generator)
+            return normal(n, k, generator=generator)
         if truncation <= 0:
             raise ValueError(f"truncation must be > 0, got {truncation}")
         lo = torch.special.ndtr(torch.tensor(-float(truncation)))

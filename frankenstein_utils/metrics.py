@@ -337,20 +337,22 @@ def nme(pred, target, points=None, eye_corners=(36, 45)) -> dict:
 
 def frechet_distance_features(a, b) -> float:
     """Frechet distance between Gaussians fitted to two feature sets (N, D):
-    ||m_a - m_b||^2 + Tr(C_a + C_b - 2 (C_a C_b)^(1/2)) (scipy's matrix square root, real part)."""
-    import warnings
+    ||m_a - m_b||^2 + Tr(C_a + C_b - 2 (C_a C_b)^(1/2)).
 
-    from scipy import linalg
-
+    Tr (C_a C_b)^(1/2) is computed as the sum of the square roots of the eigenvalues of the symmetric matrix
+    C_a^(1/2) C_b C_a^(1/2) (same eigenvalues as C_a C_b; symmetric eigensolvers, negative round-off clipped to 0).
+    Why not ``scipy.linalg.sqrtm(C_a @ C_b)``: with fewer samples than dimensions both covariances are singular and
+    the general matrix square root of their non-symmetric product is ill-conditioned, so its value moves with the
+    BLAS kernels of the CPU; the symmetric route is backward stable."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     ma, mb = a.mean(0), b.mean(0)
     ca = np.cov(a, rowvar=False) if len(a) > 1 else np.zeros((a.shape[1],) * 2)
     cb = np.cov(b, rowvar=False) if len(b) > 1 else np.zeros((b.shape[1],) * 2)
-    with warnings.catch_warnings():  # few samples in many dimensions: a singular product is expected, not an error
-        warnings.simplefilter("ignore")
-        covmean = linalg.sqrtm(ca @ cb)
-    covmean = np.real(covmean) if np.iscomplexobj(covmean) else covmean
-    return float(((ma - mb) ** 2).sum() + np.trace(ca) + np.trace(cb) - 2 * np.trace(covmean))
+    w, v = np.linalg.eigh(ca)
+    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    mid = root_a @ cb @ root_a
+    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((mid + mid.T) / 2), 0, None)).sum()
+    return float(((ma - mb) ** 2).sum() + np.trace(ca) + np.trace(cb) - 2 * tr_covmean)
 
 
 def mean_pairwise_distance(feats) -> float:

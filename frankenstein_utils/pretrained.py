@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .draws import normal
 from .fileio import atomic_write_bytes
 from .flagship import OBJECTIVES
 from .objectives import generator_input
@@ -71,13 +72,27 @@ class PretrainedGenerator:
         if depth.shape[-2:] != (S, S) or mask.shape[-2:] != depth.shape[-2:]:
             raise ValueError(f"{self.path.name}: expects depth and mask of {S}x{S} px (render with "
                              f"PretrainedGenerator.render), got {tuple(depth.shape[-2:])}, {tuple(mask.shape[-2:])}")
-        G, x = self.nets["G"], generator_input(depth.float(), mask.float(), self.cfg.mask_input)
+        G = self.nets["G"]
+        dt = next(G.parameters()).dtype  # float32, or float64 for scoring (``in_float64``)
+        x = generator_input(depth.to(dt), mask.to(dt), self.cfg.mask_input)
         z_dim = getattr(G, "z_dim", 0)
         if not z_dim:  # a depth-only generator
             return G(x).float()
         if z is None:
-            z = self.nets["E"](image)[0] if image is not None and "E" in self.nets else torch.zeros(len(depth), z_dim)
-        return G(x, z.float()).float()
+            z = self.nets["E"](image.to(dt))[0] if image is not None and "E" in self.nets else torch.zeros(len(depth),
+                                                                                                       z_dim)
+        return G(x, z.to(dt)).float()
+
+    def in_float64(self) -> "PretrainedGenerator":
+        """A copy whose networks compute in float64. Scoring uses it: float32 convolutions pick their kernels by
+        CPU (oneDNN's instruction set, vector width, thread count), and a near-degenerate generator turns those
+        last-bit differences into different 8-bit pixels and so different judge outputs; in float64 the
+        differences stay far below half a grey level, so the 8-bit images the judges see are the same on any
+        CPU (``tests/test_pretrained.py`` checks this across kernels)."""
+        import copy
+
+        nets = {k: copy.deepcopy(v).double() for k, v in self.nets.items()}
+        return PretrainedGenerator(nets, self.cfg, self.render, self.pose, self.card, self.path, self.latent)
 
 
 def shipped_blob(run, render: RenderConfig, pose: PoseJitter, card: dict, latent: dict | None = None) -> dict:
@@ -160,11 +175,11 @@ def fixed_inputs(model, render: RenderConfig, pose: PoseJitter, n: int = 64, see
     if train is not None:
         s = train.synthetic(n, seed=seed, model=model)
         d, m = s.render_batch(list(range(n)))
-        z = torch.randn(n, 8, generator=g)
+        z = normal(n, 8, generator=g)
         return d, m, model_landmarks(model, s.coeffs, s.config.render, s.poses, s.expressions), z
     coeffs = model.sample_coefficients(n, 15, generator=g)
     poses = pose.sample(n, generator=g)
-    z = torch.randn(n, 8, generator=g)
+    z = normal(n, 8, generator=g)
     d, m = render_depth(model, coeffs, render, poses)
     return d[:, None], m[:, None].float(), model_landmarks(model, coeffs, render, poses), z
 
@@ -202,15 +217,24 @@ def card_numbers(gen, model, n: int = 64, seed: int = 2024, train=None) -> dict:
     """The numbers the card records and ``tests/test_pretrained.py`` recomputes: ``face_scores`` of ``gen`` on
     ``fixed_inputs(n, seed)`` (drawn from the fitted pose and expression distribution of the paired training set,
     ``train``, loaded when not given) against ``reference_photos(n)``."""
+    faces, lm = card_images(gen, model, n, seed, train)
+    ref, ref_faces = _analysed_reference(n, gen.cfg.image_size)
+    return face_scores(faces, lm, ref, ref_faces)
+
+
+def card_images(gen, model, n: int = 64, seed: int = 2024, train=None):
+    """The faces ``card_numbers`` judges: ``gen`` in float64 (``PretrainedGenerator.in_float64``, so the same
+    8-bit images on any CPU) on ``fixed_inputs(n, seed)``, as float32 images in [-1, 1], and their target
+    landmarks."""
     if train is None:
         from .datasets import PairedConfig, PairedFaceDataset
 
         train = PairedFaceDataset("train", PairedConfig(size=gen.cfg.image_size), progress=False)
     d, m, lm, z = fixed_inputs(model, gen.render, gen.pose, n, seed, train=train)
-    faces = torch.cat([gen.generate(d[s:s + 32], m[s:s + 32], z=z[s:s + 32, :getattr(gen.nets["G"], "z_dim", 0)])
-                       for s in range(0, n, 32)])
-    ref, ref_faces = _analysed_reference(n, gen.cfg.image_size)
-    return face_scores(faces, lm, ref, ref_faces)
+    g64 = gen.in_float64()
+    z_dim = getattr(gen.nets["G"], "z_dim", 0)
+    faces = torch.cat([g64.generate(d[s:s + 32], m[s:s + 32], z=z[s:s + 32, :z_dim]) for s in range(0, n, 32)])
+    return faces, lm
 
 
 @functools.lru_cache(maxsize=4)
@@ -280,7 +304,7 @@ def _identity(out, generate, model, render, pose, seed, z_dim, jd, box):
     from . import metrics as M
 
     idd, idm, ids, codes, pidx = EV.identity_set(model, render, pose, 4, 6, 3, seed)
-    zc = torch.randn(4, z_dim, generator=torch.Generator().manual_seed(seed + 4242))[torch.from_numpy(codes)]
+    zc = normal(4, z_dim, generator=torch.Generator().manual_seed(seed + 4242))[torch.from_numpy(codes)]
     emb = jd.analyse(torch.cat([generate(idd[s:s + 64], idm[s:s + 64], zc[s:s + 64]) for s in range(0, len(idd), 64)]),
                      fallback_box=box).embeddings
     ia = M.identity_auc(emb, ids, codes, pidx, "new")
@@ -291,6 +315,58 @@ def _cb(x):
     from .flagship import checkerboard_score
 
     return checkerboard_score(x)
+
+
+# the card line that states the small-set numbers (written by the card sections and by ``rescore_shipped``)
+SMALL_SET_LINE = {"flagship": "Small fixed set recomputed by `tests/test_pretrained.py` (`pretrained.card_numbers`, "
+                              "64 inputs, generated in float64 so that every CPU judges the same 8-bit images): ",
+                  "study": "`card_numbers` of the float16 weights (recomputed by `tests/test_pretrained.py`), "
+                           "generated in float64 so that every CPU judges the same 8-bit images: "}
+
+
+def small_set_line(kind: str, small: dict) -> str:
+    nums = json.dumps({k: round(v, 4) for k, v in small.items() if isinstance(v, float)})
+    return f"{SMALL_SET_LINE[kind]}`{nums}`."
+
+
+def rescore_shipped(names=None) -> dict:
+    """Recompute the small-set numbers (``card_numbers``) of shipped models in place: the file's card and the
+    matching line of its MODEL_CARD.md (and the study index). For a change of the scoring itself, not of the
+    weights; the rest of each card is left as it was written. Returns {name: new small set}."""
+    from .datasets import PairedConfig, PairedFaceDataset
+    from .facemodel import load_face_model
+
+    model = load_face_model()
+    out, train = {}, None
+    for name in names or available():
+        gen = load_pretrained(name)
+        if train is None or train.config.size != gen.cfg.image_size:
+            train = PairedFaceDataset("train", PairedConfig(size=gen.cfg.image_size), model=model, progress=False)
+        small = card_numbers(gen, model, train=train)
+        blob = torch.load(gen.path, map_location="cpu", weights_only=False)
+        blob["card"] = {**blob["card"], "small_set": small,
+                        "small_set_scoring": "card_numbers: float64 generation, CPU-independent draws"}
+        write_shipped(gen.path, blob)
+        md = gen.path.with_name(f"{gen.path.stem}_MODEL_CARD.md")
+        kind = "study" if gen.path.parent.name == "study" else "flagship"
+        old_lead = {"flagship": "Small fixed set recomputed by", "study": "`card_numbers` of the float16 weights"}[kind]
+        text, n_sub = _replace_line(md.read_text(), old_lead, small_set_line(kind, small))
+        if n_sub != 1:
+            raise ValueError(f"{md}: no line starting {old_lead!r} to update")
+        atomic_write_bytes(md, text.encode())
+        out[name] = small
+        print(f"{name}: {small_set_line(kind, small)}", flush=True)
+    if any(n.startswith("study/") for n in out):
+        write_study_index(WEIGHTS_DIR / "study", "notebooks/params/study_budget.yaml")
+    return out
+
+
+def _replace_line(text: str, lead: str, new: str):
+    lines = text.split("\n")
+    hits = [i for i, line in enumerate(lines) if line.startswith(lead)]
+    for i in hits:
+        lines[i] = new
+    return "\n".join(lines), len(hits)
 
 
 def main(argv=None):
@@ -304,7 +380,15 @@ def main(argv=None):
     from .facemodel import load_face_model
     from .training import load_run
 
-    ap = argparse.ArgumentParser()
+    if argv is None:
+        import sys
+
+        argv = sys.argv[1:]
+    if argv[:1] == ["rescore"]:  # python -m frankenstein_utils.pretrained rescore [NAME ...]
+        rescore_shipped(argv[1:] or None)
+        return
+    ap = argparse.ArgumentParser(epilog="python -m frankenstein_utils.pretrained rescore [NAME ...]: recompute the "
+                                        "small-set numbers of shipped models (after a change of the scoring)")
     ap.add_argument("checkpoint")
     ap.add_argument("--name", default="flagship")
     ap.add_argument("--wall-s", type=float, required=True, help="training wall time (from the run's log)")
@@ -453,8 +537,7 @@ def card_sections(card: dict, size: int, gen, curve: list, study: dict) -> dict:
         f"\n\nTest photos' own descriptor diversity: {div_ref:.3f}.\n\n**Targets** (issue 12), computed:\n\n"
         "| target | measured | bound | met |\n|---|---|---|---|\n" +
         "\n".join(f"| {t} | {v:.4g} | {b:.4g} | {'yes' if ok else '**no**'} |" for t, v, b, ok in targets) +
-        f"\n\nSmall fixed set recomputed by `tests/test_pretrained.py` (`pretrained.card_numbers`, 64 inputs): "
-        f"`{json.dumps({k: round(v, 4) for k, v in card['small_set'].items() if isinstance(v, float)})}`.")
+        "\n\n" + small_set_line("flagship", card["small_set"]))
     if curve:
         sec["Training curve"] = ("Snapshots of the run, each scored with `card_numbers` (64 inputs):\n\n"
                                  "| step | wall h | face-FD | NME | detection |\n|---|---|---|---|---|\n" +
@@ -597,8 +680,7 @@ def study_card_sections(name: str, card: dict, size: int, run) -> dict:
         "\n".join(f"| {p['step']} | {p['train_s'] / 60:.1f} | {p['face_fd']:.3f} | {p['nme']:.3f} | "
                   f"{p['detection']:.3f} | {p['diversity']:.3f} |" for p in pts))
     sec["Evaluation of the shipped weights"] = (
-        f"`card_numbers` of the float16 weights (recomputed by `tests/test_pretrained.py`): "
-        f"`{json.dumps({k: round(v, 4) for k, v in card['small_set'].items() if isinstance(v, float)})}`.")
+        small_set_line("study", card["small_set"]))
     return sec
 
 
@@ -613,7 +695,7 @@ def generator_fn(gen: PretrainedGenerator, seed: int = 0):
         out = []
         for s in range(0, len(depth), 256):
             n = len(depth[s:s + 256])
-            zz = z[s:s + 256] if z is not None else torch.randn(n, z_dim, generator=g)
+            zz = z[s:s + 256] if z is not None else normal(n, z_dim, generator=g)
             out.append(gen.generate(depth[s:s + 256], mask[s:s + 256], z=zz))
         return torch.cat(out)
     f.z_dim = z_dim

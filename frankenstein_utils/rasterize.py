@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .draws import normal
+
 # Window of the fixed framing, in cm of the face model: x from -12.25 to 12.25, y from -13.55 to 10.95 (0.19 cm/px at
 # 128 px). Every face with c ~ N(0, 1) on 15 components stays inside it (ICT-FaceKit data README).
 DEFAULT_WINDOW_CM = (-12.25, 12.25, -13.55, 10.95)
@@ -140,7 +142,7 @@ class PoseJitter:
         if self.distribution == "uniform":
             u = 2 * torch.rand(n, 6, generator=generator) - 1
         else:
-            u = torch.randn(n, 6, generator=generator).clamp(-3, 3)
+            u = normal(n, 6, generator=generator).clamp(-3, 3)
         p = u * r
         p[:, 3] += 1.0
         return p

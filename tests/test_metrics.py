@@ -140,6 +140,18 @@ def test_nme_known_answers():
         M.nme(t[:, :10], t)
 
 
+def test_frechet_distance_known_answers_with_fewer_samples_than_dimensions():
+    """The regime in use (64 descriptors of 128 dimensions: both covariances singular). Exact answers that hold for
+    any sample: a shift m gives |m|^2 (same covariance); doubling gives |mean|^2 + Tr C (Tr(C + 4C - 2 (4 C^2)^(1/2)))."""
+    g = np.random.default_rng(0)
+    a = 0.06 * g.normal(size=(64, 128))
+    m = np.full(128, 0.01)
+    C = np.cov(a, rowvar=False)
+    assert M.frechet_distance_features(a, a + m) == pytest.approx((m ** 2).sum(), abs=1e-6)
+    assert M.frechet_distance_features(a, 2 * a) == pytest.approx((a.mean(0) ** 2).sum() + np.trace(C), abs=1e-6)
+    assert M.frechet_distance_features(a, a) == pytest.approx(0.0, abs=1e-6)
+
+
 def test_embedding_frechet_distance_and_diversity_known_answers():
     g = np.random.default_rng(0)
     a = g.normal(size=(4000, 3))
