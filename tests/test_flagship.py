@@ -1,11 +1,15 @@
 """The flagship generator and the peers pix2pix / BicycleGAN: every mode trains, reloads and resumes exactly; the
 objective's pieces (DiffAugment, R1, EMA, latent regression) against known answers; the peers' architectures as
 their papers define them. 64 px (the multi-scale 70x70 PatchGAN needs it), width 4: a few seconds."""
+import copy
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+import frankenstein_utils.flagship as flagship
 from frankenstein_utils.flagship import (ABLATIONS, FlagshipGenerator, NLayerDiscriminator, UNet, checkerboard_score,
                                          diff_augment, ema_update, preset, r1_penalty)
 from frankenstein_utils.training import TrainConfig, Trainer, load_run
@@ -28,6 +32,8 @@ def config(name, out, **kw):
 
 @pytest.mark.parametrize("name", MODES)
 def test_mode_trains_reloads_and_generates(tmp_path, name):
+    """Plumbing: every mode trains, logs, checkpoints and reloads. What the flagship's losses compute is checked
+    against their formulas by the ``test_flagship_step_*`` tests below."""
     t = Trainer(config(name, tmp_path, steps=3), streams())
     hist = t.fit(progress=False)
     assert t.step == 3 and all(math.isfinite(v) for row in hist for v in row.values())
@@ -44,6 +50,167 @@ def test_mode_trains_reloads_and_generates(tmp_path, name):
     if name == "flagship":
         G = run.nets["G_ema"]
         assert torch.equal(out, G(d * 2 - 1, torch.zeros(2, 4)))
+
+
+# ---- one flagship training step, traced: its losses against their formulas ------------------------------------------
+def traced_step(t, augment=None, before_update=None, monkeypatch=None):
+    """Run ``t.objective.step()`` once and record: the batches drawn (``batches``), G's calls (``g_calls``: phase,
+    inputs, output), D's forward calls (``d_calls``: phase, input, list of logit maps), the loss tensors handed to
+    the NaN guard (``checked``) and to each optimizer update (``updates``: names, loss), the returned log (``log``).
+    Phase 0 = before D's update (D's step), 1 = after it (G's step). ``augment`` replaces DiffAugment (the policies
+    it is called with go to ``policies``); ``before_update(rec, names, loss)`` runs before each update."""
+    rec = SimpleNamespace(batches={}, g_calls=[], d_calls=[], checked=[], updates=[], policies=[])
+    obj = t.objective
+    nxt, chk, upd = t._next, t._check, obj._update
+
+    def _next(name):
+        rec.batches[name] = b = nxt(name)
+        return b
+
+    def _check(losses):
+        rec.checked.append(dict(losses))
+        return chk(losses)
+
+    def _update(loss, names, frozen=()):
+        if before_update is not None:
+            before_update(rec, list(names), loss)
+        rec.updates.append((list(names), loss))
+        return upd(loss, names, frozen)
+
+    t._next, t._check, obj._update = _next, _check, _update
+    hooks = [t.nets["G"].register_forward_hook(lambda m, i, o: rec.g_calls.append((len(rec.updates), i, o))),
+             t.nets["D"].register_forward_hook(lambda m, i, o: rec.d_calls.append((len(rec.updates), i[0], o)))]
+    if augment is not None:
+        monkeypatch.setattr(flagship, "diff_augment", lambda x, policy: (rec.policies.append(policy), augment(x))[1])
+    try:
+        rec.log = obj.step()
+    finally:
+        for h in hooks:
+            h.remove()
+        del t._next, t._check, obj._update
+    rec.real = torch.cat([rec.batches["paired"]["image"], rec.batches["real"]["image"]])
+    rec.fake = torch.cat([o for ph, _, o in rec.g_calls if ph == 0]).detach()
+    return rec
+
+
+def flagship_trainer(tmp_path, **kw):
+    return Trainer(config("flagship", tmp_path, steps=1, **kw), streams())
+
+
+def r1_reference(D, real):
+    """R1 as the docstring defines it, one image at a time: E_i ||grad_{x_i} s(x_i)||^2, s = sum over scales of the
+    image's mean logit."""
+    sq = []
+    for x in real:
+        x = x[None].clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(sum(o.mean() for o in D(x)), x, create_graph=True)
+        sq.append(g.pow(2).sum())
+    return torch.stack(sq).mean()
+
+
+def test_flagship_step_r1_is_lazy_and_scaled(tmp_path):
+    """Lazy R1 (StyleGAN2): on steps divisible by k = fs_r1_every, D's loss is d_real + d_fake + gamma/2 * k * R1 --
+    value and gradient -- with R1 computed here independently on the step's reals; on the other steps no R1 at all.
+    gamma 3, k 4: gamma/2*k = 6 differs from the unscaled 1, gamma/2 = 1.5, gamma = 3 and gamma*k = 12."""
+    t = flagship_trainer(tmp_path, fs_r1=3.0, fs_r1_every=4, fs_diffaug="", spectral_norm=False)
+    D = t.nets["D"]
+    for m in D.modules():  # He-scale weights: at init_weights' scale R1 is ~1e-9, lost in float32 next to d_real
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(m.weight, a=0.2)
+    params = list(D.parameters())
+
+    def before_update(rec, names, loss):
+        if names != ["D"]:
+            return
+        parts = rec.checked[-1]  # the D step's loss terms, as handed to the NaN guard
+        extra = loss - parts["d_real"] - parts["d_fake"]
+        real = torch.cat([rec.batches["paired"]["image"], rec.batches["real"]["image"]])
+        ref = 3.0 / 2 * 4 * r1_reference(D, real)  # D not yet updated (no spectral norm: no state either)
+        grads = lambda y, **kw: [torch.zeros_like(p) if g is None else g for p, g in
+                                 zip(params, torch.autograd.grad(y, params, allow_unused=True, **kw))]
+        rec.r1 = dict(value=extra.item(), ref=ref.item(), logged=parts["r1"].item() if "r1" in parts else None,
+                      grad=grads(extra, retain_graph=True), grad_ref=grads(ref))
+
+    for step, lazy in ((0, True), (1, False), (4, True)):
+        t.step = step
+        rec = traced_step(t, before_update=before_update)
+        got = rec.r1
+        assert ("r1" in rec.log) == lazy
+        if lazy:
+            assert got["ref"] > 1e-2  # a penalty big enough to tell the scales apart
+            assert got["logged"] == pytest.approx(got["ref"] / 6, rel=1e-4)
+            assert got["value"] == pytest.approx(got["ref"], rel=1e-3)
+            scale = max(float(r.abs().max()) for r in got["grad_ref"])
+            assert scale > 0
+            for g, r in zip(got["grad"], got["grad_ref"]):  # the penalty's gradient reaches D, scaled alike
+                assert torch.allclose(g, r, rtol=1e-3, atol=1e-5 * scale)
+        else:
+            assert got["value"] == pytest.approx(0, abs=1e-6) and got["logged"] is None  # float32 rounding only
+            assert all((g == 0).all() for g in got["grad"])
+
+
+def test_flagship_step_diffaugment_on_everything_d_sees(tmp_path, monkeypatch):
+    """DiffAugment on every image D's losses see: reals and fakes in D's step, fakes in G's (with the gradient to G
+    kept), with the configured policy. A marker augmentation (x + 10) shows which D inputs were augmented."""
+    t = flagship_trainer(tmp_path, fs_diffaug="translation")
+    rec = traced_step(t, augment=lambda x: x + 10, monkeypatch=monkeypatch)
+    assert rec.policies and set(rec.policies) == {"translation"}
+    src = {0: [], 1: []}
+    for phase, x, _ in rec.d_calls:
+        assert (x > 8).all(), f"D's step {phase} got an image without DiffAugment"
+        x = x - 10
+        kind = "real" if torch.allclose(x, rec.real, atol=1e-5) else "fake" if torch.allclose(x, rec.fake, atol=1e-5) \
+            else "?"
+        src[phase].append((kind, x.requires_grad))
+    assert ("real", False) in src[0] and ("fake", False) in src[0]  # D's step: reals, detached fakes
+    assert src[1] == [("fake", True)]  # G's step: the fakes, gradient to G kept
+    assert "r1" in rec.log and len(src[0]) == 3  # and R1 on augmented reals
+
+
+def d_outputs(rec, phase, target):
+    """D's logit maps of the call in ``phase`` whose input is ``target``."""
+    (out,) = [o for ph, x, o in rec.d_calls if ph == phase and torch.equal(x.detach(), target)]
+    return [o.detach().float() for o in out]
+
+
+@pytest.mark.parametrize("gan", ["hinge", "log"])
+def test_flagship_step_gan_losses_match_their_formulas(tmp_path, gan):
+    """On the step's own D outputs (scales averaged): hinge D = mean relu(1 - D(real)) + mean relu(1 + D(fake)),
+    G = -mean D(fake); non-saturating D = softplus(-D(real)) + softplus(D(fake)), G = softplus(-D(fake)). G's term
+    uses D after its update, on the fakes with G's gradient; G's update gets gan_weight * g_adv when it is alone."""
+    t = flagship_trainer(tmp_path, gan_loss=gan, fs_diffaug="", gan_weight=0.5, l1_weight=0.0, kl_weight=0.0,
+                         feature_matching=0.0, latent_weight=0.0)
+    t.step = 1  # no R1
+    rec = traced_step(t)
+    o_real, o_fake, o_g = d_outputs(rec, 0, rec.real), d_outputs(rec, 0, rec.fake), d_outputs(rec, 1, rec.fake)
+    scales = lambda f, os: float(sum(f(o).mean() for o in os) / len(os))
+    if gan == "hinge":
+        want = dict(d_real=scales(lambda o: F.relu(1 - o), o_real), d_fake=scales(lambda o: F.relu(1 + o), o_fake),
+                    g_adv=scales(lambda o: -o, o_g))
+    else:
+        want = dict(d_real=scales(lambda o: F.softplus(-o), o_real), d_fake=scales(F.softplus, o_fake),
+                    g_adv=scales(lambda o: F.softplus(-o), o_g))
+    for k, v in want.items():
+        assert rec.log[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+    ((_, g_loss),) = [u for u in rec.updates if "G" in u[0]]
+    assert g_loss.item() == pytest.approx(0.5 * want["g_adv"], rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("gan", ["hinge", "log"])
+def test_flagship_step_generator_raises_d_of_its_fakes(tmp_path, gan):
+    """With the adversarial term alone, G's update raises the (just updated, then fixed) D's mean logit on the
+    step's own fakes: G(x, z) with the same inputs, before and after the step."""
+    t = flagship_trainer(tmp_path, gan_loss=gan, fs_diffaug="", l1_weight=0.0, kl_weight=0.0, feature_matching=0.0,
+                         latent_weight=0.0)
+    G0 = copy.deepcopy(t.nets["G"])
+    rec = traced_step(t)
+    inputs = [tuple(a.detach() for a in i) for ph, i, _ in rec.g_calls if ph == 0]
+    D = t.nets["D"].eval()  # spectral norm: eval uses the vectors G's step used, without another power iteration
+    with torch.no_grad():
+        score = lambda G: float(sum(o.mean() for o in D(torch.cat([G(*i) for i in inputs]))))
+        before, after = score(G0), score(t.nets["G"])
+    assert torch.equal(torch.cat([G0(*i) for i in inputs]).detach(), rec.fake)  # the same fakes the step made
+    assert after > before
 
 
 @pytest.mark.parametrize("name", MODES)
