@@ -377,14 +377,79 @@ def pair_auc(pos, neg) -> dict:
     return {"auc": a, "ci": [max(a - h, 0.0), min(a + h, 1.0)], "n_pos": len(pos), "n_neg": len(neg)}
 
 
-def identity_pairs(ids, codes=None, poses=None, design: str = "new"):
-    """Index pairs (i, j), i < j, that test identity consistency. ``ids``: identity of each image; ``codes``: its
-    appearance code; ``poses``: its pose index.
+def _mmd2_unbiased(x, y) -> float:
+    d = x.shape[1]
+    kxx, kyy, kxy = ((x @ x.T / d + 1.0) ** 3, (y @ y.T / d + 1.0) ** 3, (x @ y.T / d + 1.0) ** 3)
+    nx, ny = len(x), len(y)
+    return float((kxx.sum() - np.trace(kxx)) / (nx * (nx - 1)) + (kyy.sum() - np.trace(kyy)) / (ny * (ny - 1))
+                 - 2 * kxy.mean())
 
-    ``"new"`` (depth-blind-proof): positives = same identity, same code, different pose; negatives = different
-    identity, *same* code, same pose. A generator that uses only the code gives equal distances to both: AUC 0.5.
-    ``"old"`` (as before): positives as above; negatives = different identity *and* different code, any pose, so a
-    generator that ignores the depth and draws the face from the code alone scores AUC 1.
+
+def kernel_distance_features(a, b, standardize=None, subsets: int = 50, seed: int = 0) -> dict:
+    """KID (Binkowski et al. 2018) between two feature sets (N, D), e.g. generated faces' and test photos' dlib
+    descriptors: the unbiased estimate of MMD^2 with the cubic polynomial kernel k(x, y) = (x . y / D + 1)^3,
+
+        MMD^2_u = sum_{i != j} k(a_i, a_j) / (n_a (n_a - 1)) + sum_{i != j} k(b_i, b_j) / (n_b (n_b - 1))
+                  - 2 sum_{i, j} k(a_i, b_j) / (n_a n_b),
+
+    on all rows of both sets ("kid"), and its standard error ("kid_se"): the standard deviation over ``subsets``
+    random half-samples of each set (seeded) divided by sqrt(2) (the variance of the estimate falls as 1/N).
+    ``standardize`` = (mean, std) per dimension, from a third set of real faces (e.g. training photos), applied to
+    both sets first: dlib descriptors are nearly unit vectors whose entries are about 0.1, so with x . y / D of
+    order 0.01 the cubic kernel is nearly linear and sees little but the means; standardized, it also sees the
+    spread (a generator with 0.7x the real spread scores above a perfect one, ``tests/test_metrics.py``).
+    Why KID and not FD at a few hundred samples of 128-D descriptors: KID is unbiased at any N (another sample of
+    the real distribution scores 0 on average), while FD's plug-in covariances rank a narrower set above a perfect
+    one at 64 or 128 samples."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 4:
+        raise ValueError(f"kernel_distance_features: need two (N >= 4, D) sets of one D, got {a.shape} and "
+                         f"{b.shape}")
+    if standardize is not None:
+        mu, sd = (np.asarray(v, np.float64) for v in standardize)
+        a, b = (a - mu) / sd, (b - mu) / sd
+    rng = np.random.default_rng(seed)
+    halves = [_mmd2_unbiased(a[rng.choice(len(a), len(a) // 2, replace=False)],
+                             b[rng.choice(len(b), len(b) // 2, replace=False)]) for _ in range(subsets)]
+    return {"kid": _mmd2_unbiased(a, b), "kid_se": float(np.std(halves) / np.sqrt(2)), "n_a": len(a), "n_b": len(b)}
+
+
+def standardizer(features) -> tuple:
+    """(mean, std) per dimension of a real feature set, for ``kernel_distance_features(standardize=...)``."""
+    f = np.asarray(features, np.float64)
+    return f.mean(0), np.maximum(f.std(0), 1e-12)
+
+
+def spread_share(groups, reference) -> float:
+    """Mean pairwise descriptor distance within each group of images (a list of (k, D) arrays: e.g. one depth map
+    under k appearance codes), averaged over groups, as a share of the ``reference`` set's own mean pairwise
+    distance (real photos). 0 = every group is one image (a collapsed generator), about 1 = each group varies as
+    much as different real people do."""
+    within = [mean_pairwise_distance(g) for g in groups if len(g) > 1]
+    return float(np.mean(within) / mean_pairwise_distance(reference))
+
+
+def _weighted_auc(dpos, wpos, dneg, wneg) -> float:
+    """P(positive distance < negative distance) + 0.5 P(tie), pairs weighted (Mann-Whitney with weights)."""
+    order = np.argsort(dneg, kind="stable")
+    dn, cw = dneg[order], np.concatenate([[0.0], np.cumsum(wneg[order])])
+    lo, hi = np.searchsorted(dn, dpos, "left"), np.searchsorted(dn, dpos, "right")
+    total = cw[-1]
+    return float((wpos * ((total - cw[hi]) + 0.5 * (cw[hi] - cw[lo]))).sum() / (wpos.sum() * total))
+
+
+def identity_pairs(ids, codes=None, poses=None, design: str = "matched"):
+    """Index pairs (i, j), i < j, that test identity consistency. ``ids``: identity of each image; ``codes``: its
+    appearance code; ``poses``: its pose slot (a slot is the same pose and expression for every identity of a code).
+
+    ``"matched"`` (the measure): positives = same identity, same code, different pose; negatives = different
+    identity, same code, *different* pose. Both classes cover every pair of distinct pose slots (each slot pair once
+    per identity or identity pair), so the pose gap is drawn from the same distribution in both and only identity
+    separates them: a generator that follows the pose but not the identity scores 0.5, one that ignores the depth
+    and draws the face from the code alone scores 0.5.
+    ``"same-pose"`` (the design used before, shown to expose its confound): negatives in the *same* pose, so a
+    generator that keeps identity but turns the head with the input scores below 0.5.
+    ``"old"``: negatives = different identity *and* different code, any pose; a depth-blind generator scores 1.
     ``"labels"``: real photos with known identity: positives = same identity, negatives = different identity."""
     ids = np.asarray(ids)
     i, j = np.triu_indices(len(ids), 1)
@@ -394,23 +459,41 @@ def identity_pairs(ids, codes=None, poses=None, design: str = "new"):
     codes, poses = np.asarray(codes), np.asarray(poses)
     same_code, same_pose = codes[i] == codes[j], poses[i] == poses[j]
     pos = same_id & same_code & ~same_pose
-    if design == "new":
+    if design == "matched":
+        neg = ~same_id & same_code & ~same_pose
+    elif design == "same-pose":
         neg = ~same_id & same_code & same_pose
     elif design == "old":
         neg = ~same_id & ~same_code
     else:
-        raise ValueError(f"design must be 'new', 'old' or 'labels', got {design!r}")
+        raise ValueError(f"design must be 'matched', 'same-pose', 'old' or 'labels', got {design!r}")
     return (i[pos], j[pos]), (i[neg], j[neg])
 
 
-def identity_auc(embeddings, ids, codes=None, poses=None, design: str = "new",
-                 threshold: float = 0.6) -> dict:
+def identity_auc(embeddings, ids, codes=None, poses=None, design: str = "matched", threshold: float = 0.6,
+                 n_boot: int = 200, seed: int = 0) -> dict:
     """Identity consistency from face embeddings (dlib descriptors) under a pair design (``identity_pairs``): the
-    AUC with its interval, and the share of positive pairs closer than ``threshold`` (dlib's same-person rule)."""
-    e = np.asarray(embeddings, float)
+    AUC that a positive pair is closer than a negative pair (ties one half), its 95 % interval by bootstrap over
+    identities (pairs share images, so they are not independent: identities are resampled with replacement, a
+    positive pair weighted by its identity's count, a negative pair by the product of its two identities' counts),
+    and the share of positive pairs closer than ``threshold`` (dlib's same-person rule)."""
+    e, ids = np.asarray(embeddings, float), np.asarray(ids)
     (pi, pj), (ni, nj) = identity_pairs(ids, codes, poses, design)
     dpos = np.linalg.norm(e[pi] - e[pj], axis=1)
     dneg = np.linalg.norm(e[ni] - e[nj], axis=1)
-    out = pair_auc(dpos, dneg)
-    out["same_share"] = float((dpos < threshold).mean()) if len(dpos) else float("nan")
+    nan = float("nan")
+    out = {"auc": nan, "ci": [nan, nan], "n_pos": len(dpos), "n_neg": len(dneg), "design": design,
+           "n_ids": int(len(np.unique(ids))),
+           "same_share": float((dpos < threshold).mean()) if len(dpos) else nan}
+    if len(dpos) == 0 or len(dneg) == 0:
+        return out
+    out["auc"] = _weighted_auc(dpos, np.ones(len(dpos)), dneg, np.ones(len(dneg)))
+    uniq, inv = np.unique(ids, return_inverse=True)
+    rng, boots = np.random.default_rng(seed), []
+    for _ in range(n_boot):
+        w = np.bincount(rng.integers(0, len(uniq), len(uniq)), minlength=len(uniq)).astype(float)
+        wp, wn = w[inv[pi]], w[inv[ni]] * w[inv[nj]]
+        if wp.sum() > 0 and wn.sum() > 0:
+            boots.append(_weighted_auc(dpos, wp, dneg, wn))
+    out["ci"] = [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]
     return out
