@@ -121,6 +121,13 @@ def write_shipped(path, blob: dict) -> int:
     return len(buf.getvalue())
 
 
+def update_card(path, **fields) -> int:
+    """Set ``fields`` in the card of the shipped file ``path`` (weights untouched), written atomically."""
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    blob["card"] = {**blob["card"], **fields}
+    return write_shipped(path, blob)
+
+
 def available() -> list[str]:
     """Names of the shipped models: ``flagship`` and ``study/<model>`` (the study at its equal budget)."""
     return sorted(p.relative_to(WEIGHTS_DIR).with_suffix("").as_posix() for p in WEIGHTS_DIR.rglob("*.pt"))
@@ -374,9 +381,7 @@ def evaluate_shipped(names=None, workers: int = 2, out_md=None, **context_kw) ->
     for name in names:
         gen = load_pretrained(name)
         row = {k: rows[name][k] for k in keep if k in rows[name]}
-        blob = torch.load(gen.path, map_location="cpu", weights_only=False)
-        blob["card"] = {**blob["card"], "evaluation_n": EV.to_json(row)}
-        write_shipped(gen.path, blob)
+        update_card(gen.path, evaluation_n=EV.to_json(row))
         md = gen.path.with_name(f"{gen.path.stem}_MODEL_CARD.md")
         rel = "../EVALUATION.md" if gen.path.parent.name == "study" else "EVALUATION.md"
         fmt = lambda k: (f"{row[k]:.3f}" if isinstance(row.get(k), (int, float))  # noqa: E731
@@ -434,9 +439,7 @@ def sweep_shipped(names=None, workers: int = 2, md=None, **sweep_kw) -> dict:
         sm = out[name]["summary"]
         print(f"{name}: sweep score {sm['score']:.3f} (worst {sm['worst_sweep']}), broken {sm['broken']}, "
               f"ignored {sm['ignored']} ({time.time() - t0:.0f} s)", flush=True)
-        blob = torch.load(gen.path, map_location="cpu", weights_only=False)
-        blob["card"] = {**blob["card"], "sweep": {k: v for k, v in sm.items()}}
-        write_shipped(gen.path, blob)
+        update_card(gen.path, sweep=dict(sm))
     sweeps = list(reference["sweeps"])
     head = "| model | " + " | ".join(sweeps) + " | score (worst sweep) | broken | ignored |"
     lines = [head, "|---|" + "---|" * (len(sweeps) + 3),
@@ -490,10 +493,8 @@ def rescore_shipped(names=None) -> dict:
         if train is None or train.config.size != gen.cfg.image_size:
             train = PairedFaceDataset("train", PairedConfig(size=gen.cfg.image_size), model=model, progress=False)
         small = card_numbers(gen, model, train=train)
-        blob = torch.load(gen.path, map_location="cpu", weights_only=False)
-        blob["card"] = {**blob["card"], "small_set": small,
-                        "small_set_scoring": "card_numbers: float64 generation, CPU-independent draws"}
-        write_shipped(gen.path, blob)
+        update_card(gen.path, small_set=small,
+                    small_set_scoring="card_numbers: float64 generation, CPU-independent draws")
         md = gen.path.with_name(f"{gen.path.stem}_MODEL_CARD.md")
         kind = "study" if gen.path.parent.name == "study" else "flagship"
         old_lead = {"flagship": "Small fixed set recomputed by", "study": "`card_numbers` of the float16 weights"}[kind]
