@@ -9,7 +9,15 @@ vertices, projection, z-buffer, depth normalisation, generator, PNG encoding of 
 at 128 px. The generator is the shipped one (``frankenstein_utils.pretrained.load_pretrained``) at its own size when
 there is one; otherwise, and for the other size, a cVAE run of the study's default width trained here for a few steps
 (latency depends on the architecture, not on how long it trained; the run is kept in outputs/bench_slider/).
-Usage: python bench/bench_slider.py [--updates 40] [--sizes 64 128] [--threads 1 2]
+
+Appearance (``--part appearance``): explorers in the appearance model's render configuration (64 px, chin region;
+the shipped float16 model): depth only (the reference), depth + appearance render with the switch off (free) and on
+(from shape), and depth + appearance + the shipped generator's face (``FaceExplorer.with_pretrained(...,
+n_appearance=8)``). Each update is a slider moved through its widget, as a drag does (a shape slider and an
+appearance slider in turn), timed by ``FaceExplorer.last_update_ms`` (render, PNG encoding, pushing into the image
+widgets); it prints median and max wall time, median process CPU time, and each explorer's median over the depth-only
+reference's median in the same run.
+Usage: python bench/bench_slider.py [--updates 40] [--sizes 64 128] [--threads 1 2] [--part all|generator|appearance]
 """
 from __future__ import annotations
 
@@ -22,7 +30,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +38,7 @@ from frankenstein_utils.facemodel import load_face_model  # noqa: E402
 from frankenstein_utils.fileio import png_bytes  # noqa: E402
 from frankenstein_utils.rasterize import RenderConfig, normalize_depth, rasterize_depth, to_pixels  # noqa: E402
 from frankenstein_utils.training import load_run  # noqa: E402
+from frankenstein_utils.appearance import load_appearance  # noqa: E402
 from frankenstein_utils.widgets import FaceExplorer, GeneratorPanel, to_uint8  # noqa: E402
 
 OUT = ROOT / "outputs" / "bench_slider"
@@ -63,17 +71,72 @@ def ms(fn):
     return out, (time.perf_counter() - t0) * 1000
 
 
+def slider_updates(ex, sliders, updates: int):
+    """Median and max wall ms (``last_update_ms``) and median CPU ms of ``updates`` slider moves, cycling through
+    ``sliders`` (widgets) with alternating +-2, after 3 warm-up moves."""
+    wall, cpu = [], []
+    for i in range(updates + 3):
+        c0 = time.process_time()
+        sliders[i % len(sliders)].value = 2.0 if (i // len(sliders)) % 2 == 0 else -2.0
+        if i >= 3:
+            cpu.append((time.process_time() - c0) * 1000)
+            wall.append(ex.last_update_ms)
+    return statistics.median(wall), max(wall), statistics.median(cpu)
+
+
+def appearance_part(model, threads: list[int], updates: int, shipped) -> None:
+    app = load_appearance()
+    cfg = app.render_config()
+    explorers = {"depth only (reference)": FaceExplorer(model, 15, cfg),
+                 "depth + appearance, free": FaceExplorer.with_appearance(model, 8, app),
+                 "depth + appearance, from shape": FaceExplorer.with_appearance(model, 8, app)}
+    explorers["depth + appearance, from shape"].widget
+    explorers["depth + appearance, from shape"].appearance.switch.value = True
+    if shipped is not None and shipped.render.to_dict() == cfg.to_dict():
+        explorers[f"depth + appearance + {shipped.path.name}"] = FaceExplorer.with_pretrained(model, n_appearance=8,
+                                                                                             app=app)
+    panel = explorers["depth + appearance, free"].appearance
+    print(f"\nappearance explorers: {cfg.resolution} px, region {cfg.region!r}, shipped appearance model "
+          f"({app.n_components} components); slider names: {', '.join(panel.names)}")
+    print("measured shares of each component's colour change (lightness / colour / left-right) and skin ITA change "
+          "(deg, +-2 sd): " + "; ".join(f"a{k} {m['lightness']:.2f}/{m['colour']:.2f}/{m['left_right']:.2f} "
+                                         f"{m['ita']:+.0f}" for k, m in enumerate(panel.measures)))
+    print(f"{updates} updates per row, a shape slider and an appearance slider in turn (shape only for the reference)")
+    print(f"{'explorer':44} {'thr':>3} {'median ms':>9} {'max ms':>7} {'CPU ms':>6} {'x reference':>11} "
+          f"{'x 100 ms target':>15}")
+    for threads in threads:
+        torch.set_num_threads(threads)
+        ref = None
+        for name, ex in explorers.items():
+            ex.widget
+            sliders = ex.shape_sliders[:4]
+            if ex.appearance:  # a shape slider and an appearance slider in turn
+                sliders = [s for pair in zip(sliders, ex.appearance.sliders[:4]) for s in pair]
+            med, worst, cpu = slider_updates(ex, sliders, updates)
+            ref = ref or med
+            print(f"{name:44} {threads:3d} {med:9.1f} {worst:7.1f} {cpu:6.1f} {med / ref:10.2f}x {med / 100:14.2f}x")
+            ex.reset()
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--updates", type=int, default=40)
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--train-steps", type=int, default=20)
+    ap.add_argument("--part", choices=("all", "generator", "appearance"), default="all")
     a = ap.parse_args(argv)
     model = load_face_model()
     shipped = shipped_generator()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"load average {os.getloadavg()[0]:.2f}")
+    if a.part != "appearance":
+        generator_part(model, a, shipped)
+    if a.part != "generator":
+        appearance_part(model, a.threads, a.updates, shipped)
+
+
+def generator_part(model, a, shipped) -> None:
     header = (f"{'size':>4} {'thr':>3} {'median ms':>9} {'max ms':>7} {'CPU ms':>6}  stage medians (ms): vertices  "
               f"project  z-buffer  normalise  generator  png   | z-buffer if torch")
     rows = []
@@ -120,7 +183,7 @@ def main(argv=None):
             med = {k: statistics.median(v) for k, v in st.items()}
             rows.append((size, threads, statistics.median(total), max(total), med, name, n_par,
                          statistics.median(cpu)))
-    print(f"generators: " + "; ".join(sorted({f'{r[0]} px: {r[5]}, G {r[6]:,} parameters' for r in rows})))
+    print("generators: " + "; ".join(sorted({f'{r[0]} px: {r[5]}, G {r[6]:,} parameters' for r in rows})))
     print(f"{a.updates} updates per row, a different shape slider each time")
     print(header)
     for size, threads, med_t, max_t, med, _, _, cpu_t in rows:

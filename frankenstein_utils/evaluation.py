@@ -25,7 +25,8 @@ from . import judges as J
 from . import metrics as M
 from .depthdata import RenderedDepthDataset
 from .draws import normal
-from .rasterize import apply_pose, render_depth, to_pixels
+from .facerender import model_landmarks  # noqa: F401 (part of this module's interface)
+from .rasterize import render_depth
 from .training import load_run
 
 # Known-answer ladder rungs made from real photos: Gaussian blur sigma (px at the image size) and additive Gaussian
@@ -45,30 +46,6 @@ def discover_runs(roots: dict) -> dict[str, Path]:
 
 
 # ---- landmarks of the face model and of the photos -------------------------------------------------------------------
-def model_landmarks(model, coeffs: torch.Tensor, render, poses: torch.Tensor | None = None,
-                    expressions: torch.Tensor | None = None, batch_size: int = 64) -> np.ndarray:
-    """The face model's own 68 iBUG landmark vertices (``landmarks68``) projected exactly as ``render_depth`` projects
-    the mesh (pose about the head centre, then ``to_pixels`` with the render's framing): (N, 68, 2) in continuous
-    pixel coordinates of the depth map (pixel i covers [i, i + 1)). The ICT jaw points 0-16 are fixed vertices standing
-    in for silhouette points; use ``judges.INNER_POINTS`` for errors."""
-    if render.framing != "fixed":
-        raise ValueError("model_landmarks: needs framing='fixed' (a 'fit' frame depends on the whole rendered mesh)")
-    lm = getattr(model, "landmarks68", None)
-    if lm is None:
-        from .paths import find_dataset
-
-        folder = find_dataset("ict_facekit", "ict_expression_model.npz")
-        lm = np.load(folder / "ict_expression_model.npz")["landmarks68"]
-    lm = torch.as_tensor(np.asarray(lm), dtype=torch.long)
-    out = []
-    for s in range(0, len(coeffs), batch_size):
-        kw = {} if expressions is None else {"expressions": expressions[s:s + batch_size]}
-        v = model.vertices(coeffs[s:s + batch_size], "full", **kw)[:, lm]
-        p = None if poses is None else poses[s:s + batch_size]
-        out.append(to_pixels(apply_pose(v, p), render)[..., :2])
-    return torch.cat(out).double().numpy()
-
-
 def photo_mediapipe(ds) -> np.ndarray:
     """MediaPipe landmarks (N, 468, 2) of a ``PairedFaceDataset`` split, in its image's pixel frame."""
     from .datasets import landmark_frame
@@ -148,10 +125,30 @@ def z_only_generator(photos: torch.Tensor, noise_grey_levels: float = 0.0):
 def with_image_noise(generate, grey_levels: float = 2.0, seed: int = 0):
     """``generate`` with each output image given its own small Gaussian noise: a generator that draws identical
     images for different inputs then gets real, untied descriptor distances (the mean-shape control)."""
-    def f(depth, mask, z=None):
-        return add_noise(generate(depth, mask, z), grey_levels, seed)
+    def f(depth, mask, z=None, params=None):
+        return add_noise(call_generator(generate, depth, mask, z, params), grey_levels, seed)
     f.z_dim = getattr(generate, "z_dim", 0)
+    f.uses_face_params = getattr(generate, "uses_face_params", False)
     return f
+
+
+def call_generator(generate, depth, mask, z=None, params=None):
+    """``generate(depth, mask, z)``; a generator that reads more than depth (``uses_face_params``: the raw render,
+    generators fed appearance buffers) also gets the faces' parameters, dict(coeffs, poses, expressions)."""
+    if getattr(generate, "uses_face_params", False):
+        if params is None:
+            raise ValueError("this generator needs the faces' parameters; the evaluation set has none")
+        return generate(depth, mask, z, params=params)
+    return generate(depth, mask, z)
+
+
+def face_params(coeffs, poses=None, expressions=None, rows=None) -> dict:
+    """The parameters of a set of rendered faces (optionally the rows ``rows`` of them)."""
+    p = {"coeffs": coeffs, "poses": poses, "expressions": expressions}
+    if rows is not None:
+        rows = torch.as_tensor(np.asarray(rows), dtype=torch.long)
+        p = {k: None if v is None else v[rows] for k, v in p.items()}
+    return p
 
 
 # ---- what every run is measured against ------------------------------------------------------------------------------
@@ -188,6 +185,12 @@ class EvalContext:
     judges: J.FaceJudges
     fallback_box: tuple  # detection box used where dlib finds no face (median box of test photos, fractions)
     mp_map: dict = field(default_factory=dict)
+    # the faces' parameters, dict(coeffs, poses, expressions), of each synthetic set (generators with
+    # ``uses_face_params`` read them)
+    syn_params: dict | None = None
+    id_params: dict | None = None
+    id_mean_params: dict | None = None
+    train_embeddings: np.ndarray | None = None  # dlib descriptors of training photos (memorisation's reference)
     kid_stats: tuple | None = None  # (mean, std) of real training photos' descriptors: KID's standardisation
     n_embed: int = 500  # generated faces per run that get a descriptor (KID, face-FD, diversity)
     workers: int = 1  # processes for the dlib judges (single-threaded C++)
@@ -202,14 +205,14 @@ class EvalContext:
 
 
 def identity_set(model, render, pose, n_codes: int, n_ids: int, n_poses: int, seed: int = 0, source=None,
-                 mean_shape: bool = False):
+                 mean_shape: bool = False, with_params: bool = False):
     """Renders for the identity test: ``n_ids`` identities (shape coefficients) shared by all codes; for each of
     ``n_codes`` appearance codes, ``n_poses`` pose slots drawn once and used for every identity of that code (so a
     same-code, different-identity pair has the same pose and expression). Order: code-major, then identity, then
     pose. Pose (and expression) per slot: from ``source`` (a ``RenderedDepthDataset`` of n_codes * n_poses items,
     e.g. ``PairedFaceDataset.synthetic``: the photos' fitted distribution) when given, else ``pose.sample``, neutral.
     ``mean_shape=True``: the same set with every identity's shape replaced by the mean shape (the control that must
-    score identity AUC 0.5: pose-following, identity-blind)."""
+    score identity AUC 0.5: pose-following, identity-blind). ``with_params``: also the faces' parameters."""
     from .facemodel import render_faces
 
     g = torch.Generator().manual_seed(seed + 999)
@@ -224,9 +227,10 @@ def identity_set(model, render, pose, n_codes: int, n_ids: int, n_poses: int, se
         poses, expr = pose.sample(n_codes * n_poses, generator=g).view(n_codes, n_poses, 6), None
     codes, ids, pidx = np.meshgrid(np.arange(n_codes), np.arange(n_ids), np.arange(n_poses), indexing="ij")
     codes, ids, pidx = codes.ravel(), ids.ravel(), pidx.ravel()
-    d, m = render_faces(model, coeffs[ids], render, poses[codes, pidx],
-                        None if expr is None else expr[codes, pidx])
-    return d[:, None], m[:, None].float(), ids, codes, pidx
+    e = None if expr is None else expr[codes, pidx]
+    d, m = render_faces(model, coeffs[ids], render, poses[codes, pidx], e)
+    out = d[:, None], m[:, None].float(), ids, codes, pidx
+    return out + (face_params(coeffs[ids], poses[codes, pidx], e),) if with_params else out
 
 
 def load_orl(size: int, n_people: int = 20, per_person: int = 5, grayscale: bool = False) -> tuple:
@@ -268,8 +272,10 @@ def build_context(model, train, test, n_synthetic: int = 500, n_codes: int = 2, 
         id_source = None
     d, m = syn.render_batch(list(range(n_synthetic)))
     syn_lm = model_landmarks(model, syn.coeffs, render, syn.poses, getattr(syn, "expressions", None))
-    idd, idm, ids, codes, pidx = identity_set(model, render, pose, n_codes, n_ids, n_poses, seed, id_source)
-    mean_d, mean_m = identity_set(model, render, pose, n_codes, n_ids, n_poses, seed, id_source, mean_shape=True)[:2]
+    idd, idm, ids, codes, pidx, id_params = identity_set(model, render, pose, n_codes, n_ids, n_poses, seed,
+                                                         id_source, with_params=True)
+    mean_d, mean_m, *_, mean_params = identity_set(model, render, pose, n_codes, n_ids, n_poses, seed, id_source,
+                                                   mean_shape=True, with_params=True)
     g = torch.Generator().manual_seed(seed + 1001)
     sc = model.sample_coefficients(60, 15, generator=g)
     sd, sm = render_depth(model, sc, render)  # frontal
@@ -304,7 +310,9 @@ def build_context(model, train, test, n_synthetic: int = 500, n_codes: int = 2, 
         id_depth=idd, id_mask=idm, id_ids=ids, id_codes=codes, id_poses=pidx, id_mean_depth=mean_d,
         id_mean_mask=mean_m, orl=orl, orl_ids=orl_ids, kid_stats=M.standardizer(std_faces.embeddings),
         feature_net=feat, depth_estimator=est, judges=jd, fallback_box=fallback, mp_map=mp_map, n_embed=n_embed,
-        workers=workers, c2st_steps=c2st_steps, seed=seed)
+        workers=workers, c2st_steps=c2st_steps, seed=seed,
+        syn_params=face_params(syn.coeffs, syn.poses, getattr(syn, "expressions", None)), id_params=id_params,
+        id_mean_params=mean_params, train_embeddings=std_faces.embeddings)
 
 
 def generator_fn(run, seed: int = 0):
@@ -355,6 +363,9 @@ def face_judgement(ctx: EvalContext, images: torch.Tensor, target_landmarks: np.
            "face_diversity": M.mean_pairwise_distance(faces.embeddings),
            "diversity_share": M.mean_pairwise_distance(faces.embeddings)
            / M.mean_pairwise_distance(ctx.test_faces.embeddings), "landmarks": lms, "embeddings": faces.embeddings}
+    if ctx.train_embeddings is not None:  # memorisation: near copies of training photos, beside the test photos'
+        mem = M.near_copy_share(faces.embeddings, ctx.train_embeddings)
+        out.update({"near_copy": mem["share"], "near_copy_ci": mem["ci"], "near_copy_n_train": mem["n_train"]})
     if target_landmarks is not None:
         e = M.nme(lms, target_landmarks[:len(lms)], J.INNER_POINTS)
         out.update({"nme": e["nme"], "nme_ci": e["ci"]})
@@ -373,7 +384,7 @@ def identity(ctx: EvalContext, generate, z_dim: int, controls: bool = True) -> d
     control with this generator (every identity replaced by the mean shape, each image its own 2-grey-level noise:
     must score 0.5, ``IDENTITY_BANDS``)."""
     z = ctx.id_codes_z(z_dim) if z_dim else None
-    imgs = generate(ctx.id_depth, ctx.id_mask, z)
+    imgs = call_generator(generate, ctx.id_depth, ctx.id_mask, z, ctx.id_params)
     emb = ctx.judges.analyse(imgs, fallback_box=ctx.fallback_box, workers=ctx.workers).embeddings
     out = {}
     for design, key in (("matched", "identity_auc"), ("same-pose", "identity_auc_same_pose"),
@@ -387,7 +398,8 @@ def identity(ctx: EvalContext, generate, z_dim: int, controls: bool = True) -> d
     out["identity_spread"] = M.spread_share(groups, ctx.test_faces.embeddings)
     if controls:
         noisy = with_image_noise(generate, 2.0, ctx.seed)
-        m_emb = ctx.judges.analyse(noisy(ctx.id_mean_depth, ctx.id_mean_mask, z), fallback_box=ctx.fallback_box,
+        m_emb = ctx.judges.analyse(noisy(ctx.id_mean_depth, ctx.id_mean_mask, z, ctx.id_mean_params),
+                                   fallback_box=ctx.fallback_box,
                                    workers=ctx.workers).embeddings
         r = M.identity_auc(m_emb, ctx.id_ids, ctx.id_codes, ctx.id_poses, seed=ctx.seed)
         lo, hi = IDENTITY_BANDS["mean_shape"]
@@ -405,7 +417,10 @@ def code_spread(ctx: EvalContext, generate, z_dim: int, n_maps: int = 16, n_code
     d = ctx.syn_depth[:n_maps].repeat_interleave(n_codes, 0)
     m = ctx.syn_mask[:n_maps].repeat_interleave(n_codes, 0)
     z = normal(n_maps * n_codes, z_dim, generator=torch.Generator().manual_seed(ctx.seed + 1))
-    emb = ctx.judges.analyse(generate(d, m, z), fallback_box=ctx.fallback_box, workers=ctx.workers).embeddings
+    params = None if ctx.syn_params is None else face_params(**ctx.syn_params, rows=np.repeat(np.arange(n_maps),
+                                                                                             n_codes))
+    emb = ctx.judges.analyse(call_generator(generate, d, m, z, params), fallback_box=ctx.fallback_box,
+                             workers=ctx.workers).embeddings
     return M.spread_share([emb[i * n_codes:(i + 1) * n_codes] for i in range(n_maps)], ctx.test_faces.embeddings)
 
 
@@ -414,7 +429,7 @@ def evaluate_generator(ctx: EvalContext, generate, z_dim: int = 0, images: torch
     synthetic inputs: realism (C2ST, FD, KID; test photos as reference), correspondence (depth estimator; NME of dlib
     landmarks vs the face model's own), detection rate, face-FD, diversity, shape sensitivity, identity (new and old
     design). ``images``: the outputs on ``ctx.syn_depth`` if already computed."""
-    imgs = generate(ctx.syn_depth, ctx.syn_mask) if images is None else images
+    imgs = call_generator(generate, ctx.syn_depth, ctx.syn_mask, None, ctx.syn_params) if images is None else images
     if ctx.feature_net is None:  # judges only
         out = face_judgement(ctx, imgs, ctx.syn_landmarks)
         out.pop("landmarks"), out.pop("embeddings")
@@ -495,6 +510,10 @@ def reference_rows(ctx: EvalContext) -> dict:
                           "face_diversity": M.mean_pairwise_distance(tf.embeddings), "diversity_share": 1.0,
                           "n_judged": len(tf.embeddings),
                           "brightness_spread": M.brightness_spread(ctx.real_test, ctx.test_mask)}
+    if ctx.train_embeddings is not None:  # memorisation's reference: real photos never trained on
+        mem = M.near_copy_share(tf.embeddings, ctx.train_embeddings)
+        rows[REFS["test"]].update({"near_copy": mem["share"], "near_copy_ci": mem["ci"],
+                                   "near_copy_n_train": mem["n_train"]})
     s = M.nme(tf.landmarks, np.roll(ctx.test_landmarks, 1, axis=0), J.INNER_POINTS)
     rows[REFS["shuffled"]] = {"nme": s["nme"], "nme_ci": s["ci"]}
     # identity controls, each with its band (IDENTITY_BANDS)

@@ -14,12 +14,14 @@ import numpy as np
 from PIL import Image
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temporary file in the same folder, fsync it, then rename it over ``path``."""
-    atomic_write_with(path, lambda f: f.write(data))
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = True) -> None:
+    """Write ``data`` to a temporary file in the same folder, fsync it, then rename it over ``path``.
+    ``durable=False`` skips the fsync (several ms each): only for files whose completeness a resume verifies anyway
+    (``png_is_complete``), where a power loss can at worst leave a short file that is then redone."""
+    atomic_write_with(path, lambda f: f.write(data), durable)
 
 
-def atomic_write_with(path: str | os.PathLike, write) -> None:
+def atomic_write_with(path: str | os.PathLike, write, durable: bool = True) -> None:
     """Atomically create ``path`` from ``write(file)`` (for data too big to hold as bytes first)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -28,7 +30,8 @@ def atomic_write_with(path: str | os.PathLike, write) -> None:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode open() would have
         os.replace(tmp, path)
     except BaseException:

@@ -414,6 +414,19 @@ def kernel_distance_features(a, b, standardize=None, subsets: int = 50, seed: in
     return {"kid": _mmd2_unbiased(a, b), "kid_se": float(np.std(halves) / np.sqrt(2)), "n_a": len(a), "n_b": len(b)}
 
 
+def near_copy_share(feats, train_feats, threshold: float = 0.6) -> dict:
+    """Memorisation: the share of ``feats`` (N, D) whose nearest row of ``train_feats`` (M, D) is closer than
+    ``threshold`` (dlib's same-person distance), with a Wilson interval. Compare it with the same share for real
+    photos that were not trained on (a set of one celebrity's photos has near pairs of its own)."""
+    a, b = np.asarray(feats, np.float64), np.asarray(train_feats, np.float64)
+    if not len(a) or not len(b):
+        return {"share": float("nan"), "ci": (float("nan"), float("nan")), "n": len(a), "n_train": len(b)}
+    d = np.sqrt(np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None] - 2 * a @ b.T, 0)).min(1)
+    k = int((d < threshold).sum())
+    return {"share": k / len(a), "ci": wilson_interval(k, len(a)), "n": len(a), "n_train": len(b),
+            "median_nearest": float(np.median(d))}
+
+
 def standardizer(features) -> tuple:
     """(mean, std) per dimension of a real feature set, for ``kernel_distance_features(standardize=...)``."""
     f = np.asarray(features, np.float64)

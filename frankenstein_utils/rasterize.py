@@ -1,8 +1,10 @@
-"""Batched z-buffer rasterizer in torch: orthographic frontal depth maps of triangle meshes.
+"""Batched z-buffer rasterizer: orthographic frontal renders of triangle meshes, depth and any per-vertex attribute.
 
 Conventions (pixel space): x grows to the right (columns), y grows downward (rows), the centre of pixel (row j,
-column i) is at (i + 0.5, j + 0.5), and a LARGER z is NEARER the camera. A pixel takes the depth of the nearest
-triangle that covers its centre, interpolated barycentrically, which is exact for planar triangles.
+column i) is at (i + 0.5, j + 0.5), and a LARGER z is NEARER the camera. A pixel belongs to the nearest triangle
+that covers its centre (``rasterize`` -> ``Fragments``: triangle, barycentric weights, z, mask, as PyTorch3D's
+rasterizer); ``interpolate`` renders any per-vertex attribute from them, exactly for attributes linear over each
+triangle (z is one such attribute: ``rasterize_depth`` is the fragments' z-buffer).
 
 Face renders (``render_depth``) map the model's centimetres to pixels with a fixed window (default) or fit each
 face to the frame, and map depth to [fg_floor, 1] inside the face (near = 1) with the background at 0.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -24,20 +27,37 @@ DEFAULT_WINDOW_CM = (-12.25, 12.25, -13.55, 10.95)
 DEFAULT_DEPTH_RANGE_CM = (1.0, 15.0)
 
 
-def rasterize_depth(verts: torch.Tensor, faces: torch.Tensor, height: int, width: int, *,
-                    cull_backfaces: bool = False, chunk: int = 8, eps: float = 1e-5, backend: str = "auto"):
-    """Z-buffer ``verts`` (B, N, 3), pixel coordinates, with ``faces`` (T, 3) into (B, H, W) depth and mask.
+class Fragments(NamedTuple):
+    """What the rasterizer found at each pixel centre of a (B, H, W) frame.
 
-    Returns ``(z, mask)``: z is the largest (nearest) interpolated z at each covered pixel centre and 0 elsewhere;
-    mask is True where some triangle covers the pixel centre. Triangles partly or wholly outside the frame are
-    clipped. ``cull_backfaces`` drops triangles that are clockwise as seen in the image (counter-clockwise seen
-    from the viewer in a y-up frame, i.e. facing away); the ICT and MediaPipe meshes face the viewer that way.
-    ``eps`` widens the inside test slightly so that pixel centres on a shared edge are never lost to round-off.
+    ``triangle`` (B, H, W) int64: index into ``faces`` of the nearest triangle covering the pixel centre (ties in z
+    go to the smallest index), -1 where none does. ``bary`` (B, H, W, 3) float32: that triangle's barycentric weights
+    (w0, w1, w2 = 1 - w0 - w1) of its corners ``faces[triangle]`` at the pixel centre, 0 where uncovered; they may
+    fall slightly outside [0, 1] (by up to ``eps``) at pixel centres on an edge. ``zbuf`` (B, H, W) float32: its
+    interpolated z (larger = nearer), 0 where uncovered. ``mask`` (B, H, W) bool: covered."""
+
+    triangle: torch.Tensor
+    bary: torch.Tensor
+    zbuf: torch.Tensor
+    mask: torch.Tensor
+
+
+def rasterize(verts: torch.Tensor, faces: torch.Tensor, height: int, width: int, *, cull_backfaces: bool = False,
+              eps: float = 1e-5, backend: str = "auto", chunk: int = 8) -> Fragments:
+    """Rasterize ``verts`` (B, N, 3), pixel coordinates, with ``faces`` (T, 3) into ``Fragments`` of (B, H, W).
+
+    A pixel takes the nearest (largest z) of the triangles that cover its centre; triangles partly or wholly outside
+    the frame are clipped. ``cull_backfaces`` drops triangles that are clockwise as seen in the image
+    (counter-clockwise seen from the viewer in a y-up frame, i.e. facing away); the ICT and MediaPipe meshes face the
+    viewer that way. ``eps`` widens the inside test slightly so that pixel centres on a shared edge are never lost to
+    round-off. Per-vertex attributes then render with ``interpolate``.
 
     ``backend``: ``"numba"`` (the compiled loop of ``raster_numba``, ``torch.get_num_threads()`` threads over
-    faces), ``"torch"`` (batched tensor operations, any device), or ``"auto"``: numba for CPU tensors, torch on a
-    GPU. Both give the same float32 results (tests/test_rasterize.py); bench/bench_depth.py measures the two.
-    No gradients flow through the numba path (depth maps are data here, not a loss).
+    faces), ``"torch"`` (batched tensor operations, any device, ``chunk`` faces at a time), or ``"auto"``: numba for
+    CPU tensors, torch on a GPU. Both give the same fragments bit for bit where ``torch.addcmul`` fuses its
+    multiply-add, as on CPUs with FMA (tests/test_rasterize.py). Gradients: none through the numba path; the torch
+    path carries those of ``zbuf`` and ``bary`` w.r.t. ``verts`` (not of which triangle wins). ``interpolate`` is
+    differentiable in the attributes.
     """
     if verts.ndim != 3 or verts.shape[-1] != 3:
         raise ValueError(f"verts must have shape (B, N, 3), got {tuple(verts.shape)}")
@@ -46,21 +66,82 @@ def rasterize_depth(verts: torch.Tensor, faces: torch.Tensor, height: int, width
     if backend == "numba" or (backend == "auto" and verts.device.type == "cpu"):
         if verts.device.type != "cpu":
             raise ValueError(f"backend='numba' needs CPU tensors, got device {verts.device}")
-        from .raster_numba import rasterize_depth_numba  # imported on first use: numba loads in ~0.5 s
+        from .raster_numba import rasterize_numba  # imported on first use: numba loads in ~0.5 s
 
-        z, mask = rasterize_depth_numba(verts.detach().numpy(), faces.cpu().numpy(), height, width,
-                                        cull_backfaces=cull_backfaces, eps=eps, threads=torch.get_num_threads())
-        return torch.from_numpy(z), torch.from_numpy(mask)
+        out = rasterize_numba(verts.detach().numpy(), faces.cpu().numpy(), height, width,
+                              cull_backfaces=cull_backfaces, eps=eps, threads=torch.get_num_threads())
+        return Fragments(*(torch.from_numpy(a) for a in out))
     faces = faces.to(device=verts.device, dtype=torch.long)
-    zs, ms = [], []
-    for start in range(0, verts.shape[0], chunk):  # small chunks stay in cache: faster than one big batch on CPU
-        z, m = _rasterize_chunk(verts[start:start + chunk].float(), faces, height, width, cull_backfaces, eps)
-        zs.append(z)
-        ms.append(m)
-    return torch.cat(zs), torch.cat(ms)
+    parts = [_rasterize_chunk(verts[start:start + chunk].float(), faces, height, width, cull_backfaces, eps)
+             for start in range(0, verts.shape[0], chunk)]  # small chunks stay in cache: faster on CPU
+    return Fragments(*(torch.cat(p) for p in zip(*parts)))
+
+
+def rasterize_depth(verts: torch.Tensor, faces: torch.Tensor, height: int, width: int, *,
+                    cull_backfaces: bool = False, chunk: int = 8, eps: float = 1e-5, backend: str = "auto"):
+    """Z-buffer ``verts`` (B, N, 3), pixel coordinates, with ``faces`` (T, 3) into (B, H, W) depth and mask: the
+    ``zbuf`` and ``mask`` of ``rasterize`` (same arguments), i.e. z is the largest (nearest) interpolated z at each
+    covered pixel centre and 0 elsewhere; mask is True where some triangle covers the pixel centre."""
+    f = rasterize(verts, faces, height, width, cull_backfaces=cull_backfaces, eps=eps, backend=backend, chunk=chunk)
+    return f.zbuf, f.mask
+
+
+def interpolate(fragments: Fragments, faces: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
+    """Per-vertex ``attributes`` (B, N, C) or (N, C), float, at every pixel: (B, H, W, C) =
+    sum_k bary[..., k] * attributes[faces[triangle][..., k]], 0 where uncovered.
+
+    Exact for attributes linear over each triangle (z reproduces ``zbuf`` up to float32 round-off). Plain torch, so
+    both rasterizer backends give the same result from the same fragments; differentiable in ``attributes``."""
+    sel, (values,) = _interpolate_covered(fragments, faces, [attributes])
+    return _scatter_covered(sel, values, fragments.triangle.shape)
+
+
+def _interpolate_covered(fragments: Fragments, faces: torch.Tensor, attributes: list):
+    """``interpolate`` of several attributes at the covered pixels only: their flat indices ``sel`` (P,) into
+    (B * H * W) and a (P, C) tensor per attribute. The gathers of pixels, corners and weights are shared."""
+    tri = fragments.triangle
+    B, H, W = tri.shape
+    dev = tri.device
+    faces = faces.to(device=dev, dtype=torch.long)
+    # Only covered pixels are gathered (a face covers 40 % of the frame at the default window), corner by corner,
+    # into contiguous (P, C) tensors. (Measured no faster: gathering all pixels; channel-major 1-D gathers.)
+    sel = torch.nonzero(fragments.mask.reshape(-1)).squeeze(1)
+    t = tri.reshape(-1).index_select(0, sel)
+    corners = [faces[:, k].index_select(0, t) for k in range(3)]  # 3 x (P,) vertex indices
+    bary = fragments.bary.reshape(-1, 3)
+    weights = [bary[:, k].index_select(0, sel)[:, None] for k in range(3)]  # 3 x (P, 1)
+    batch_base = None
+    out = []
+    for attr in attributes:
+        if attr.ndim == 2:
+            attr = attr[None]
+        if attr.ndim != 3 or attr.shape[0] not in (1, B) or not attr.is_floating_point():
+            raise ValueError(f"attributes must be float with shape (N, C) or (B={B}, N, C), got "
+                             f"{tuple(attr.shape)} {attr.dtype}")
+        N, C = attr.shape[1:]
+        idx = corners
+        if attr.shape[0] > 1:  # per-face attributes: rows b * N + vertex of (B * N, C)
+            if batch_base is None:  # covered pixels come face by face
+                per_face = fragments.mask.reshape(B, -1).sum(1)
+                batch_base = torch.repeat_interleave(torch.arange(B, device=dev) * N, per_face)
+            idx = [i + batch_base for i in corners]
+        rows = attr.to(dev).reshape(-1, C)
+        v = [rows.index_select(0, i) for i in idx]  # 3 x (P, C)
+        w = [x.to(rows.dtype) for x in weights]
+        # in place on fresh tensors: fewer new buffers (their page faults cost as much as the arithmetic here)
+        out.append(v[0].mul_(w[0]).addcmul_(v[1], w[1]).addcmul_(v[2], w[2]))
+    return sel, out
+
+
+def _scatter_covered(sel: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
+    """(P, C) values at the covered pixels ``sel`` -> (B, H, W, C), 0 elsewhere."""
+    B, H, W = shape
+    full = torch.zeros(B * H * W, values.shape[1], dtype=values.dtype, device=values.device)
+    return full.index_copy_(0, sel, values).view(B, H, W, -1)
 
 
 def _rasterize_chunk(P, F, H, W, cull, eps):
+    """Fragments (triangle, bary, zbuf, mask) of the meshes ``P`` (B, N, 3) float32 in pixel coordinates."""
     B, N, _ = P.shape
     T = F.shape[0]
     dev = P.device
@@ -108,15 +189,30 @@ def _rasterize_chunk(P, F, H, W, cull, eps):
     w1 = torch.addcmul(torch.addcmul(g(C1), g(A1), qx), g(B1), qy)
     z = torch.addcmul(torch.addcmul(g(Cz), g(Az), qx), g(Bz), qy)
     hit = torch.nonzero((w0 >= -eps) & (w1 >= -eps) & (w0 + w1 <= 1 + eps)).squeeze(1)
-    b = keep.index_select(0, rep.index_select(0, hit)) % B
+    kt = keep.index_select(0, rep.index_select(0, hit))  # flat t * B + b of each hit
+    b, t = kt % B, kt // B
     row = (g(j0k) + qy).index_select(0, hit).long()
     col = (g(i0k) + qx).index_select(0, hit).long()
     pix = (b * H + row) * W + col
+    z = z.index_select(0, hit)
     zbuf = torch.full((B * H * W,), -math.inf, device=dev)
-    zbuf.scatter_reduce_(0, pix, z.index_select(0, hit), reduce="amax")
-    zbuf = zbuf.view(B, H, W)
-    mask = torch.isfinite(zbuf)
-    return torch.where(mask, zbuf, torch.zeros((), device=dev)), mask
+    zbuf.scatter_reduce_(0, pix, z, reduce="amax")
+    # The winner, as the compiled loop picks it (triangles in index order, replaced only by a strictly larger z):
+    # among the hits at the nearest z, the smallest triangle index. A triangle has one hit per pixel at most.
+    near = torch.nonzero(z == zbuf.index_select(0, pix)).squeeze(1)
+    pix, t = pix.index_select(0, near), t.index_select(0, near)
+    tri = torch.full((B * H * W,), T, device=dev)
+    tri.scatter_reduce_(0, pix, t, reduce="amin")
+    first = torch.nonzero(t == tri.index_select(0, pix)).squeeze(1)  # one per covered pixel
+    win = hit.index_select(0, near.index_select(0, first))  # the winning candidates
+    pix = pix.index_select(0, first)
+    u, v = w0.index_select(0, win), w1.index_select(0, win)
+    mask = torch.zeros(B * H * W, dtype=torch.bool, device=dev).index_fill_(0, pix, True)
+    bary = torch.zeros(B * H * W, 3, device=dev)
+    bary.index_copy_(0, pix, torch.stack([u, v, 1 - u - v], 1))
+    tri = torch.where(mask, tri, -1)
+    zbuf = torch.where(mask, zbuf, torch.zeros((), device=dev))
+    return tri.view(B, H, W), bary.view(B, H, W, 3), zbuf.view(B, H, W), mask.view(B, H, W)
 
 
 # ---- pose ---------------------------------------------------------------------------------------------------------
@@ -271,11 +367,78 @@ def render_mesh_depth(verts_cm: torch.Tensor, faces: torch.Tensor, cfg: RenderCo
     """Depth maps (B, H, W) in [0, 1] and masks (B, H, W) bool of meshes in model cm, optionally posed. The
     coefficients are checked where vertices are made (``FaceModel.vertices``); the poses here (NaN/Inf ->
     ``ValueError``, not an empty map)."""
+    out = render_mesh_buffers(verts_cm, faces, cfg, poses, normals=False)
+    return out["depth"], out["mask"]
+
+
+def render_mesh_buffers(verts_cm: torch.Tensor, faces: torch.Tensor, cfg: RenderConfig,
+                        poses: torch.Tensor | None = None, attributes: dict | None = None,
+                        normals: bool | None = None) -> dict:
+    """Rasterize meshes in model cm (B, N, 3), optionally posed, once and render every buffer from the fragments.
+
+    Returns a dict: ``"depth"`` (B, H, W) as ``render_mesh_depth`` (``normalize_depth`` of the z-buffer), ``"mask"``
+    (B, H, W) bool, ``"fragments"`` (``Fragments``; z in model cm after pose), one (B, H, W, C) entry per item of
+    ``attributes`` (name -> per-vertex (N, C) or (B, N, C) tensor, ``interpolate``d, 0 outside the mask), and with
+    ``normals`` (default: when ``attributes`` are given) ``"normal"`` (B, H, W, 3): unit normals of the posed
+    surface in the model frame (x right, y up, z toward the viewer), area-weighted vertex normals interpolated and
+    renormalized, 0 outside the mask. Differentiable in the attributes (not in the geometry)."""
     if poses is not None:
         check_finite(torch.as_tensor(poses), "poses")
-    px = to_pixels(apply_pose(verts_cm, poses), cfg)
-    z, mask = rasterize_depth(px, faces, cfg.resolution, cfg.resolution, cull_backfaces=cfg.cull_backfaces)
-    return normalize_depth(z, mask, cfg), mask
+    attributes = dict(attributes or {})
+    clash = {"depth", "mask", "fragments", "normal"} & set(attributes)
+    if clash:
+        raise ValueError(f"attribute names {sorted(clash)} are taken by the buffers themselves")
+    if normals is None:
+        normals = bool(attributes)
+    posed = apply_pose(verts_cm, poses)
+    px = to_pixels(posed, cfg)
+    frags = rasterize(px, faces, cfg.resolution, cfg.resolution, cull_backfaces=cfg.cull_backfaces)
+    out = {"depth": normalize_depth(frags.zbuf, frags.mask, cfg), "mask": frags.mask, "fragments": frags}
+    names, values = list(attributes), list(attributes.values())
+    if normals:
+        names.append("normal")
+        values.append(vertex_normals(posed, faces))
+    if not values:
+        return out
+    sel, values = _interpolate_covered(frags, faces, values)
+    if normals:  # interpolated unit vectors are shorter: unit again
+        n = values[-1]
+        values[-1] = n / n.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    for name, v in zip(names, values):
+        out[name] = _scatter_covered(sel, v, frags.triangle.shape)
+    return out
+
+
+def vertex_normals(verts: torch.Tensor, faces: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    """Area-weighted unit vertex normals (B, N, 3) of meshes (B, N, 3) sharing triangles (T, 3): the sum of the
+    normals of the triangles around each vertex, each as long as twice its area, normalized. Triangles facing the
+    viewer in the model frame (counter-clockwise seen from +z, y up: the ICT and MediaPipe meshes) give +z.
+
+    ``backend``: ``"numba"`` (compiled, CPU, no gradient), ``"torch"`` (batched, any device, differentiable) or
+    ``"auto"``: numba for CPU tensors that need no gradient. The two give the same bits on a CPU."""
+    if verts.ndim != 3 or verts.shape[-1] != 3:
+        raise ValueError(f"verts must have shape (B, N, 3), got {tuple(verts.shape)}")
+    if backend not in ("auto", "numba", "torch"):
+        raise ValueError(f"backend must be 'auto', 'numba' or 'torch', got {backend!r}")
+    if backend == "numba" or (backend == "auto" and verts.device.type == "cpu" and not verts.requires_grad):
+        if verts.device.type != "cpu":
+            raise ValueError(f"backend='numba' needs CPU tensors, got device {verts.device}")
+        from .raster_numba import vertex_normals_numba
+
+        return torch.from_numpy(vertex_normals_numba(verts.detach().numpy(), faces.cpu().numpy(),
+                                                     threads=torch.get_num_threads()))
+    faces = faces.to(device=verts.device, dtype=torch.long)
+    a, b, c = (verts[:, faces[:, k]] for k in range(3))
+    e1, e2 = b - a, c - a
+    e1x, e1y, e1z = e1.unbind(-1)
+    e2x, e2y, e2z = e2.unbind(-1)
+    # written out (not torch.cross), in the order of the compiled path, so that both round alike
+    fn = torch.stack([e1y * e2z - e1z * e2y, e1z * e2x - e1x * e2z, e1x * e2y - e1y * e2x], -1)
+    vn = torch.zeros_like(verts).index_add(1, faces.reshape(-1), fn.repeat_interleave(3, dim=1))
+    x, y, z = vn.unbind(-1)
+    # the square root in float64, rounded once to float32 (torch's float32 one is not correctly rounded)
+    length = torch.sqrt((x * x + y * y + z * z).double()).to(vn.dtype).clamp_min(1e-12)
+    return vn / length[..., None]
 
 
 def render_depth(model, coeffs: torch.Tensor, cfg: RenderConfig | None = None, poses: torch.Tensor | None = None):

@@ -4,7 +4,14 @@ expression blendshape (weight in [0, 1]) re-renders the depth map.
 ``FaceExplorer`` keeps the rendering in plain methods (``render``, ``update``) so it can be timed and tested without
 a browser; ``widget`` is the ipywidgets box to display. Extra panels (for example a generated face beside the depth
 map) plug in through ``panels``: callables that take the depth (1, 1, H, W) and mask and return an (H, W) or
-(H, W, 3) image in [0, 1].
+(H, W, 3) image in [0, 1]. A panel that needs the face itself, not only its depth, sets ``uses_face_params = True``
+and is called with ``params=dict(coeffs, poses, expressions)`` as well (the convention of
+``facerender.RawRender``). A panel with ``controls(update)`` adds its own widgets to the slider column (they call
+``update()`` after changing the panel's state) and with ``reset()`` is reset by the reset button.
+
+``AppearancePanel`` is the appearance model's render (``facerender.render_face`` over the mean training photo) with
+sliders for its leading components, named where measuring shows what they change (``appearance_labels``), and an
+"appearance from shape" switch; ``FaceExplorer.with_appearance`` builds the explorer around it.
 """
 from __future__ import annotations
 
@@ -15,7 +22,9 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .facemodel import FaceModel, render_faces
+from .appearance import load_appearance
+from .facemodel import NARROW_FACE, FaceModel, render_faces
+from .facerender import appearance_coefficients, composite, render_face
 from .fileio import png_bytes
 from .rasterize import RenderConfig
 
@@ -49,13 +58,32 @@ class FaceExplorer:
         self._widget = None
 
     @classmethod
-    def with_pretrained(cls, model: FaceModel, name: str = "flagship", **kwargs) -> "FaceExplorer":
+    def with_pretrained(cls, model: FaceModel, name: str = "flagship", n_appearance: int = 0, app=None,
+                        **kwargs) -> "FaceExplorer":
         """The explorer with a shipped generator's face beside the depth map (``pretrained.load_pretrained``; no
-        training needed), rendered in that model's input convention, with its appearance sliders."""
+        training needed), rendered in that model's input convention, with its latent sliders ("z dir"). With
+        ``n_appearance`` > 0 the appearance model's render (``with_appearance``; ``app`` or the shipped model) sits
+        between them."""
         from .pretrained import load_pretrained
 
         gen = load_pretrained(name)
-        return cls(model, render=gen.render, panels=[gen.panel()], **kwargs)
+        if not n_appearance:
+            return cls(model, render=gen.render, panels=[gen.panel()], **kwargs)
+        app = app or load_appearance()
+        if gen.render.to_dict() != app.render_config().to_dict():
+            raise ValueError(f"generator {name!r} reads depth in another framing than the appearance model's")
+        return cls.with_appearance(model, n_appearance, app, panels=[gen.panel()], **kwargs)
+
+    @classmethod
+    def with_appearance(cls, model: FaceModel, n_appearance: int = 8, app=None, panels: Sequence[Callable] = (),
+                        **kwargs) -> "FaceExplorer":
+        """The explorer showing the depth map and the appearance model's render (``AppearancePanel``, with
+        ``n_appearance`` sliders and the from-shape switch), then ``panels``, all in the appearance model's render
+        configuration (its region and framing). ``app``: an ``appearance.AppearanceModel``, by default the one that
+        ships with the package (float16), so no data is needed."""
+        app = app or load_appearance()
+        cfg = app.render_config()
+        return cls(model, render=cfg, panels=[AppearancePanel(model, app, n_appearance, cfg), *panels], **kwargs)
 
     def render(self, coeffs: torch.Tensor | None = None, expressions: torch.Tensor | None = None) -> list[np.ndarray]:
         """The images for the given (or current) coefficients and expressions: depth first, then one per panel."""
@@ -64,8 +92,10 @@ class FaceExplorer:
         with torch.no_grad():
             depth, mask = render_faces(self.model, c, self.cfg, None, e)
             images = [to_uint8(depth[0])]
+            params = dict(coeffs=c, poses=None, expressions=e)
             for panel in self.panels:
-                images.append(to_uint8(panel(depth[:, None], mask[:, None].float())))
+                extra = {"params": params} if getattr(panel, "uses_face_params", False) else {}
+                images.append(to_uint8(panel(depth[:, None], mask[:, None].float(), **extra)))
         return images
 
     def update(self, coeffs=None, expressions=None) -> list[np.ndarray]:
@@ -117,11 +147,13 @@ class FaceExplorer:
                                       description=f"z dir {j}", layout=W.Layout(width="320px"))
                     s.observe(lambda ch, panel=panel, j=j: self._on_latent(panel, j, ch["new"]), names="value")
                     self._latent_sliders.append(s)
+            panel_controls = [w for panel in self.panels if hasattr(panel, "controls")
+                              for w in panel.controls(self.update)]
             self._timing = W.Label()
-            reset = W.Button(description="reset")
-            reset.on_click(lambda _: self.set_coeffs(torch.zeros(self.k), torch.zeros(self.model.n_expressions)))
-            self._widget = W.HBox([W.VBox([W.Label("shape (sigma)")] + self._sliders + expr_box
-                                          + self._latent_sliders + [reset, self._timing]),
+            self._reset = W.Button(description="reset")
+            self._reset.on_click(lambda _: self.reset())
+            self._widget = W.HBox([W.VBox([W.Label("shape (sigma)")] + self._sliders + expr_box + panel_controls
+                                          + self._latent_sliders + [self._reset, self._timing]),
                                    W.HBox(self._images)],
                                   # the default (stretch) would scale the images to the slider column's height
                                   layout=W.Layout(align_items="flex-start"))
@@ -133,6 +165,11 @@ class FaceExplorer:
         """The identity sliders ("c0", "c1", ...) of the built widget; setting a value is what a drag does."""
         self.widget
         return self._sliders
+
+    @property
+    def appearance(self) -> "AppearancePanel | None":
+        """The explorer's appearance panel (its sliders and switch once the widget is built), if it has one."""
+        return next((p for p in self.panels if isinstance(p, AppearancePanel)), None)
 
     def shown(self) -> list[np.ndarray]:
         """The images the widget displays now (decoded from its PNGs, at display scale): depth, then panels."""
@@ -169,6 +206,147 @@ class FaceExplorer:
                 s.value = float(expressions[j])
                 s.observe(lambda ch, j=j: self._on_expression(j, ch["new"]), names="value")
         return self.update(coeffs, expressions)
+
+    def reset(self):
+        """What the reset button does: every shape, expression and panel slider (appearance) to 0, one render."""
+        for panel in self.panels:
+            if hasattr(panel, "reset"):
+                panel.reset()
+        return self.set_coeffs(torch.zeros(self.k), torch.zeros(self.model.n_expressions))
+
+
+# What a named appearance slider changes: the name for each part of a component's colour change
+# (``appearance_labels``).
+APPEARANCE_NAMES = {"lightness": "skin tone", "colour": "warmth", "left_right": "light left-right"}
+
+
+def appearance_labels(model: FaceModel, app, n: int, delta: float = 2.0, dominance: float = 0.5):
+    """Names of the first ``n`` appearance components, decided by measuring what each one changes.
+
+    For component k, the CIELAB colours of the outer face surface (the mouth socket left out) at +``delta`` and
+    -``delta`` sd (all other components 0) give a change dLab_v per vertex v, of energy E = mean_v |dLab_v|^2. Three
+    parts of it are measured, as shares of E:
+
+    - ``lightness``: the mean lightness change, mean(dL)^2: the whole face lighter or darker -> "skin tone" (in a
+      baked model skin tone and exposure together; it moves the skin's ITA the most);
+    - ``colour``: the mean colour change, mean(da)^2 + mean(db)^2: the whole face yellower and redder, or paler
+      -> "warmth";
+    - ``left_right``: the mirror-odd part, mean_v |dLab_v - dLab_mirror(v)|^2 / 4: one side lighter, the other
+      darker -> "light left-right".
+
+    The parts are orthogonal (the odd part has zero mean over the mirror pairs; lightness and colour are different
+    channels), so at most one holds more than half of E. A component is named after its largest part when that holds more than
+    ``dominance`` of E; otherwise it has no name (None; its slider reads "a{k}"). Returns the names and, per
+    component, the three shares and the change of the mean skin colour's ITA in degrees (``ita``; cheek and
+    forehead vertices, ``appearance.skin_vertices``)."""
+    from skimage.color import rgb2lab
+
+    from .appearance import individual_typology_angle, mirror_index, skin_vertices
+
+    rv = app.region_vertices.numpy()
+    outer = np.nonzero((rv >= NARROW_FACE[0]) & (rv < NARROW_FACE[1]))[0]
+    mirror = mirror_index(model.mean[torch.as_tensor(rv[outer])].numpy())
+    has = mirror >= 0
+    skin = skin_vertices(model, rv)
+    steps = torch.eye(n, app.n_components) * delta
+    colours = app.colours(torch.cat([steps, -steps])).numpy()
+    lab = rgb2lab(colours[:, outer].astype(np.float64))
+    ita = individual_typology_angle(colours[:, skin].mean(1))
+    names, measures = [], []
+    for k in range(n):
+        d = lab[k] - lab[n + k]
+        energy = max(float((d ** 2).sum(1).mean()), 1e-12)
+        odd = (d[has] - d[mirror[has]]) / 2
+        shares = {"lightness": float(d[:, 0].mean() ** 2) / energy,
+                  "colour": float(d[:, 1].mean() ** 2 + d[:, 2].mean() ** 2) / energy,
+                  "left_right": float((odd ** 2).sum(1).mean() / max((d[has] ** 2).sum(1).mean(), 1e-12))}
+        top = max(shares, key=shares.get)
+        names.append(APPEARANCE_NAMES[top] if shares[top] > dominance else None)
+        measures.append({**shares, "ita": float(ita[k] - ita[n + k])})
+    return names, measures
+
+
+class AppearancePanel:
+    """A panel for ``FaceExplorer``: the current face (identity and expression, frontal) coloured by the appearance
+    model (``facerender.render_face``) over the model's mean training photo (``facerender.composite``).
+
+    ``values`` (n,) are the first n appearance sliders in sd units, the rest 0. ``from_shape`` False: they are the
+    appearance coefficients themselves (``free``); True: they are the noise z of the conditional Gaussian given the
+    current identity coefficients (``from-shape``), so moving a shape slider changes the appearance too. Slider names
+    are measured on the free components (``appearance_labels``); the conditional's residual Cholesky factor is
+    lower-triangular and close to diagonal (the shape explains a few % of the appearance), so with the switch on
+    slider k still moves mostly component k. A lit (SH) model is lit by its training photos' mean light."""
+
+    uses_face_params = True
+
+    def __init__(self, model: FaceModel, app, n: int = 8, render: RenderConfig | None = None,
+                 slider_range: float = 3.0):
+        if not 0 < n <= app.n_components:
+            raise ValueError(f"{n} appearance sliders asked for; the model has {app.n_components} components")
+        self.model, self.app, self.n = model, app, n
+        self.render = render or app.render_config()
+        self.values = torch.zeros(n)
+        self.from_shape = False
+        self.labels, self.measures = appearance_labels(model, app, n)
+        self.names = [f"a{k}" + (f" {lab}" if lab else "") for k, lab in enumerate(self.labels)]
+        self.light = None if app.lights is None else app.lights.mean(0, keepdim=True)
+        self._range = slider_range
+        self._quiet = False  # set while reset moves the sliders, so that they do not re-render one by one
+        self.sliders, self.switch = [], None
+
+    def coefficients(self, coeffs: torch.Tensor) -> torch.Tensor:
+        """The appearance coefficients for identity coefficients ``coeffs`` (1, k): free, the n slider values
+        (1, n) (the rest are 0, so the colours need only n rows of the basis: a faster update); from shape, all K
+        (1, K)."""
+        if not self.from_shape:
+            return self.values[None].clone()
+        z = torch.zeros(1, self.app.n_components)
+        z[0, :self.n] = self.values
+        return appearance_coefficients(self.app, z, coeffs, "from-shape")
+
+    def __call__(self, depth, mask, params):
+        coeffs = params["coeffs"]
+        buf = render_face(self.model, self.app, coeffs, self.coefficients(coeffs), self.render, params.get("poses"),
+                          params.get("expressions"), self.light)
+        img = composite(buf["colour"], buf["mask"], self.app.background)[0]
+        return ((img + 1) / 2).permute(1, 2, 0)
+
+    def controls(self, update: Callable) -> list:
+        """The switch and the sliders (ipywidgets), each change followed by ``update()``; the sliders carry the DOM
+        class ``appearance-slider``, the switch ``appearance-from-shape`` (for the browser test)."""
+        import ipywidgets as W
+
+        def on_value(k, value):
+            self.values[k] = float(value)
+            if not self._quiet:
+                update()
+
+        def on_switch(value):
+            self.from_shape = bool(value)
+            update()
+
+        self.switch = W.Checkbox(value=self.from_shape, description="appearance from shape", indent=False)
+        self.switch.add_class("appearance-from-shape")
+        self.switch.observe(lambda ch: on_switch(ch["new"]), names="value")
+        self.sliders = []
+        for k, name in enumerate(self.names):
+            s = W.FloatSlider(value=float(self.values[k]), min=-self._range, max=self._range, step=0.1,
+                              description=name, continuous_update=True, style={"description_width": "120px"},
+                              layout=W.Layout(width="320px"))
+            s.add_class("appearance-slider")
+            s.observe(lambda ch, k=k: on_value(k, ch["new"]), names="value")
+            self.sliders.append(s)
+        return [W.Label("appearance (sd)"), self.switch] + self.sliders
+
+    def reset(self):
+        """Sliders and values to 0 without rendering (the explorer renders once after)."""
+        self._quiet = True
+        try:
+            for s in self.sliders:
+                s.value = 0.0
+        finally:
+            self._quiet = False
+        self.values.zero_()
 
 
 class GeneratorPanel:

@@ -1,17 +1,21 @@
-"""JupyterLab in a real browser: notebook 01's sliders move the depth map and the generated face.
+"""JupyterLab in a real browser: notebook 01's sliders move the depth map, the appearance render and the
+generated face.
 
 A unit test of ``FaceExplorer`` cannot see the kernel comm, the image widgets or the layout; this test uses the real
 client. It starts JupyterLab on a free localhost port with a token, opens a copy of notebook 01 in headless Chromium
 (Debian's ``chromium``, installed by ``make browser``; Playwright's own browser download is not reachable here) and
 runs it through the JupyterLab UI. The copy is notebook 01 as it is on disk, cut after its explorer cell, with one
 cell after the parameters cell that sets the project's tiny parameters (notebooks/params/tiny.yaml, output folders
-moved under outputs/browser/) and ``INTERACTIVE = True``. If notebook 01's explorer shows no face, the test adds one
-cell through JupyterLab: ``FaceExplorer.with_pretrained`` (the shipped generator) when the package has one, else an
-explorer whose face panel is a tiny cVAE run trained in the fixture (20 steps; blurry faces, they only have to
-react). The test drags one shape slider and one appearance slider with the mouse and compares element screenshots:
-the shape slider must change both images, the appearance slider the face and not the depth, and no cell may end in an
-error. Screenshots and the server log go to outputs/browser/. The server and its kernels are shut down whatever
-happens (REST shutdown, then the process group and every child process).
+moved under outputs/browser/) and ``INTERACTIVE = True``. If notebook 01's explorer has no appearance panel, the test
+adds one cell through JupyterLab: ``FaceExplorer.with_pretrained(..., n_appearance=8)`` (depth, the appearance
+model's render, the shipped generator's face) when the package ships a generator, else
+``FaceExplorer.with_appearance`` (depth and the appearance render; the appearance model always ships).
+
+The test drags sliders with the mouse and ticks the "appearance from shape" box, comparing element screenshots after
+each: a shape slider must change every image; an appearance slider (the appearance model's, found by its DOM class)
+and the switch the appearance render only; the generator's latent slider ("z dir 0"), when there is a generator, its
+face only; and no cell may end in an error. Screenshots and the server log go to outputs/browser/. The server and its
+kernels are shut down whatever happens (REST shutdown, then the process group and every child process).
 """
 from __future__ import annotations
 
@@ -42,9 +46,12 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 # Without the background-networking flags Chromium keeps calling out, and the closed network refuses it.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-# Sliders are found by their description (FaceExplorer: "c0".."c14" for shape, GeneratorPanel: "z dir 0"...).
+# Shape and latent sliders are found by their description (FaceExplorer: "c0".."c14" for shape, GeneratorPanel:
+# "z dir 0"...), the appearance model's sliders and switch by their DOM classes (AppearancePanel.controls).
 SHAPE_SLIDER = re.compile(r"^\s*c0\s*$")
-APPEARANCE_SLIDER = re.compile(r"^\s*(z dir|appearance|latent)\s*0?\s*$", re.I)
+LATENT_SLIDER = re.compile(r"^\s*z dir\s*0\s*$", re.I)
+APPEARANCE_SLIDER = ".appearance-slider"
+APPEARANCE_SWITCH = ".appearance-from-shape input"
 JS_APP = "window.jupyterapp"  # JupyterLab exposes its application object with --expose-app-in-browser
 JS_KERNEL = f"{JS_APP}?.shell?.currentWidget?.sessionContext?.session?.kernel"
 # Settings: render every cell (no virtual scrolling, so the explorer stays in the DOM) and no news pop-up.
@@ -63,24 +70,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def train_tiny_generator(folder: Path) -> Path:
-    """A 20-step cVAE run at 32 px (seconds): a face panel that reacts to depth and to z, when nothing is shipped."""
-    cmd = [sys.executable, "-m", "frankenstein_utils.train", "--mode", "cvae", "--size", "32", "--limit", "200",
-           "--steps", "20", "--width", "8", "--batch-size", "8", "--sample-every", "0", "--seed", "0",
-           "--out-dir", str(folder / "cvae"), "--cache-dir", str(folder / "cache")]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
-    return folder / "cvae" / "checkpoint.pt"
-
-
 def shipped_generator() -> bool:
     """Whether the package ships a generator that ``FaceExplorer.with_pretrained`` can show."""
     try:
         from frankenstein_utils.pretrained import load_pretrained
-        from frankenstein_utils.widgets import FaceExplorer
 
         load_pretrained()
-        return hasattr(FaceExplorer, "with_pretrained")
+        return True
     except (ImportError, FileNotFoundError, ValueError):
         return False
 
@@ -114,19 +110,13 @@ def notebook_copy(dest: Path) -> Path:
     return path
 
 
-# Typed into a new cell through JupyterLab when notebook 01's explorer shows no face: the shipped generator's
-# explorer when the package has one, else one with a tiny run trained by the fixture.
-PRETRAINED_CELL = """# tests/test_browser.py: notebook 01 shows no face here; the explorer with the shipped generator
-face_explorer = FaceExplorer.with_pretrained(model, n_components=K)
+# Typed into a new cell through JupyterLab when notebook 01's explorer has no appearance panel: with the shipped
+# generator's face when the package has one.
+PRETRAINED_CELL = """# tests/test_browser.py: notebook 01's explorer has no appearance panel; depth, appearance, generator's face
+face_explorer = FaceExplorer.with_pretrained(model, n_components=K, n_appearance=8)
 face_explorer.widget"""
-GENERATOR_CELL = """# tests/test_browser.py: notebook 01 shows no face here, so the face comes from a tiny trained run
-from frankenstein_utils.training import load_run
-from frankenstein_utils.widgets import GeneratorPanel
-run = load_run({run!r})
-z_dim = run.nets["G"].z_dim
-panel = GeneratorPanel(run, directions=torch.eye(z_dim)[:2], scales=torch.ones(2))
-run_render = RenderConfig(**{{**render.to_dict(), "resolution": run.cfg.image_size}})
-face_explorer = FaceExplorer(model, n_components=K, render=run_render, panels=[panel])
+APPEARANCE_CELL = """# tests/test_browser.py: notebook 01's explorer has no appearance panel; depth and appearance render
+face_explorer = FaceExplorer.with_appearance(model, n_components=K)
 face_explorer.widget"""
 
 
@@ -187,8 +177,7 @@ def lab():
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"JupyterLab did not start; see {OUT / 'server.log'}") from None
                 time.sleep(0.3)
-        yield {"url": f"{base}/lab/tree/{nb.name}?token={token}", "notebook": nb,
-               "train": lambda: train_tiny_generator(OUT / "run")}
+        yield {"url": f"{base}/lab/tree/{nb.name}?token={token}", "notebook": nb}
     finally:
         stop_server(proc, base, token)
         log.close()
@@ -273,12 +262,16 @@ def shots(images) -> list[bytes]:
     return out
 
 
-def wait_images_changed(page, images, before_src: list[str], which: int):
-    """Wait until image ``which`` got a new PNG from the kernel and the kernel is done updating."""
+def wait_images_changed(page, images, which: int, act) -> list[bytes]:
+    """Do ``act()``, wait until image ``which`` got a new PNG from the kernel and the kernel is done updating, and
+    return screenshots of every image."""
+    old = images.nth(which).get_attribute("src")
+    act()
     page.wait_for_function("([el, old]) => el.getAttribute('src') !== old",
-                           arg=[images.nth(which).element_handle(), before_src[which]], timeout=60_000)
+                           arg=[images.nth(which).element_handle(), old], timeout=60_000)
     wait_idle(page, 60_000)
     page.wait_for_timeout(300)  # let the last PNG decode
+    return shots(images)
 
 
 def test_sliders_move_depth_and_face_in_jupyterlab(lab):
@@ -305,51 +298,55 @@ def test_sliders_move_depth_and_face_in_jupyterlab(lab):
             assert all(c.get("execution_count") for c in code_cells(page)), "some code cells did not run"
             assert page.get_by_text("Error displaying widget").count() == 0
 
-            # The explorer: the last output holding a shape slider; its image widgets are depth, then face.
+            # The explorer: the last output holding a shape slider; its images are depth, appearance, then face.
             explorer, images = find_explorer(page)
-            if images.count() < 2:  # no face panel in notebook 01 yet: add one through the UI
-                run_new_cell(page, PRETRAINED_CELL if shipped_generator() else
-                             GENERATOR_CELL.format(run=str(lab["train"]())))
+            if explorer.locator(APPEARANCE_SLIDER).count() == 0:  # notebook 01 has no appearance panel: add one
+                run_new_cell(page, PRETRAINED_CELL if shipped_generator() else APPEARANCE_CELL)
                 assert not error_outputs(page), f"error output in the added cell: {error_outputs(page)}"
                 explorer, images = find_explorer(page)
-            assert images.count() >= 2, "the explorer shows no face panel beside the depth map"
-            shape = explorer.locator(".widget-slider").filter(
-                has=page.locator(".widget-label", has_text=SHAPE_SLIDER)).first
-            appearance = explorer.locator(".widget-slider").filter(
-                has=page.locator(".widget-label", has_text=APPEARANCE_SLIDER)).first
+            n = images.count()
+            kinds = ["depth", "appearance", "face"][:n]
+            assert n >= 2, "the explorer shows no appearance render beside the depth map"
+            def slider(pattern):
+                return explorer.locator(".widget-slider").filter(
+                    has=page.locator(".widget-label", has_text=pattern)).first
+
+            appearance = explorer.locator(APPEARANCE_SLIDER).first
             assert appearance.count() == 1, "the explorer has no appearance slider"
             images.nth(0).scroll_into_view_if_needed()
-            src0 = [images.nth(i).get_attribute("src") for i in range(2)]
             before = shots(images)
+            moved = {}
 
-            value = drag_slider(page, shape, 60)
-            assert value > 0.5, f"dragging the shape slider moved it to {value} only"
-            wait_images_changed(page, images, src0, 0)
-            src1 = [images.nth(i).get_attribute("src") for i in range(2)]
-            after_shape = shots(images)
+            def drag(name, s, dx):
+                value = drag_slider(page, s, dx)
+                assert value > 0.5, f"dragging the {name} slider moved it to {value} only"
 
-            value = drag_slider(page, appearance, 80)
-            assert value > 0.5, f"dragging the appearance slider moved it to {value} only"
-            wait_images_changed(page, images, src1, 1)
-            after_app = shots(images)
+            steps = [("shape", 0, lambda: drag("shape", slider(SHAPE_SLIDER), 60)),
+                     ("appearance", 1, lambda: drag("appearance", appearance, 80)),
+                     ("from_shape", 1, lambda: explorer.locator(APPEARANCE_SWITCH).first.check())]
+            if n > 2:
+                steps.append(("latent", 2, lambda: drag("latent", slider(LATENT_SLIDER), 80)))
+            shown = before
+            for name, which, act in steps:
+                after = wait_images_changed(page, images, which, act)
+                moved[name] = dict(zip(kinds, (changed_fraction(a, b) for a, b in zip(shown, after))))
+                for kind, data in zip(kinds, after):
+                    (OUT / f"{kind}_after_{name}.png").write_bytes(data)
+                shown = after
+            for kind, data in zip(kinds, before):
+                (OUT / f"{kind}_before.png").write_bytes(data)
             explorer.screenshot(path=str(OUT / "explorer.png"))
-
-            for name, img in (("before", before), ("after_shape", after_shape), ("after_appearance", after_app)):
-                for kind, data in zip(("depth", "face"), img):
-                    (OUT / f"{kind}_{name}.png").write_bytes(data)
-            d_shape = [changed_fraction(a, b) for a, b in zip(before[:2], after_shape[:2])]
-            d_app = [changed_fraction(a, b) for a, b in zip(after_shape[:2], after_app[:2])]
             # displayed height / width over the PNG's own (1 = shown undistorted)
             stretch = [images.nth(i).evaluate("e => (e.clientHeight / e.clientWidth) / "
-                                              "(e.naturalHeight / e.naturalWidth)") for i in range(2)]
+                                              "(e.naturalHeight / e.naturalWidth)") for i in range(n)]
             MEASURED["stretch"] = stretch
             (OUT / "checks.json").write_text(json.dumps({
-                "changed_fraction": {"shape_slider": dict(zip(("depth", "face"), d_shape)),
-                                     "appearance_slider": dict(zip(("depth", "face"), d_app))},
-                "displayed_aspect_over_png_aspect": dict(zip(("depth", "face"), stretch))}, indent=1))
-            assert d_shape[0] > 0.005 and d_shape[1] > 0.005, f"shape slider: changed fractions {d_shape}"
-            assert d_app[1] > 0.005, f"appearance slider: the face did not change ({d_app})"
-            assert d_app[0] == 0, f"appearance slider changed the depth map ({d_app})"
+                "changed_fraction": moved, "displayed_aspect_over_png_aspect": dict(zip(kinds, stretch))}, indent=1))
+            assert all(x > 0.005 for x in moved["shape"].values()), f"shape slider: changed fractions {moved['shape']}"
+            for name, which in (("appearance", "appearance"), ("from_shape", "appearance"), ("latent", "face")):
+                if name in moved:  # only its own image changes
+                    assert moved[name][which] > 0.005, f"{name}: the {which} image did not change ({moved[name]})"
+                    assert all(v == 0 for k, v in moved[name].items() if k != which), f"{name}: {moved[name]}"
             assert not error_outputs(page), f"error output after moving the sliders: {error_outputs(page)}"
             assert not page_errors, f"JavaScript errors in JupyterLab: {page_errors}"
         finally:

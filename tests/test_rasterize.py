@@ -4,9 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from frankenstein_utils.raster_numba import rasterize_depth_numba
-from frankenstein_utils.rasterize import (PoseJitter, RenderConfig, apply_pose, normalize_depth, rasterize_depth,
-                                          render_depth, render_mesh_depth, rotation_matrices, to_pixels)
+from frankenstein_utils.raster_numba import rasterize_depth_numba, rasterize_numba, vertex_normals_numba
+from frankenstein_utils.rasterize import (DEFAULT_WINDOW_CM, Fragments, PoseJitter, RenderConfig, apply_pose,
+                                          interpolate, normalize_depth, rasterize, rasterize_depth, render_depth,
+                                          render_mesh_buffers, render_mesh_depth, rotation_matrices, to_pixels,
+                                          vertex_normals)
 
 # Every analytic test runs on both CPU backends: the compiled loop (the CPU default) and the batched torch path.
 BACKENDS = ["numba", "torch"]
@@ -141,16 +143,28 @@ ADDCMUL_FUSED = _addcmul_is_fused()
 
 
 def assert_same_raster(verts, faces, H, W, cull):
-    """numba and torch backends: the same mask and the same z within 1e-6, relative (the same float32 arithmetic;
-    bit-identical on CPUs where torch.addcmul fuses the multiply-add, as the kernel does)."""
-    zn, mn = rasterize_depth(verts, faces, H, W, cull_backfaces=cull, backend="numba")
-    zt, mt = rasterize_depth(verts, faces, H, W, cull_backfaces=cull, backend="torch")
-    assert zn.dtype == zt.dtype == torch.float32 and mn.dtype == mt.dtype == torch.bool
-    assert torch.equal(mn, mt), f"masks differ at {int((mn != mt).sum())} pixels"
-    torch.testing.assert_close(zn, zt, atol=1e-6, rtol=1e-6)
+    """numba and torch backends: the same fragments (winning triangle, mask, and z and weights within 1e-6,
+    relative; all bit-identical on CPUs where torch.addcmul fuses the multiply-add, as the kernel does), and
+    ``rasterize_depth`` is their z-buffer and mask."""
+    fn = rasterize(verts, faces, H, W, cull_backfaces=cull, backend="numba")
+    ft = rasterize(verts, faces, H, W, cull_backfaces=cull, backend="torch")
+    for f in (fn, ft):
+        assert f.triangle.dtype == torch.int64 and f.bary.dtype == f.zbuf.dtype == torch.float32
+        assert f.mask.dtype == torch.bool and f.bary.shape == (*f.mask.shape, 3)
+        assert torch.equal(f.mask, f.triangle >= 0)
+        assert (f.bary[~f.mask] == 0).all() and (f.zbuf[~f.mask] == 0).all()
+    assert torch.equal(fn.mask, ft.mask), f"masks differ at {int((fn.mask != ft.mask).sum())} pixels"
+    torch.testing.assert_close(fn.zbuf, ft.zbuf, atol=1e-6, rtol=1e-6)
     if ADDCMUL_FUSED:
-        assert torch.equal(zn, zt), f"z differs at {int((zn != zt).sum())} pixels (by up to {float((zn - zt).abs().max())})"
-    return mn
+        for name in Fragments._fields:
+            a, b = getattr(fn, name), getattr(ft, name)
+            assert torch.equal(a, b), f"{name} differs in {int((a != b).sum())} values"
+    else:
+        assert torch.equal(fn.triangle, ft.triangle)
+        torch.testing.assert_close(fn.bary, ft.bary, atol=1e-5, rtol=0)
+    z, m = rasterize_depth(verts, faces, H, W, cull_backfaces=cull)  # the same wrapper for either backend
+    assert torch.equal(z, fn.zbuf) and torch.equal(m, fn.mask)
+    return fn.mask
 
 
 def triangle_soup(n, H, W, seed, snap=False):
@@ -198,14 +212,22 @@ def test_numba_matches_torch_on_200_random_faces(face_model):
 
 def test_numba_threads_split_faces_without_changing_results(face_model):
     c = face_model.sample_coefficients(5, generator=torch.Generator().manual_seed(8))
-    px = to_pixels(face_model.vertices(c, "face"), RenderConfig(resolution=64)).numpy()
+    v = face_model.vertices(c, "face")
+    px = to_pixels(v, RenderConfig(resolution=64)).numpy()
     f = face_model.region("face").faces.numpy()
-    z1, m1 = rasterize_depth_numba(px, f, 64, 64, cull_backfaces=True, threads=1)
+    frags1 = rasterize_numba(px, f, 64, 64, cull_backfaces=True, threads=1)
+    normals1 = vertex_normals_numba(v.numpy(), f, threads=1)
+    assert (frags1[0] >= 0).any()
     for threads in (2, 3, 8):  # more threads than faces too
+        frags = rasterize_numba(px, f, 64, 64, cull_backfaces=True, threads=threads)
+        assert all(np.array_equal(a, b) for a, b in zip(frags, frags1))
+        assert np.array_equal(vertex_normals_numba(v.numpy(), f, threads=threads), normals1)
         z, m = rasterize_depth_numba(px, f, 64, 64, cull_backfaces=True, threads=threads)
-        assert np.array_equal(z, z1) and np.array_equal(m, m1)
+        assert np.array_equal(z, frags1[2]) and np.array_equal(m, frags1[3])
     with pytest.raises(ValueError, match="faces index vertices"):
-        rasterize_depth_numba(px, f + 1, 64, 64)
+        rasterize_numba(px, f + 1, 64, 64)
+    with pytest.raises(ValueError, match="faces index vertices"):
+        vertex_normals_numba(v.numpy(), f + 1)
 
 
 class _RenderOne(torch.utils.data.Dataset):
@@ -327,3 +349,214 @@ def test_cuda_matches_cpu(face_model):
     assert (m_gpu.cpu() != m_cpu).sum() <= 8  # pixel centres exactly on an edge may differ by round-off
     both = m_gpu.cpu() & m_cpu
     torch.testing.assert_close(d_gpu.cpu()[both], d_cpu[both], atol=1e-4, rtol=0)
+
+
+# ---- fragments, interpolation and buffers --------------------------------------------------------------------------
+def _frame_corner_barycentrics(corners_xy, H, W):
+    """Barycentric weights (H, W, 3) of the pixel centres in the triangle ``corners_xy`` (3, 2), in double."""
+    q = pixel_centres(H, W).double()
+    a, b, c = corners_xy.double()
+    area = (b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0])
+    w0 = ((b[0] - q[..., 0]) * (c[1] - q[..., 1]) - (b[1] - q[..., 1]) * (c[0] - q[..., 0])) / area
+    w1 = ((c[0] - q[..., 0]) * (a[1] - q[..., 1]) - (c[1] - q[..., 1]) * (a[0] - q[..., 0])) / area
+    return torch.stack([w0, w1, 1 - w0 - w1], -1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ties_in_z_go_to_the_smallest_triangle_index(backend):
+    """Coincident triangles at the same z: the smaller index wins everywhere, and its weights are returned (the
+    copies list their corners in other orders, so a loser's weights would come out permuted)."""
+    H = W = 16
+    tri = torch.tensor([[1.0, 1, 5], [14.2, 2, 5], [2, 14.6, 5]])
+    v = torch.cat([tri, tri[[1, 2, 0]], tri])[None]  # three copies of the same corners
+    big = [0, 2, 1]  # counter-clockwise on screen: facing
+    copies = [[3 + 2, 3 + 1, 3 + 0], [6 + 1, 6 + 0, 6 + 2]]  # the same triangle, corners rotated
+    for order in ([big] + copies, copies + [big], [copies[1], big, copies[0]]):
+        f = torch.tensor(order)
+        frag = rasterize(v, f, H, W, cull_backfaces=True, backend=backend)
+        assert frag.mask.sum() > 40
+        assert (frag.triangle[frag.mask] == 0).all(), "a tie must go to the smallest index"
+        truth = _frame_corner_barycentrics(v[0, f[0], :2], H, W)
+        torch.testing.assert_close(frag.bary[0][frag.mask[0]], truth[frag.mask[0]].float(), atol=2e-5, rtol=0)
+    # a smaller triangle inside a big one, both at z = 5: where both cover, the smaller index wins
+    small = torch.tensor([[5.0, 5, 5], [10, 5, 5], [5, 10, 5]])
+    v = torch.cat([tri, small])[None]
+    in_small = (_frame_corner_barycentrics(small[[0, 2, 1], :2], H, W) > 1e-3).all(-1)
+    assert in_small.sum() >= 6
+    frag = rasterize(v, torch.tensor([[0, 2, 1], [3, 5, 4]]), H, W, cull_backfaces=True, backend=backend)
+    assert (frag.triangle[frag.mask] == 0).all()  # the big one, listed first, everywhere
+    frag = rasterize(v, torch.tensor([[3, 5, 4], [0, 2, 1]]), H, W, cull_backfaces=True, backend=backend)
+    assert (frag.triangle[0][in_small] == 0).all()  # the small one, listed first, where it covers
+    assert (frag.triangle[0][frag.mask[0] & ~in_small] == 1).sum() > 40
+
+
+def test_ties_between_backends_on_a_layered_soup():
+    """Many exact ties (flat triangles on 3 depth levels, corners on pixel centres and corners): both backends pick
+    the same winner and weights (compared inside ``assert_same_raster``)."""
+    H, W = 48, 64
+    v, f = triangle_soup(3000, H, W, seed=5, snap=True)
+    v[..., 2] = v[..., 2].reshape(-1, 3)[:, :1].repeat(1, 3).reshape(1, -1).floor() % 3  # one level per triangle
+    for cull in (False, True):
+        m = assert_same_raster(v, f, H, W, cull)
+        assert 0.3 < m.float().mean() < 1
+    frag = rasterize(v, f, H, W, backend="numba")
+    # the winner's level is the top level among the triangles whose (eps-widened) inside test passes
+    assert (frag.zbuf[frag.mask] == v[0, f[frag.triangle[frag.mask], 0], 2]).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_interpolated_z_reproduces_the_zbuffer(face_model, backend):
+    c = face_model.sample_coefficients(6, generator=torch.Generator().manual_seed(11))
+    poses = PoseJitter(yaw_deg=30, pitch_deg=15, roll_deg=10).sample(6, torch.Generator().manual_seed(12))
+    px = to_pixels(apply_pose(face_model.vertices(c, "face"), poses), RenderConfig())
+    faces = face_model.region("face").faces
+    for cull in (True, False):
+        frag = rasterize(px, faces, 128, 128, cull_backfaces=cull, backend=backend)
+        z = interpolate(frag, faces, px[..., 2:])
+        assert z.shape == (6, 128, 128, 1) and frag.mask.float().mean() > 0.2
+        torch.testing.assert_close(z[..., 0], frag.zbuf, atol=1e-4, rtol=0)
+        assert (z[~frag.mask] == 0).all()
+        # the weights are barycentric: they sum to 1, and lie in [0, 1] up to the edge tolerance
+        s = frag.bary.sum(-1)
+        torch.testing.assert_close(s[frag.mask], torch.ones_like(s[frag.mask]), atol=1e-5, rtol=0)
+        assert frag.bary[frag.mask].min() >= -1e-4 and frag.bary[frag.mask].max() <= 1 + 1e-4
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_constant_colour_fills_the_mask(face_model, backend):
+    px = to_pixels(face_model.vertices(torch.zeros(2, 15), "face"), RenderConfig(resolution=64))
+    faces = face_model.region("face").faces
+    colour = torch.tensor([0.2, 0.5, 0.9])
+    frag = rasterize(px, faces, 64, 64, cull_backfaces=True, backend=backend)
+    for attr in (colour.expand(px.shape[1], 3), colour.expand(2, px.shape[1], 3)):  # shared and per face
+        out = interpolate(frag, faces, attr)
+        assert out.shape == (2, 64, 64, 3)
+        torch.testing.assert_close(out[frag.mask], colour.expand(int(frag.mask.sum()), 3), atol=1e-6, rtol=0)
+        assert (out[~frag.mask] == 0).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_linear_attribute_is_exact_at_pixel_centres(backend):
+    """An attribute linear in the image plane interpolates to its value at each pixel centre (i + 0.5, j + 0.5),
+    whatever the triangles: barycentric exactness, corner order and pixel-centre convention."""
+    H, W = 40, 56
+    for n, jitter in ((1, 0.0), (30, 0.35), (90, 0.35)):  # big triangles to sub-pixel ones
+        xy, f = grid_mesh(n, -2.0, W + 2.0, -2.0, H + 2.0, jitter, seed=n)
+        v = torch.cat([xy, plane_z(xy)[:, None]], 1)[None]
+        frag = rasterize(v, f, H, W, backend=backend)
+        assert frag.mask.all()
+        a, b = 0.7, -1.3
+        attr = torch.stack([a * xy[:, 0] + b * xy[:, 1], xy[:, 0], xy[:, 1]], 1)
+        out = interpolate(frag, f, attr)[0]
+        q = pixel_centres(H, W)
+        torch.testing.assert_close(out[..., 0], a * q[..., 0] + b * q[..., 1], atol=2e-4, rtol=0)
+        torch.testing.assert_close(out[..., 1:], q, atol=2e-4, rtol=0)
+
+
+def test_interpolate_is_differentiable_in_the_attributes():
+    H = W = 8
+    xy, f = grid_mesh(3, 0.0, W, 0.0, H, 0.2)
+    v = torch.cat([xy, torch.ones(len(xy), 1)], 1)[None]
+    frag = rasterize(v, f, H, W)
+    attr = torch.randn(len(xy), 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a: interpolate(frag, f, a), (attr,))
+    # d(sum of the image)/d(vertex value) = the sum of that vertex's weights over the pixels
+    interpolate(frag, f, attr).sum().backward()
+    per_vertex = torch.zeros(len(xy), dtype=torch.float64).index_add_(
+        0, f[frag.triangle[frag.mask]].reshape(-1), frag.bary[frag.mask].reshape(-1).double())
+    torch.testing.assert_close(attr.grad, per_vertex[:, None].expand(-1, 2))
+
+
+def test_vertex_normals_are_the_same_on_both_paths(face_model):
+    from frankenstein_utils.facemodel import vertex_normals as one_mesh
+
+    c = face_model.sample_coefficients(4, generator=torch.Generator().manual_seed(13))
+    poses = PoseJitter(yaw_deg=30, pitch_deg=20).sample(4, torch.Generator().manual_seed(14))
+    v = apply_pose(face_model.vertices(c, "face"), poses)
+    faces = face_model.region("face").faces
+    n_numba, n_torch = vertex_normals(v, faces, backend="numba"), vertex_normals(v, faces, backend="torch")
+    assert torch.equal(n_numba, n_torch)  # same arithmetic in the same order
+    torch.testing.assert_close(n_numba[2], one_mesh(v[2], faces), atol=1e-6, rtol=0)
+    assert vertex_normals(v.requires_grad_(), faces).requires_grad  # auto: torch where a gradient is wanted
+
+
+def _sphere_cm(r, cy):
+    """A uv sphere in model cm (y up) centred at (0, cy, 0), its triangles facing the viewer where it does."""
+    v, f, _, _ = uv_sphere(r, 0.0, 0.0)
+    return v * torch.tensor([1.0, -1.0, 1.0]) + torch.tensor([0.0, cy, 0.0]), f  # y up: mirrored, still outward
+
+
+def test_normal_buffer_of_a_sphere_is_radial():
+    """Known answer: on a sphere of radius R about c, the unit normal at the pixel centre's (x, y) is
+    (x - cx, y - cy, sqrt(R^2 - d^2)) / R; posed (scaled and shifted) too."""
+    r, cy, res = 8.0, -1.3, 64
+    v, f = _sphere_cm(r, cy)
+    x0, x1, y0, y1 = DEFAULT_WINDOW_CM
+    s = res / (x1 - x0)
+    q = pixel_centres(res, res)
+    for pose in (None, torch.tensor([[0.0, 0, 0, 1.2, 1.5, -0.5]])):
+        scale, sx, sy = (1.0, 0.0, 0.0) if pose is None else (1.2, 1.5, -0.5)
+        R = r * scale
+        out = render_mesh_buffers(v[None], f, RenderConfig(resolution=res), poses=pose, normals=True)
+        n, m = out["normal"][0], out["mask"][0]
+        dx, dy = x0 + q[..., 0] / s - sx, y1 - q[..., 1] / s - (cy * scale + sy)
+        d2 = dx ** 2 + dy ** 2
+        truth = torch.stack([dx, dy, torch.sqrt((R * R - d2).clamp_min(0))], -1) / R
+        inner = d2 < (0.9 * R) ** 2
+        assert m[inner].all() and inner.sum() > 500
+        err = (n - truth).norm(dim=-1)[inner]
+        assert err.max() < 5e-3, float(err.max())
+        torch.testing.assert_close(n[m].norm(dim=-1), torch.ones(int(m.sum())), atol=1e-5, rtol=0)
+        assert (n[~m] == 0).all()
+
+
+def test_render_mesh_buffers(face_model):
+    g = torch.Generator().manual_seed(15)
+    c = face_model.sample_coefficients(3, generator=g)
+    verts = face_model.vertices(c, "face")
+    faces = face_model.region("face").faces
+    cfg = RenderConfig(resolution=64)
+    poses = torch.tensor([[0.0, 0, 0, 1, 0, 0], [35.0, 0, 0, 1, 0, 0], [-35.0, 0, 0, 1, 0, 0]])
+    colours = torch.rand(3, verts.shape[1], 3, generator=g)
+    out = render_mesh_buffers(verts, faces, cfg, poses, attributes={"colour": colours})
+    assert set(out) == {"depth", "mask", "fragments", "colour", "normal"}
+    d, m = render_mesh_depth(verts, faces, cfg, poses)
+    assert torch.equal(out["depth"], d) and torch.equal(out["mask"], m)
+    # depth as before the buffers: normalize_depth of the z-buffer
+    px = to_pixels(apply_pose(verts, poses), cfg)
+    z, mask = rasterize_depth(px, faces, 64, 64, cull_backfaces=True)
+    assert torch.equal(d, normalize_depth(z, mask, cfg)) and torch.equal(m, mask)
+    assert torch.equal(out["colour"], interpolate(out["fragments"], faces, colours))
+    assert out["colour"].shape == out["normal"].shape == (3, 64, 64, 3)
+    n = out["normal"]
+    torch.testing.assert_close(n[m].norm(dim=-1), torch.ones(int(m.sum())), atol=1e-5, rtol=0)
+    assert (n[~m] == 0).all()
+    # model frame, z toward the viewer: what is seen faces +z
+    nz = n[m][:, 2]
+    assert nz.mean() > 0.5 and (nz > 0).float().mean() > 0.99
+    # normals of the posed mesh: the unposed vertex normals turned by the pose's rotation, interpolated, unit again
+    turned = vertex_normals(verts, faces) @ rotation_matrices(poses).transpose(1, 2)
+    expect = interpolate(out["fragments"], faces, turned)
+    expect = expect / expect.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    torch.testing.assert_close(n, expect, atol=1e-4, rtol=0)
+    # no normals unless asked for (or attributes given); reserved names
+    assert set(render_mesh_buffers(verts, faces, cfg)) == {"depth", "mask", "fragments"}
+    assert "normal" not in render_mesh_buffers(verts, faces, cfg, attributes={"c": colours}, normals=False)
+    with pytest.raises(ValueError, match="taken"):
+        render_mesh_buffers(verts, faces, cfg, attributes={"depth": colours})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_buffers_match_cpu(face_model):
+    c = face_model.sample_coefficients(4, generator=torch.Generator().manual_seed(16))
+    verts = face_model.vertices(c, "face")
+    faces = face_model.region("face").faces
+    colours = torch.rand(verts.shape[1], 3, generator=torch.Generator().manual_seed(17))
+    cpu = render_mesh_buffers(verts, faces, RenderConfig(), attributes={"colour": colours})
+    gpu = render_mesh_buffers(verts.cuda(), faces.cuda(), RenderConfig(), attributes={"colour": colours.cuda()})
+    m_cpu, m_gpu = cpu["mask"], gpu["mask"].cpu()
+    assert (m_gpu != m_cpu).sum() <= 8  # pixel centres exactly on an edge may differ by round-off
+    same = (gpu["fragments"].triangle.cpu() == cpu["fragments"].triangle) & m_cpu
+    assert same.sum() >= 0.99 * m_cpu.sum()
+    for key in ("colour", "normal"):
+        torch.testing.assert_close(gpu[key].cpu()[same], cpu[key][same], atol=1e-4, rtol=0)

@@ -1,0 +1,719 @@
+"""The face model's appearance half: per-vertex colour learned from the photos through their fits.
+
+Every CelebA photo of the paired set is already fitted (identity, expression, pose; ``fitting.py``). Projecting the
+fitted mesh into the photo gives each visible vertex its colour; a PCA of those colours over the training split is
+an appearance model in the face model's own topology, as FLAME's texture space was built from fitted photos.
+
+Steps (``build_appearance``):
+
+1. **Sampling**: vertex ``v`` of photo ``b`` takes the photo's colour at its projection (bilinear) when it is
+   visible: its posed normal faces the camera (n_z > ``facing_min``) and it is not behind the fitted surface
+   (z-buffer at twice the photo's resolution, tolerance ``depth_tol_cm``). About a third of the region is visible in
+   a photo; the rest is missing data.
+2. **Filling**: ``mirror`` copies the colour of the mirrored vertex where only that one is visible; what is still
+   missing starts as the neighbours' average (a harmonic fill over the mesh), which PCA then refines.
+3. **Missing-data PCA** (iterative imputation, Ilin & Raiko 2010): ``X[missing] <- mean + U S V^T`` of the previous
+   round, ``rounds`` times, with a randomized SVD (``torch.svd_lowrank``) of the filled matrix.
+4. **Components**: K is chosen on the validation split: each validation photo's *visible* colours are projected onto
+   the first K components (a MAP fit that sees only those), and K is the smallest whose error is within
+   ``k_tolerance_db`` of the best K's.
+
+Light (``light``): ``"baked"`` keeps the photos' lighting in the colours (the model draws lit faces);
+``"sh"`` separates each photo's colours into albedo x shading, with 9 spherical-harmonics light coefficients per
+colour channel estimated from the fitted normals (DECA, GIF): ``colour_v = albedo_v * (Y(n_v) . l)``. The PCA is then
+over albedo, and each training photo's light ``l`` (9 x 3) is kept, so that new faces are lit as real ones are
+(``sample_light`` draws one of them).
+
+Appearance that follows the shape: the joint Gaussian of (identity coefficients, appearance coefficients) over the
+training fits gives a closed-form conditional ``a | s ~ N(mu_a + W (s - mu_s), S_res)`` (``from-shape``); ``free``
+draws the marginal. Synthetic identities are drawn from N(0, I), much wider than the fits' spread (a synthetic face
+sits far outside the fits' Gaussian); ``shape_map="whiten"`` reads a synthetic ``z`` as the fits' whitened
+coefficients (``s = mu_s + L z``, L the Cholesky factor of their covariance) before conditioning, so the conditional
+is never extrapolated; ``"identity"`` conditions on z as given.
+
+Appearance coefficients are stored in units of their own standard deviation, so ``free`` draws N(0, I).
+
+The model is derived from CelebA and carries its terms: non-commercial research and education only; do not
+redistribute.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .draws import normal
+
+LIGHTS = ("baked", "sh")
+MODES = ("from-shape", "free")
+SHAPE_MAPS = ("whiten", "identity")
+TERMS = ("Derived from CelebA (MMLAB, CUHK) photos: non-commercial research and educational use only; "
+         "no redistribution (CelebA agreement). Cite Liu et al., ICCV 2015.")
+
+
+@dataclass
+class AppearanceConfig:
+    """How the appearance model is built (saved inside it)."""
+
+    region: str = "chin"  # the face model region (the paired set's render region)
+    light: str = "baked"
+    mirror: bool = True
+    facing_min: float = 0.2  # posed normal's z above which a vertex counts as facing the camera
+    depth_tol_cm: float = 0.3  # a vertex this far behind the z-buffer is hidden
+    fill_iterations: int = 60  # neighbour-averaging steps of the initial harmonic fill
+    rounds: int = 4  # imputation rounds of the missing-data PCA
+    max_components: int = 100
+    candidates: tuple = (5, 10, 20, 30, 40, 60, 80, 100)
+    k_tolerance_db: float = 0.1  # the smallest K within this of the best validation PSNR
+    shape_components: int = 15  # identity coefficients that the from-shape conditional reads
+    seed: int = 0
+
+    def __post_init__(self):
+        self.candidates = tuple(int(k) for k in self.candidates)
+        if self.light not in LIGHTS:
+            raise ValueError(f"AppearanceConfig.light={self.light!r}; choose one of {LIGHTS}")
+
+
+# ---- geometry helpers -------------------------------------------------------------------------------------------
+def mirror_index(verts: np.ndarray, max_cm: float = 0.3) -> np.ndarray:
+    """Index of each vertex's mirror image (x -> -x) among ``verts`` (N, 3) of the mean face; -1 where none is
+    within ``max_cm``."""
+    from scipy.spatial import cKDTree
+
+    d, j = cKDTree(verts).query(verts * np.array([-1.0, 1.0, 1.0]))
+    return np.where(d <= max_cm, j, -1)
+
+
+def neighbour_matrix(faces: np.ndarray, n: int):
+    """Row-normalized vertex adjacency (sparse, N x N) of a triangle mesh."""
+    from scipy import sparse
+
+    i = np.concatenate([faces[:, 0], faces[:, 1], faces[:, 2], faces[:, 1], faces[:, 2], faces[:, 0]])
+    j = np.concatenate([faces[:, 1], faces[:, 2], faces[:, 0], faces[:, 0], faces[:, 1], faces[:, 2]])
+    A = sparse.coo_matrix((np.ones(len(i), np.float32), (i, j)), shape=(n, n)).tocsr()
+    A.data[:] = 1.0
+    deg = np.asarray(A.sum(1)).ravel()
+    return sparse.diags(1.0 / np.maximum(deg, 1)).astype(np.float32) @ A
+
+
+# ---- spherical harmonics ------------------------------------------------------------------------------------------
+def sh_basis(n: torch.Tensor) -> torch.Tensor:
+    """The 9 real spherical harmonics up to band 2 at unit normals (..., 3), constants folded in (Ramamoorthi &
+    Hanrahan 2001, the irradiance form DECA uses): (..., 9)."""
+    x, y, z = n[..., 0], n[..., 1], n[..., 2]
+    c0, c1, c2, c3, c4 = 0.886227, 1.023328, 0.858086, 0.247708, 0.429043
+    return torch.stack([torch.full_like(x, c0), c1 * y, c1 * z, c1 * x, c2 * x * y, c2 * y * z,
+                        c3 * (3 * z * z - 1), c2 * x * z, c4 * (x * x - y * y)], -1)
+
+
+def shading(normals: torch.Tensor, light: torch.Tensor) -> torch.Tensor:
+    """Per-vertex shading (B, N, 3) from unit normals (B, N, 3) and SH light (B, 9, 3)."""
+    return torch.einsum("bnk,bkc->bnc", sh_basis(normals), light)
+
+
+# ---- skin tone ------------------------------------------------------------------------------------------------------
+def individual_typology_angle(rgb: np.ndarray) -> np.ndarray:
+    """ITA in degrees, ``atan2(L* - 50, b*)``, of skin colours (..., 3) in sRGB [0, 1]: > 55 very light, 41-55
+    light, 28-41 intermediate, 10-28 tan, -30-10 brown, < -30 dark (Chardon et al. 1991; the FAIR benchmark)."""
+    from skimage.color import rgb2lab
+
+    lab = rgb2lab(np.clip(np.asarray(rgb, np.float64), 0, 1))  # sRGB, D65
+    return np.degrees(np.arctan2(lab[..., 0] - 50, lab[..., 2]))
+
+
+ITA_BANDS = ((55, 90, "very light"), (41, 55, "light"), (28, 41, "intermediate"), (10, 28, "tan"),
+             (-30, 10, "brown"), (-90, -30, "dark"))
+
+
+def ita_shares(ita: np.ndarray) -> dict:
+    """Share of skin colours in each ITA band."""
+    ita = np.asarray(ita)
+    return {name: float(((ita >= lo) & (ita < hi)).mean()) for lo, hi, name in ITA_BANDS}
+
+
+def skin_vertices(model, region_vertices: np.ndarray, radius_cm: float = 1.2) -> np.ndarray:
+    """Positions (within the region) of cheek and forehead vertices of the mean face: skin without beard, brows or
+    lips, for skin-tone measures. Centred on the middle of each cheek (between the jaw's 4th point and the nose
+    wing of the 68 markup) and 2.5 cm above the nose bridge's top; outer surface only."""
+    lm = model.mean[model.landmarks68].numpy()
+    centres = [(lm[3] + lm[31]) / 2, (lm[13] + lm[35]) / 2, lm[27] + np.array([0.0, 2.5, 0.0])]
+    from .facemodel import NARROW_FACE
+
+    idx = np.asarray(region_vertices)
+    v = model.mean[torch.as_tensor(idx)].numpy()
+    d = np.min([np.linalg.norm(v - c, axis=1) for c in centres], axis=0)
+    outer = (idx >= NARROW_FACE[0]) & (idx < NARROW_FACE[1])  # the skin surface, not the mouth socket behind it
+    return np.nonzero((d < radius_cm) & outer)[0]
+
+
+# ---- the model -----------------------------------------------------------------------------------------------------
+class AppearanceModel:
+    """Per-vertex colour ``mean + sum_k a_k sd_k basis_k`` over a face-model region, with ``a ~ N(0, I)`` (free) or
+    the Gaussian conditioned on the identity coefficients (from-shape). Colours are sRGB in [0, 1]; with
+    ``light == "sh"`` they are albedo, lit by ``shading``."""
+
+    def __init__(self, mean, basis, sd, region_vertices, config: AppearanceConfig, conditional: dict,
+                 lights=None, photo_coeffs=None, photo_names=None, report=None, background=None, render=None,
+                 face_table=None):
+        self.mean = torch.as_tensor(np.asarray(mean, np.float32))  # (V, 3)
+        self.basis = torch.as_tensor(np.asarray(basis, np.float32))  # (K, V, 3), unit-norm rows
+        self.sd = torch.as_tensor(np.asarray(sd, np.float32))  # (K,)
+        self.region_vertices = torch.as_tensor(np.asarray(region_vertices, np.int64))
+        self.config = config
+        self.conditional = {k: torch.as_tensor(np.asarray(v, np.float32)) for k, v in conditional.items()}
+        self.lights = None if lights is None else torch.as_tensor(np.asarray(lights, np.float32))  # (P, 9, 3)
+        self.photo_coeffs = photo_coeffs  # (P, K) numpy, per photo of the paired set (all splits), sd units
+        self.photo_names = photo_names
+        self.report = report or {}
+        # the mean training photo (3, S, S) in [0, 1], in the paired set's framing: what a raw render is shown over
+        self.background = None if background is None else torch.as_tensor(np.asarray(background, np.float32))
+        # the paired set's render configuration (RenderConfig dict): the framing the photos, and so the model, live in
+        self.render = render
+        # render poses (M, 6) and expressions (M, E) of the fitted training photos: where new faces draw pose and
+        # expression from without the data (``depthdata.FittedFaceParams``)
+        self.face_table = face_table
+
+    @property
+    def n_components(self) -> int:
+        return self.basis.shape[0]
+
+    def colours(self, coeffs: torch.Tensor) -> torch.Tensor:
+        """Per-vertex colours (B, V, 3) of appearance coefficients (B, k), k <= K (sd units); clamped to [0, 1]."""
+        coeffs = torch.as_tensor(coeffs, dtype=torch.float32)
+        if coeffs.ndim == 1:
+            coeffs = coeffs[None]
+        k = coeffs.shape[1]
+        if k > self.n_components:
+            raise ValueError(f"{k} appearance coefficients given; the model has {self.n_components}")
+        flat = (coeffs * self.sd[:k]) @ self.basis[:k].reshape(k, -1)
+        return (self.mean.reshape(-1) + flat).view(len(coeffs), -1, 3).clamp(0, 1)
+
+    def shape_to_fits(self, z: torch.Tensor) -> torch.Tensor:
+        """Synthetic identity coefficients z (B, >= S) read as whitened fitted coefficients (``shape_map``)."""
+        S = self.conditional["shape_mean"].numel()
+        z = torch.as_tensor(z, dtype=torch.float32)[:, :S]
+        if z.shape[1] < S:
+            z = torch.cat([z, torch.zeros(len(z), S - z.shape[1])], 1)
+        return self.conditional["shape_mean"] + z @ self.conditional["shape_chol"].T
+
+    def sample(self, n: int, mode: str = "from-shape", shape: torch.Tensor | None = None,
+               generator: torch.Generator | None = None, shape_map: str = "whiten") -> torch.Tensor:
+        """Appearance coefficients (n, K) in sd units. ``from-shape``: conditioned on synthetic identity coefficients
+        ``shape`` (n, >= S; see the module docstring for ``shape_map``); ``free``: N(0, I). Seeded by
+        ``generator``; the draw for face i does not depend on n."""
+        if mode not in MODES:
+            raise ValueError(f"appearance mode {mode!r}; choose one of {MODES}")
+        if shape_map not in SHAPE_MAPS:
+            raise ValueError(f"shape_map {shape_map!r}; choose one of {SHAPE_MAPS}")
+        eps = normal(n, self.n_components, generator=generator)
+        if mode == "free":
+            return eps
+        if shape is None or len(shape) != n:
+            raise ValueError(f"appearance 'from-shape' needs identity coefficients for each of the {n} faces")
+        c = self.conditional
+        s = self.shape_to_fits(shape) if shape_map == "whiten" else torch.as_tensor(shape, dtype=torch.float32)[
+            :, :c["shape_mean"].numel()]
+        return c["app_mean"] + (s - c["shape_mean"]) @ c["regression"].T + eps @ c["residual_chol"].T
+
+    def sample_light(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor | None:
+        """SH lights (n, 9, 3) of randomly chosen training photos (None for a baked model)."""
+        if self.lights is None:
+            return None
+        idx = torch.randint(len(self.lights), (n,), generator=generator)
+        return self.lights[idx]
+
+    # ---- files -------------------------------------------------------------------------------------------------
+    def tensors(self, dtype=torch.float32) -> dict:
+        out = {"mean": self.mean, "basis": self.basis, "sd": self.sd, "region_vertices": self.region_vertices,
+               **{f"cond_{k}": v for k, v in self.conditional.items()}}
+        if self.lights is not None:
+            out["lights"] = self.lights
+        if self.background is not None:
+            out["background"] = self.background
+        if self.face_table is not None:
+            out["table_poses"] = torch.as_tensor(self.face_table[0])
+            out["table_expressions"] = torch.as_tensor(self.face_table[1])
+        return {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in out.items()}
+
+    def metadata(self) -> dict:
+        return {"config": json.dumps(asdict(self.config)), "report": json.dumps(self.report), "terms": TERMS,
+                "format": "frankenstein appearance model 1", "render": json.dumps(self.render)}
+
+    def save(self, path, dtype=torch.float32, with_photos: bool = True) -> None:
+        """Safetensors file (loading it runs no code); ``with_photos`` adds every photo's coefficients."""
+        from safetensors.torch import save as st_save
+
+        from .fileio import atomic_write_bytes
+
+        t = self.tensors(dtype)
+        if with_photos and self.photo_coeffs is not None:
+            t["photo_coeffs"] = torch.as_tensor(self.photo_coeffs, dtype=torch.float32)
+        meta = self.metadata()
+        if with_photos and self.photo_names is not None:
+            meta["photo_names"] = json.dumps([str(x) for x in self.photo_names])
+        atomic_write_bytes(path, st_save(t, metadata=meta))
+
+    @classmethod
+    def load(cls, path) -> "AppearanceModel":
+        from safetensors import safe_open
+
+        path = Path(path)
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                t = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # noqa: BLE001 (any damage: one clear line)
+            raise ValueError(f"{path}: not a readable appearance model ({e})") from e
+        if meta.get("format") != "frankenstein appearance model 1":
+            raise ValueError(f"{path}: not an appearance model (format {meta.get('format')!r})")
+        t = {k: (v.float() if v.is_floating_point() else v) for k, v in t.items()}
+        cond = {k[5:]: v for k, v in t.items() if k.startswith("cond_")}
+        names = json.loads(meta["photo_names"]) if "photo_names" in meta else None
+        pc = t["photo_coeffs"].numpy() if "photo_coeffs" in t else None
+        return cls(t["mean"], t["basis"], t["sd"], t["region_vertices"], AppearanceConfig(**json.loads(meta["config"])),
+                   cond, t.get("lights"), pc, names, json.loads(meta.get("report", "{}")), t.get("background"),
+                   json.loads(meta.get("render", "null")),
+                   (t["table_poses"], t["table_expressions"]) if "table_poses" in t else None)
+
+    def render_config(self):
+        """The ``RenderConfig`` of the paired set the model was built from (its region and framing)."""
+        from .rasterize import RenderConfig
+
+        if self.render is None:
+            raise ValueError("this appearance model records no render configuration")
+        return RenderConfig.from_dict(self.render)
+
+    def fitted_face_params(self):
+        """The training photos' fitted poses and expressions as a ``depthdata.FittedFaceParams`` table."""
+        from .depthdata import FittedFaceParams
+
+        if self.face_table is None:
+            raise ValueError("this appearance model carries no table of fitted poses and expressions")
+        return FittedFaceParams(np.asarray(self.face_table[0], np.float32), np.asarray(self.face_table[1], np.float32),
+                                source="appearance model: fitted training photos")
+
+
+# ---- sampling the photos --------------------------------------------------------------------------------------------
+def photo_crops(root, names, crop) -> torch.Tensor:
+    """The photos cropped to ``crop`` (left, top, right, bottom) at native size, float (B, 3, S, S) in [0, 1]."""
+    left, top, right, bottom = (int(round(c)) for c in crop)
+    out = np.empty((len(names), 3, bottom - top, right - left), np.float32)
+    for i, n in enumerate(names):
+        with Image.open(Path(root) / "images" / str(n)) as im:
+            out[i] = np.asarray(im.convert("RGB").crop((left, top, right, bottom)), np.float32).transpose(2, 0, 1)
+    return torch.from_numpy(out / 255.0)
+
+
+def sample_vertex_colours(verts_cm: torch.Tensor, faces: torch.Tensor, poses: torch.Tensor, photos: torch.Tensor,
+                          window_cm, facing_min: float = 0.2, depth_tol_cm: float = 0.3, supersample: int = 2):
+    """Colours (B, V, 3) and visibility (B, V) of fitted meshes ``verts_cm`` (B, V, 3) (model cm, unposed) in
+    ``photos`` (B, 3, S, S), posed by render ``poses`` (B, 6) through the fixed window ``window_cm`` (the framing
+    in which the fit's poses were made; the photo crop is the window). Also returns the posed normals (B, V, 3)."""
+    from .rasterize import RenderConfig, apply_pose, rasterize_depth, to_pixels, vertex_normals
+
+    S = photos.shape[-1]
+    posed = apply_pose(verts_cm, poses)
+    normals = vertex_normals(posed, faces)
+    hi = S * supersample
+    px_hi = to_pixels(posed, RenderConfig(resolution=hi, window_cm=window_cm))
+    zbuf, _ = rasterize_depth(px_hi, faces, hi, hi, cull_backfaces=True)
+    col = px_hi[..., 0].floor().long()
+    row = px_hi[..., 1].floor().long()
+    inside = (col >= 0) & (col < hi) & (row >= 0) & (row < hi)
+    z_at = zbuf.flatten(1).gather(1, (row.clamp(0, hi - 1) * hi + col.clamp(0, hi - 1)))
+    visible = inside & (normals[..., 2] > facing_min) & (posed[..., 2] >= z_at - depth_tol_cm)
+    # grid_sample with align_corners=False: -1 and 1 are the frame's outer edges, as pixel coordinates 0 and S
+    grid = (px_hi[..., :2] / hi * 2 - 1)[:, :, None, :]  # (B, V, 1, 2)
+    colours = torch.nn.functional.grid_sample(photos, grid, mode="bilinear", align_corners=False)[..., 0]
+    return colours.transpose(1, 2), visible, normals
+
+
+def harmonic_fill(X: np.ndarray, M: np.ndarray, A, iterations: int) -> np.ndarray:
+    """Fill the missing entries (~M, (B, V)) of colours X (B, V, 3) by repeated neighbour averaging over the mesh
+    (adjacency ``A``, row-normalized), observed entries held fixed. Starts from the observed mean per vertex."""
+    B, V, _ = X.shape
+    counts = M.sum(0)
+    vmean = (X * M[..., None]).sum(0) / np.maximum(counts, 1)[:, None]
+    vmean[counts == 0] = (X * M[..., None]).sum((0, 1)) / max(M.sum(), 1)
+    Y = np.where(M[..., None], X, vmean[None]).astype(np.float32)
+    flat = Y.transpose(1, 0, 2).reshape(V, B * 3)
+    keep = np.repeat(M.T[:, :, None], 3, 2).reshape(V, B * 3)
+    obs = flat.copy()
+    for _ in range(iterations):
+        flat = np.where(keep, obs, A @ flat)
+    return flat.reshape(V, B, 3).transpose(1, 0, 2)
+
+
+def missing_pca(X: np.ndarray, M: np.ndarray, k: int, rounds: int, seed: int = 0):
+    """PCA of rows X (B, D) whose entries where ``M`` (B, D) is False are missing (already filled with a first
+    guess): alternately fit mean + rank-k SVD and replace the missing entries by the reconstruction.
+    Returns mean (D,), basis (k, D) orthonormal, singular values (k,), coefficients (B, k), the filled X."""
+    torch.manual_seed(seed)
+    Xt = torch.from_numpy(np.ascontiguousarray(X, np.float32))
+    Mt = torch.from_numpy(np.ascontiguousarray(M))
+    for r in range(rounds + 1):
+        mu = Xt.mean(0)
+        U, S, V = torch.svd_lowrank(Xt - mu, q=min(k + 10, min(Xt.shape)), niter=3)
+        U, S, V = U[:, :k], S[:k], V[:, :k]
+        if r == rounds:
+            break
+        recon = torch.addmm(mu, U * S, V.T)
+        Xt = torch.where(Mt, Xt, recon)
+        del recon
+    return mu.numpy(), V.T.numpy(), S.numpy(), (U * S).numpy(), Xt.numpy()
+
+
+def project_observed(Y: np.ndarray, M: np.ndarray, mean: np.ndarray, basis: np.ndarray, sd: np.ndarray,
+                     noise_var: float, chunk: int = 512) -> np.ndarray:
+    """MAP appearance coefficients (B, K) in sd units of colours Y (B, V, 3) seen only where M (B, V): prior
+    a ~ N(0, I), coefficient k scaling the unit basis row by sd_k, Gaussian noise of variance ``noise_var`` per
+    entry. Uses only the visible vertices of each photo (nothing imputed)."""
+    K = basis.shape[0]
+    Bv = (basis.reshape(K, -1, 3) * sd[:, None, None]).transpose(1, 2, 0)  # (V, 3, K)
+    P = np.einsum("vck,vcl->vkl", Bv, Bv).reshape(len(Bv), K * K)  # per-vertex Gram
+    out = np.empty((len(Y), K), np.float32)
+    for s in range(0, len(Y), chunk):
+        m = M[s:s + chunk].astype(np.float32)
+        r = (Y[s:s + chunk] - mean[None]) * m[..., None]
+        G = (m @ P).reshape(-1, K, K) / noise_var + np.eye(K)
+        g = np.einsum("bvc,vck->bk", r, Bv) / noise_var
+        out[s:s + chunk] = np.linalg.solve(G, g[..., None])[..., 0]
+    return out
+
+
+def psnr(a: np.ndarray, b: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """PSNR (dB, peak 1) per row of a, b (B, V, 3) over the entries where m (B, V)."""
+    se = (((a - b) ** 2).sum(-1) * m).sum(1) / np.maximum(3 * m.sum(1), 1)
+    return 10 * np.log10(1.0 / np.maximum(se, 1e-12))
+
+
+# ---- building --------------------------------------------------------------------------------------------------------
+def estimate_light(colours: np.ndarray, visible: np.ndarray, normals: np.ndarray, albedo: np.ndarray,
+                   ridge: float = 1e-3) -> np.ndarray:
+    """Per photo SH light (B, 9, 3) that best explains the visible colours as albedo x shading (least squares per
+    colour channel; ``albedo`` (V, 3) the current mean albedo)."""
+    Y = sh_basis(torch.from_numpy(normals)).numpy()  # (B, V, 9)
+    out = np.empty((len(colours), 9, 3), np.float32)
+    for c in range(3):
+        D = Y * albedo[None, :, c, None] * visible[..., None]  # (B, V, 9)
+        G = np.einsum("bvk,bvl->bkl", D, D) + ridge * np.eye(9)
+        g = np.einsum("bvk,bv->bk", D, colours[..., c] * visible)
+        out[:, :, c] = np.linalg.solve(G, g[..., None])[..., 0]
+    return out
+
+
+def build_appearance(config: AppearanceConfig | None = None, paired=None, model=None, progress: bool = True,
+                     block: int = 256, limit: int | None = None) -> AppearanceModel:
+    """Build the appearance model from the paired set's fits (see the module docstring); report in ``.report``.
+    ``limit``: only the first N photos of the set (quick runs and tests; splits kept)."""
+    from tqdm.auto import tqdm
+
+    from .datasets import PairedFaceDataset
+    from .facemodel import load_face_model
+
+    cfg = config or AppearanceConfig()
+    t0 = time.perf_counter()
+    model = model or load_face_model()
+    paired = paired or PairedFaceDataset("all", progress=progress)
+    fit = paired.fit
+    if fit is None:
+        raise ValueError(f"{paired.cache_path}: built without fits; delete it to rebuild")
+    data = np.load(paired.cache_path)
+    P = len(paired.names) if limit is None else min(int(limit), len(paired.names))
+    split = {s: data[f"split_{s}"][data[f"split_{s}"] < P] for s in ("train", "val", "test")}
+    names = paired.names[:P]
+    rcfg = paired.render_config(model)
+    region = model.region(cfg.region)
+    faces = region.faces
+    V = len(region.vertices)
+    colours = np.empty((P, V, 3), np.float32)
+    visible = np.empty((P, V), bool)
+    normals = np.empty((P, V, 3), np.float32)
+    for s in tqdm(range(0, P, block), desc="appearance: sampling photos", disable=not progress):
+        sl = slice(s, min(s + block, P))
+        photos = photo_crops(paired.root, names[sl], paired.config.crop)
+        verts = model.vertices(torch.from_numpy(fit["coeffs"][sl]), cfg.region,
+                               torch.from_numpy(fit["expressions"][sl]))
+        c, v, n = sample_vertex_colours(verts, faces, torch.from_numpy(fit["poses"][sl]), photos, rcfg.window_cm,
+                                        cfg.facing_min, cfg.depth_tol_cm)
+        colours[sl], visible[sl], normals[sl] = c.numpy(), v.numpy(), n.numpy()
+    t_sample = time.perf_counter() - t0
+    mean_verts = model.mean[region.vertices].numpy()
+    mirror = mirror_index(mean_verts)
+    A = neighbour_matrix(faces.numpy(), V)
+    tr, va = split["train"], split["val"]
+
+    lights = None
+    target = colours
+    if cfg.light == "sh":
+        # Alternate: light per photo from the current mean albedo, then albedo = colour / shading.
+        albedo_mean = (colours[tr] * visible[tr, :, :, None]).sum(0) / np.maximum(visible[tr].sum(0), 1)[:, None]
+        for _ in range(3):
+            lights = estimate_light(colours, visible, normals, albedo_mean)
+            sh = shading(torch.from_numpy(normals), torch.from_numpy(lights)).numpy()
+            target = colours / np.clip(sh, 0.05, None)
+            ok = visible & (sh.min(-1) > 0.05)
+            albedo_mean = (target[tr] * ok[tr, :, :, None]).sum(0) / np.maximum(ok[tr].sum(0), 1)[:, None]
+        visible = ok
+        target = np.clip(target, 0, 1.5).astype(np.float32)
+
+    def filled(idx, use_mirror):
+        X, M = target[idx].copy(), visible[idx].copy()
+        if use_mirror:
+            has = mirror >= 0
+            take = (~M) & has[None] & M[:, np.where(has, mirror, 0)]
+            X[take] = X[:, np.where(has, mirror, 0)][take]
+            M = M | take
+        return harmonic_fill(X, M, A, cfg.fill_iterations), M
+
+    Xtr, Mtr = filled(tr, cfg.mirror)
+    t1 = time.perf_counter()
+    Kmax = min(cfg.max_components, len(tr) - 1)
+    mu, basis, S, U, _ = missing_pca(Xtr.reshape(len(tr), -1), np.repeat(Mtr[:, :, None], 3, 2).reshape(len(tr), -1),
+                                     Kmax, cfg.rounds, cfg.seed)
+    t_pca = time.perf_counter() - t1
+    sd = S / math.sqrt(len(tr) - 1)
+    # Variance explained: of the observed training entries (the part of the data that is data).
+    resid = Xtr.reshape(len(tr), -1) - mu - U @ basis
+    Mflat = np.repeat(visible[tr][:, :, None], 3, 2).reshape(len(tr), -1)
+    cen = (target[tr].reshape(len(tr), -1) - mu)
+    var_obs = float((cen ** 2 * Mflat).sum())
+    noise_var = float((resid ** 2 * Mflat).sum() / Mflat.sum())
+    del resid
+    explained = {}
+    for k in cfg.candidates:
+        if k <= Kmax:
+            Uk = U[:, :k] @ basis[:k]
+            explained[k] = 1 - float(((cen - Uk) ** 2 * Mflat).sum()) / var_obs
+            del Uk
+    # Validation: project each validation photo's visible colours (nothing filled) onto the first K components.
+    mean3 = mu.reshape(V, 3)
+    val_psnr = {}
+    for k in cfg.candidates:
+        if k <= Kmax:
+            a = project_observed(target[va], visible[va], mean3, basis[:k], sd[:k], noise_var)
+            rec = mean3[None] + ((a * sd[:k]) @ basis[:k]).reshape(len(va), V, 3)
+            val_psnr[k] = float(np.mean(psnr(rec, target[va], visible[va])))
+    val_psnr_mean = float(np.mean(psnr(np.broadcast_to(mean3, target[va].shape), target[va], visible[va])))
+    best = max(val_psnr.values())
+    K = min(k for k, p in val_psnr.items() if p >= best - cfg.k_tolerance_db)
+    basis_k, sd_k = basis[:K], sd[:K]
+    photo_coeffs = project_observed(target, visible, mean3, basis_k, sd_k, noise_var)
+    # From-shape conditional: joint Gaussian of (identity coefficients, appearance coefficients) over train fits.
+    Sdim = cfg.shape_components
+    shape = fit["coeffs"][:, :Sdim].astype(np.float64)
+    conditional, cond_report = conditional_gaussian(shape[tr], photo_coeffs[tr].astype(np.float64),
+                                                    shape[va], photo_coeffs[va].astype(np.float64))
+    background = paired.images[torch.from_numpy(tr)].float().mean(0) / 255.0
+    app = AppearanceModel(mean3, basis_k.reshape(K, V, 3), sd_k, region.vertices.numpy(), cfg, conditional,
+                          None if lights is None else lights[tr], photo_coeffs, names, background=background,
+                          render=rcfg.to_dict(), face_table=(fit["poses"][tr], fit["expressions"][tr]))
+    skin = skin_vertices(model, region.vertices.numpy())
+    photo_ita = ita_of_colours(colours, visible, skin, split["test"])
+    g = torch.Generator().manual_seed(cfg.seed)
+    drawn = app.colours(app.sample(len(split["test"]), "free", generator=g)).numpy()
+    if lights is not None:  # lit like a training photo, on the mean shape's normals facing the camera
+        nm = normals[split["test"]]
+        drawn = np.clip(drawn * shading(torch.from_numpy(nm), torch.from_numpy(
+            lights[tr][np.random.default_rng(cfg.seed).integers(len(tr), size=len(nm))])).numpy(), 0, 1)
+    drawn_ita = individual_typology_angle(drawn[:, skin].mean(1))
+    app.report = {
+        "n_photos": {"train": int(len(tr)), "val": int(len(va)), "all": int(P)},
+        "vertices": int(V), "visible_share_per_photo": float(visible.mean()),
+        "never_visible_share": float((~visible[tr].any(0)).mean()),
+        "components": int(K), "variance_explained_observed": {str(k): v for k, v in explained.items()},
+        "val_psnr_visible_db": {str(k): v for k, v in val_psnr.items()},
+        "val_psnr_mean_appearance_db": val_psnr_mean, "noise_var": noise_var,
+        "build_seconds": {"sampling": t_sample, "pca": t_pca, "total": time.perf_counter() - t0},
+        "shape_explains": cond_report,
+        "ita_test_photos": summarize_ita(photo_ita), "ita_drawn_free": summarize_ita(drawn_ita),
+        "skin_vertices": int(len(skin)), "light": cfg.light,
+    }
+    return app
+
+
+def ita_of_colours(colours, visible, skin, rows) -> np.ndarray:
+    """ITA of the mean visible skin colour of each photo in ``rows`` (photos with no visible skin vertex skipped)."""
+    m = visible[rows][:, skin]
+    c = (colours[rows][:, skin] * m[..., None]).sum(1) / np.maximum(m.sum(1), 1)[:, None]
+    return individual_typology_angle(c[m.sum(1) > 0])
+
+
+def summarize_ita(ita: np.ndarray) -> dict:
+    q = np.percentile(ita, [5, 25, 50, 75, 95])
+    return {"n": int(len(ita)), "quantiles_5_25_50_75_95": [float(x) for x in q], "bands": ita_shares(ita)}
+
+
+def conditional_gaussian(s_tr, a_tr, s_va, a_va):
+    """Closed-form Gaussian of a given s from their joint over the training rows; with the whitening map of s.
+    Returns the tensors of ``AppearanceModel.conditional`` and a report (share of appearance variance that the
+    shape explains, in sample and on the validation rows)."""
+    mu_s, mu_a = s_tr.mean(0), a_tr.mean(0)
+    ds, da = s_tr - mu_s, a_tr - mu_a
+    n = len(s_tr) - 1
+    Sss, Sas, Saa = ds.T @ ds / n, da.T @ ds / n, da.T @ da / n
+    W = np.linalg.solve(Sss, Sas.T).T  # (K, S)
+    Sres = Saa - W @ Sas.T
+    Sres = (Sres + Sres.T) / 2 + 1e-6 * np.eye(len(Sres))
+    pred_tr = mu_a + ds @ W.T
+    pred_va = mu_a + (s_va - mu_s) @ W.T
+    r2 = lambda a, p: 1 - float(((a - p) ** 2).sum() / ((a - mu_a) ** 2).sum())
+    cond = {"shape_mean": mu_s, "shape_chol": np.linalg.cholesky(Sss), "app_mean": mu_a, "regression": W,
+            "residual_chol": np.linalg.cholesky(Sres)}
+    report = {"r2_train": r2(a_tr, pred_tr), "r2_val": r2(a_va, pred_va), "shape_components": int(s_tr.shape[1]),
+              "fit_shape_sd": [float(x) for x in np.sqrt(np.diag(Sss))],
+              "synthetic_mahalanobis_sq_mean": float(s_tr.shape[1] * np.mean(1 / np.linalg.eigvalsh(Sss)))}
+    return cond, report
+
+
+# ---- where it lives -------------------------------------------------------------------------------------------------
+def default_path(light: str = "baked") -> Path:
+    """The cached full-precision model (with every photo's coefficients) under outputs/cache."""
+    from .paths import REPO_ROOT
+
+    return REPO_ROOT / "outputs" / "cache" / f"appearance_{light}.safetensors"
+
+
+SHIPPED = Path(__file__).resolve().parent / "weights" / "appearance.safetensors"
+
+
+def load_appearance(path=None) -> AppearanceModel:
+    """The shipped appearance model (float16, checked against its SHA-256), or the file ``path`` (e.g. a full build,
+    ``default_path()``, which also holds every photo's coefficients)."""
+    if path is not None:
+        return AppearanceModel.load(path)
+    if not SHIPPED.exists():
+        raise FileNotFoundError(f"{SHIPPED}: no shipped appearance model; build one with `python -m "
+                                "frankenstein_utils.appearance build` and pass its path")
+    want = SHIPPED_SUM.read_text().split()[0] if SHIPPED_SUM.exists() else None
+    if want != sha256_of(SHIPPED):
+        raise ValueError(f"{SHIPPED}: SHA-256 differs from {SHIPPED_SUM.name} (a damaged or replaced file)")
+    return AppearanceModel.load(SHIPPED)
+
+
+SHIPPED_CARD = SHIPPED.with_name("appearance_MODEL_CARD.md")
+SHIPPED_SUM = SHIPPED.with_name("appearance.sha256")
+SHIP_BUDGET_BYTES = 20_000_000  # every shipped file together (the project's rule)
+
+
+def sha256_of(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def ship(src=None, max_components: int | None = None, command: str = "") -> dict:
+    """Write the shipped copy: float16, without the photos' coefficients, the leading ``max_components`` (the most
+    that keeps every shipped file within ``SHIP_BUDGET_BYTES`` when None), a SHA-256 file that loading checks, and
+    a model card with the build report. Returns the card's numbers."""
+    import platform
+
+    from .fileio import atomic_write_bytes
+
+    app = AppearanceModel.load(src or default_path())
+    others = sum(p.stat().st_size for p in SHIPPED.parent.rglob("*") if p.is_file()
+                 and p not in (SHIPPED, SHIPPED_CARD, SHIPPED_SUM))
+    per_k = app.basis[0].numel() * 2
+    fixed = sum(v.numel() * 2 for k, v in app.tensors().items() if k != "basis") + 200_000  # + header, card
+    fit_k = int((SHIP_BUDGET_BYTES - others - fixed) // per_k)
+    k = min(app.n_components, fit_k if max_components is None else max_components)
+    if k < 1:
+        raise ValueError(f"no room for the appearance basis within {SHIP_BUDGET_BYTES} bytes of shipped files")
+    small = AppearanceModel(app.mean, app.basis[:k], app.sd[:k], app.region_vertices, app.config,
+                            {kk: v for kk, v in app.conditional.items()}, app.lights, None, None,
+                            {**app.report, "shipped_components": k}, app.background, app.render, app.face_table)
+    # the conditional was fitted for all K components: keep its first k rows (a marginal of a Gaussian)
+    c = small.conditional
+    c["app_mean"], c["regression"] = c["app_mean"][:k], c["regression"][:k]
+    c["residual_chol"] = torch.linalg.cholesky(
+        (app.conditional["residual_chol"] @ app.conditional["residual_chol"].T)[:k, :k])
+    small.save(SHIPPED, dtype=torch.float16, with_photos=False)
+    digest = sha256_of(SHIPPED)
+    atomic_write_bytes(SHIPPED_SUM, f"{digest}  {SHIPPED.name}\n".encode())
+    r = app.report
+    rows = "\n".join(f"| {k_} | {r['variance_explained_observed'].get(k_, float('nan')):.3f} | {v:.2f} |"
+                     for k_, v in r["val_psnr_visible_db"].items())
+    ita = lambda d: ", ".join(f"{x:.1f}" for x in d["quantiles_5_25_50_75_95"])  # noqa: E731
+    bands = lambda d: ", ".join(f"{n} {v:.0%}" for n, v in d["bands"].items())  # noqa: E731
+    card = f"""# Appearance model (the face model's colour half)
+
+Per-vertex colour over the ICT face model's `{app.config.region}` region ({r['vertices']} vertices), learned from the
+fitted CelebA training photos: `frankenstein_utils/appearance.py` (sampling through each photo's fit with z-buffer
+and facing visibility, mirror fill {'on' if app.config.mirror else 'off'}, harmonic fill, missing-data PCA with
+{app.config.rounds} imputation rounds, K chosen on the validation split). Light: **{app.config.light}**.
+
+- **Data and terms**: {TERMS} {r['n_photos']['train']} training photos, {r['n_photos']['val']} validation.
+- **Shipped**: `appearance.safetensors`, float16, the leading {k} of {app.n_components} components (the 20 MB budget of
+  all shipped files), mean training photo, fitted poses/expressions table; SHA-256 `{digest}` (checked on load).
+- **Reproduce**: `python -m frankenstein_utils.appearance build --light {app.config.light}` then
+  `python -m frankenstein_utils.appearance ship`{(' (' + command + ')') if command else ''}.
+- **Build**: {r['build_seconds']['total']:.0f} s on {__import__('os').cpu_count()} cores ({platform.machine()}; sampling
+  {r['build_seconds']['sampling']:.0f} s, PCA {r['build_seconds']['pca']:.0f} s).
+- **Visibility**: {r['visible_share_per_photo']:.1%} of the vertices visible per photo; {r['never_visible_share']:.1%} never
+  visible in any training photo (filled by the mirror, the mesh neighbours and the PCA alone).
+
+## Components (K = {app.n_components} chosen: the smallest within {app.config.k_tolerance_db} dB of the best)
+
+Variance explained: of the observed training colours. Validation PSNR: each validation photo's visible colours
+projected on the first K components (MAP, from those colours alone), PSNR over them; the mean appearance scores
+{r['val_psnr_mean_appearance_db']:.2f} dB.
+
+| K | variance explained | validation PSNR (dB) |
+|---|---|---|
+{rows}
+
+## Appearance that follows the shape
+
+Share of the appearance coefficients' variance explained by the first {r['shape_explains']['shape_components']}
+identity coefficients (joint Gaussian over the training fits): {r['shape_explains']['r2_train']:.3f} in sample,
+{r['shape_explains']['r2_val']:.3f} on validation photos. The fits' identity coefficients have standard deviations
+{min(r['shape_explains']['fit_shape_sd']):.2f}-{max(r['shape_explains']['fit_shape_sd']):.2f} (not 1): a synthetic face
+from N(0, I) sits at a mean squared Mahalanobis distance of {r['shape_explains']['synthetic_mahalanobis_sq_mean']:.0f} under
+the fits' Gaussian, so `from-shape` reads synthetic coefficients as whitened fits (`shape_map="whiten"`).
+
+## Skin tone (individual typology angle, degrees; the FAIR benchmark's measure)
+
+Mean visible cheek and forehead colour ({r['skin_vertices']} vertices).
+- Test photos ({r['ita_test_photos']['n']}): quantiles 5/25/50/75/95 % = {ita(r['ita_test_photos'])}; {bands(r['ita_test_photos'])}.
+- Drawn appearances (`free`, {r['ita_drawn_free']['n']}): {ita(r['ita_drawn_free'])}; {bands(r['ita_drawn_free'])}.
+"""
+    atomic_write_bytes(SHIPPED_CARD, card.encode())
+    return {"components": k, "sha256": digest, "bytes": SHIPPED.stat().st_size}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m frankenstein_utils.appearance",
+                                 description="Build the appearance model from the fitted CelebA photos.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="sample, fill, PCA, choose K, condition on shape; writes a safetensors file")
+    b.add_argument("--light", choices=LIGHTS, default="baked")
+    b.add_argument("--no-mirror", action="store_true")
+    b.add_argument("--out", help=f"output file (default {default_path()})")
+    b.add_argument("--max-components", type=int, default=AppearanceConfig.max_components)
+    b.add_argument("--rounds", type=int, default=AppearanceConfig.rounds)
+    b.add_argument("--limit", type=int, help="first N photos only (quick runs)")
+    sh = sub.add_parser("ship", help="write the shipped float16 copy, its checksum and model card")
+    sh.add_argument("--src", help=f"built model (default {default_path()})")
+    sh.add_argument("--max-components", type=int)
+    a = ap.parse_args(argv)
+    if a.cmd == "ship":
+        print(json.dumps(ship(a.src, a.max_components)))
+        return
+    cfg = AppearanceConfig(light=a.light, mirror=not a.no_mirror, max_components=a.max_components, rounds=a.rounds)
+    app = build_appearance(cfg, limit=a.limit)
+    out = Path(a.out) if a.out else default_path(a.light)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    app.save(out)
+    print(json.dumps(app.report, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""Labelled synthetic faces: ``python -m frankenstein_utils.generate --n N --out DIR``.
+
+Each face is drawn from the face model (identity ~ N(0, I) over 15 components; pose and expression from the fitted
+training photos, or a pose jitter) and the appearance model (``--appearance from-shape`` or ``free``), rendered in
+the photos' framing, and turned into an image by ``--model``: ``raw`` (the appearance render over the mean training
+photo, no network: the default until a generator that reads appearance ships), any shipped model
+(``pretrained.available()``) or an exported ``.pt`` file. Layout of ``DIR``::
+
+    manifest.json        configuration, model, file layout, counts, the data terms
+    meta.npz             per face: coeffs (n, 15), expressions (n, E), poses (n, 6), appearance (n, K) in sd units,
+                         landmarks (n, 68, 2) in pixels of the images (x right, y down, pixel i covers [i, i + 1))
+    image/000000.png     the face, 8-bit RGB
+    depth/000000.png     16-bit depth (near = bright, background 0), as depth sets are written
+    mask/000000.png      8-bit face mask
+    appearance/000000.png  the appearance render (colour buffer, black outside the mask)
+
+Same seed and settings -> the same bytes; an interrupted run resumes (finished files kept); a folder lock refuses a
+second writer; a folder holding another configuration is refused. ``GeneratedFaceDataset`` reads a folder back.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from .appearance import MODES, TERMS, load_appearance
+from .depthdata import DEPTH_SCALE, DepthSetConfig, sample_face_params
+from .draws import normal
+from .facerender import appearance_coefficients, composite, model_landmarks, render_face
+from .fileio import atomic_savez, atomic_write_json, holds_folder_lock, load_npz, load_png, png_bytes, \
+    png_is_complete, atomic_write_bytes
+from .rasterize import PoseJitter
+
+RAW = "raw"
+BLOCK = 16  # faces rendered together: fixed blocks keep float round-off, and so the bytes, the same on resume
+KINDS = ("image", "depth", "mask", "appearance")
+
+
+def _names(i: int) -> dict:
+    return {k: f"{k}/{i:06d}.png" for k in KINDS}
+
+
+def _to8(x: torch.Tensor) -> np.ndarray:
+    """(3, H, W) in [0, 1] -> (H, W, 3) uint8 (rounded to nearest)."""
+    return (np.clip(x.numpy().transpose(1, 2, 0), 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def load_model(name: str):
+    """``raw`` -> None (the appearance render is the image); a shipped name or a ``.pt`` path -> the generator."""
+    if name == RAW:
+        return None
+    from .pretrained import load_pretrained
+
+    return load_pretrained(name)
+
+
+@holds_folder_lock("out", "generating faces")
+def generate_faces(n: int, out, seed: int = 0, model_name: str = RAW, appearance: str = "from-shape",
+                   pose: str = "fitted", appearance_path=None, progress: bool = True) -> Path:
+    """Write ``n`` labelled faces into ``out`` (see the module docstring); returns the folder."""
+    from .facemodel import load_face_model
+
+    if appearance not in MODES:
+        raise ValueError(f"--appearance {appearance!r}; choose one of {MODES}")
+    if pose not in ("fitted", "frontal"):
+        raise ValueError(f"--pose {pose!r}; choose fitted or frontal")
+    out = Path(out)
+    app = load_appearance(appearance_path)
+    render = app.render_config()
+    gen = load_model(model_name)
+    if gen is not None and gen.render.to_dict() != render.to_dict():
+        raise ValueError(f"model {model_name!r} expects inputs rendered with {gen.render.to_dict()}, the appearance "
+                         f"model's framing is {render.to_dict()}; they must match")
+    face_model = load_face_model()
+    table = app.fitted_face_params() if pose == "fitted" else None
+    dcfg = DepthSetConfig(n=n, seed=seed, render=render, pose=PoseJitter(),
+                          pose_source="fitted" if table is not None else "jitter",
+                          expression_source="fitted" if table is not None else "neutral",
+                          table=None if table is None else table.describe())
+    manifest = {"format": "frankenstein generated faces 1", "n": n, "seed": seed, "model": model_name,
+                "appearance": appearance, "pose": pose, "faces": dcfg.to_dict(),
+                "appearance_model": {"components": app.n_components, "light": app.config.light,
+                                     "region": app.config.region},
+                "files": {k: f"{k}/NNNNNN.png" for k in KINDS}, "meta": "meta.npz", "terms": TERMS,
+                "landmarks": "68 iBUG points of the face model (ICT landmark vertices) projected like the mesh, "
+                             "pixels of the images (x right, y down); points 0-16 are fixed jaw vertices"}
+    mpath = out / "manifest.json"
+    if mpath.exists():
+        old = json.loads(mpath.read_text())
+        if old != json.loads(json.dumps(manifest)):
+            raise ValueError(f"{mpath}: folder holds faces made with another configuration; use a new --out")
+    coeffs, poses, expressions = sample_face_params(face_model, dcfg, table)
+    g = torch.Generator().manual_seed(seed + 1)
+    z = normal(n, app.n_components, generator=g)
+    a = appearance_coefficients(app, z, coeffs, appearance)
+    lights = app.sample_light(n, generator=g)
+    zg = None if gen is None or not getattr(gen.nets["G"], "z_dim", 0) else normal(
+        n, gen.nets["G"].z_dim, generator=g)
+    if not (out / "meta.npz").exists():
+        lms = model_landmarks(face_model, coeffs, render, poses, expressions).astype(np.float32)
+        atomic_savez(out / "meta.npz", coeffs=coeffs.numpy(), expressions=expressions.numpy(), poses=poses.numpy(),
+                     appearance=a.numpy(), landmarks=lms)
+        atomic_write_json(mpath, manifest)
+
+    def done(i):
+        return all((out / p).exists() and png_is_complete(out / p) for p in _names(i).values())
+
+    with tqdm(total=n, desc="faces", unit="face", disable=not progress) as bar:
+        for s in range(0, n, BLOCK):
+            block = range(s, min(s + BLOCK, n))
+            todo = [i for i in block if not done(i)]
+            if todo:
+                sl = slice(block.start, block.stop)
+                buf = render_face(face_model, app, coeffs[sl], a[sl], render, poses[sl], expressions[sl],
+                                  None if lights is None else lights[sl])
+                if gen is None:
+                    img = (composite(buf["colour"], buf["mask"], app.background) + 1) / 2
+                else:
+                    img = (gen.generate(buf["depth"], buf["mask"], z=None if zg is None else zg[sl]) + 1) / 2
+                    img = img.expand(-1, 3, -1, -1) if img.shape[1] == 1 else img
+                depth16 = torch.round(buf["depth"][:, 0] * DEPTH_SCALE).to(torch.int32).numpy().astype(np.uint16)
+                mask8 = buf["mask"][:, 0].numpy().astype(np.uint8) * 255
+                for i in todo:
+                    j = i - block.start
+                    names = _names(i)
+                    files = {"appearance": _to8(buf["colour"][j] * buf["mask"][j]), "depth": depth16[j],
+                             "mask": mask8[j], "image": _to8(img[j])}
+                    for kind in ("appearance", "depth", "mask", "image"):  # image last: it marks the face done
+                        # no fsync per PNG: a resume re-checks that each decodes to the end (``done``)
+                        atomic_write_bytes(out / names[kind], png_bytes(files[kind]), durable=False)
+            bar.update(len(block))
+    return out
+
+
+class GeneratedFaceDataset(Dataset):
+    """A ``generate`` folder as a torch Dataset: items dict(image (3, S, S) in [-1, 1], depth, mask (1, S, S) in
+    [0, 1], appearance_render (3, S, S) in [0, 1], landmarks (68, 2) pixels, coeffs, expressions, pose, appearance,
+    index)."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+        mpath = self.root / "manifest.json"
+        if not mpath.exists():
+            raise FileNotFoundError(f"{mpath}: not a generated face folder (run python -m frankenstein_utils.generate)")
+        self.manifest = json.loads(mpath.read_text())
+        self.meta = {k: torch.from_numpy(np.asarray(v)) for k, v in load_npz(self.root / "meta.npz").items()}
+        S = self.manifest["faces"]["render"]["resolution"]
+        self.size = (S, S)
+        missing = [i for i in range(self.manifest["n"]) if not (self.root / _names(i)["image"]).exists()]
+        if missing:
+            raise FileNotFoundError(f"{self.root}: {len(missing)} of {self.manifest['n']} faces missing (first "
+                                    f"{_names(missing[0])['image']}); run generate again to finish")
+
+    def __len__(self):
+        return self.manifest["n"]
+
+    def __getitem__(self, i):
+        names = _names(i)
+        img = load_png(self.root / names["image"], self.size).astype(np.float32)
+        app = load_png(self.root / names["appearance"], self.size).astype(np.float32)
+        depth = load_png(self.root / names["depth"], self.size).astype(np.float32) / DEPTH_SCALE
+        mask = load_png(self.root / names["mask"], self.size) > 127
+        return {"image": torch.from_numpy(img).permute(2, 0, 1) / 127.5 - 1,
+                "appearance_render": torch.from_numpy(app).permute(2, 0, 1) / 255.0,
+                "depth": torch.from_numpy(depth)[None], "mask": torch.from_numpy(mask.astype(np.float32))[None],
+                "landmarks": self.meta["landmarks"][i], "coeffs": self.meta["coeffs"][i],
+                "expressions": self.meta["expressions"][i], "pose": self.meta["poses"][i],
+                "appearance": self.meta["appearance"][i], "index": i}
+
+
+def main(argv=None):
+    from .pretrained import available
+
+    ap = argparse.ArgumentParser(prog="python -m frankenstein_utils.generate", description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, required=True, help="number of faces")
+    ap.add_argument("--out", required=True, help="output folder (resumed if it holds the same configuration)")
+    ap.add_argument("--model", default=RAW, help=f"'{RAW}' (appearance render, no network; default), a shipped "
+                    f"model ({', '.join(available())}) or an exported .pt file")
+    ap.add_argument("--appearance", choices=MODES, default="from-shape")
+    ap.add_argument("--pose", choices=("fitted", "frontal"), default="fitted",
+                    help="pose and expression from the fitted training photos (default), or frontal and neutral")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--appearance-model", help="an appearance model file (default: the shipped one)")
+    a = ap.parse_args(argv)
+    if a.n < 1:
+        ap.error("--n must be >= 1")
+    try:
+        out = generate_faces(a.n, a.out, a.seed, a.model, a.appearance, a.pose, a.appearance_model)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"generate: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {a.n} faces to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
