@@ -64,7 +64,7 @@ class AppearanceConfig:
 
     region: str = "chin"  # the face model region (the paired set's render region)
     light: str = "baked"
-    mirror: bool = True
+    mirror: bool = False  # measured: the mirror fill lowered validation PSNR (build reports, issue 21 note)
     facing_min: float = 0.2  # posed normal's z above which a vertex counts as facing the camera
     depth_tol_cm: float = 0.3  # a vertex this far behind the z-buffer is hidden
     fill_iterations: int = 60  # neighbour-averaging steps of the initial harmonic fill
@@ -396,16 +396,27 @@ def psnr(a: np.ndarray, b: np.ndarray, m: np.ndarray) -> np.ndarray:
 
 # ---- building --------------------------------------------------------------------------------------------------------
 def estimate_light(colours: np.ndarray, visible: np.ndarray, normals: np.ndarray, albedo: np.ndarray,
-                   ridge: float = 1e-3) -> np.ndarray:
+                   ridge: float = 1e-3, chunk: int = 256) -> np.ndarray:
     """Per photo SH light (B, 9, 3) that best explains the visible colours as albedo x shading (least squares per
-    colour channel; ``albedo`` (V, 3) the current mean albedo)."""
-    Y = sh_basis(torch.from_numpy(normals)).numpy()  # (B, V, 9)
+    colour channel; ``albedo`` (V, 3) the current mean albedo). In chunks of photos (the design is B x V x 9)."""
     out = np.empty((len(colours), 9, 3), np.float32)
-    for c in range(3):
-        D = Y * albedo[None, :, c, None] * visible[..., None]  # (B, V, 9)
-        G = np.einsum("bvk,bvl->bkl", D, D) + ridge * np.eye(9)
-        g = np.einsum("bvk,bv->bk", D, colours[..., c] * visible)
-        out[:, :, c] = np.linalg.solve(G, g[..., None])[..., 0]
+    for s in range(0, len(colours), chunk):
+        sl = slice(s, s + chunk)
+        Y = sh_basis(torch.from_numpy(normals[sl])).numpy()  # (b, V, 9)
+        vis = visible[sl]
+        for c in range(3):
+            D = Y * albedo[None, :, c, None] * vis[..., None]
+            G = np.einsum("bvk,bvl->bkl", D, D) + ridge * np.eye(9)
+            g = np.einsum("bvk,bv->bk", D, colours[sl, :, c] * vis)
+            out[sl, :, c] = np.linalg.solve(G, g[..., None])[..., 0]
+    return out
+
+
+def shade_photos(normals: np.ndarray, lights: np.ndarray, chunk: int = 512) -> np.ndarray:
+    """Per-vertex shading (B, V, 3) of every photo from its normals and SH light, in chunks."""
+    out = np.empty(normals.shape, np.float32)
+    for s in range(0, len(normals), chunk):
+        out[s:s + chunk] = shading(torch.from_numpy(normals[s:s + chunk]), torch.from_numpy(lights[s:s + chunk]))
     return out
 
 
@@ -454,15 +465,18 @@ def build_appearance(config: AppearanceConfig | None = None, paired=None, model=
     target = colours
     if cfg.light == "sh":
         # Alternate: light per photo from the current mean albedo, then albedo = colour / shading.
-        albedo_mean = (colours[tr] * visible[tr, :, :, None]).sum(0) / np.maximum(visible[tr].sum(0), 1)[:, None]
+        albedo_mean = (colours[tr] * visible[tr][..., None]).sum(0) / np.maximum(visible[tr].sum(0), 1)[:, None]
         for _ in range(3):
             lights = estimate_light(colours, visible, normals, albedo_mean)
-            sh = shading(torch.from_numpy(normals), torch.from_numpy(lights)).numpy()
+            sh = shade_photos(normals, lights)
+            ok = visible & (sh.min(-1) > 0.05)  # albedo only where the light reaches (no division by ~0)
             target = colours / np.clip(sh, 0.05, None)
-            ok = visible & (sh.min(-1) > 0.05)
-            albedo_mean = (target[tr] * ok[tr, :, :, None]).sum(0) / np.maximum(ok[tr].sum(0), 1)[:, None]
+            del sh
+            albedo_mean = (target[tr] * ok[tr][..., None]).sum(0) / np.maximum(ok[tr].sum(0), 1)[:, None]
         visible = ok
         target = np.clip(target, 0, 1.5).astype(np.float32)
+    normals_test = normals[split["test"]]  # for lighting drawn faces in the skin-tone check; the rest can go
+    del normals
 
     def filled(idx, use_mirror):
         X, M = target[idx].copy(), visible[idx].copy()
@@ -520,7 +534,7 @@ def build_appearance(config: AppearanceConfig | None = None, paired=None, model=
     g = torch.Generator().manual_seed(cfg.seed)
     drawn = app.colours(app.sample(len(split["test"]), "free", generator=g)).numpy()
     if lights is not None:  # lit like a training photo, on the mean shape's normals facing the camera
-        nm = normals[split["test"]]
+        nm = normals_test
         drawn = np.clip(drawn * shading(torch.from_numpy(nm), torch.from_numpy(
             lights[tr][np.random.default_rng(cfg.seed).integers(len(tr), size=len(nm))])).numpy(), 0, 1)
     drawn_ita = individual_typology_angle(drawn[:, skin].mean(1))
@@ -574,11 +588,32 @@ def conditional_gaussian(s_tr, a_tr, s_va, a_va):
 
 
 # ---- where it lives -------------------------------------------------------------------------------------------------
-def default_path(light: str = "baked") -> Path:
-    """The cached full-precision model (with every photo's coefficients) under outputs/cache."""
+def default_path(light: str = "baked", cache_dir=None, paired=None) -> Path:
+    """Where a full-precision build (with every photo's coefficients) is cached: ``appearance_<light>.safetensors``
+    for the default paired set, ``appearance_<light>_<set key>.safetensors`` for another ``paired`` set (a
+    ``PairedFaceDataset``), under ``cache_dir`` (default outputs/cache)."""
+    from .datasets import PairedConfig
     from .paths import REPO_ROOT
 
-    return REPO_ROOT / "outputs" / "cache" / f"appearance_{light}.safetensors"
+    folder = Path(cache_dir) if cache_dir else REPO_ROOT / "outputs" / "cache"
+    key = None if paired is None or paired.config.key() == PairedConfig().key() else paired.config.key()
+    return folder / (f"appearance_{light}.safetensors" if key is None else f"appearance_{light}_{key}.safetensors")
+
+
+def cached_appearance(paired, config: AppearanceConfig | None = None, cache_dir=None, model=None,
+                      progress: bool = False) -> AppearanceModel:
+    """The appearance model of ``paired`` (a ``PairedFaceDataset`` of all splits): read from its cache file when it
+    was built with the same configuration, else built and cached (notebook 01 uses this)."""
+    cfg = config or AppearanceConfig()
+    path = default_path(cfg.light, cache_dir, paired)
+    if path.exists():
+        app = AppearanceModel.load(path)
+        if asdict(app.config) == asdict(cfg):
+            return app
+    app = build_appearance(cfg, paired, model, progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    app.save(path)
+    return app
 
 
 SHIPPED = Path(__file__).resolve().parent / "weights" / "appearance.safetensors"
@@ -694,7 +729,7 @@ def main(argv=None):
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="sample, fill, PCA, choose K, condition on shape; writes a safetensors file")
     b.add_argument("--light", choices=LIGHTS, default="baked")
-    b.add_argument("--no-mirror", action="store_true")
+    b.add_argument("--mirror", action="store_true", help="fill hidden vertices from their mirror image first")
     b.add_argument("--out", help=f"output file (default {default_path()})")
     b.add_argument("--max-components", type=int, default=AppearanceConfig.max_components)
     b.add_argument("--rounds", type=int, default=AppearanceConfig.rounds)
@@ -706,7 +741,7 @@ def main(argv=None):
     if a.cmd == "ship":
         print(json.dumps(ship(a.src, a.max_components)))
         return
-    cfg = AppearanceConfig(light=a.light, mirror=not a.no_mirror, max_components=a.max_components, rounds=a.rounds)
+    cfg = AppearanceConfig(light=a.light, mirror=a.mirror, max_components=a.max_components, rounds=a.rounds)
     app = build_appearance(cfg, limit=a.limit)
     out = Path(a.out) if a.out else default_path(a.light)
     out.parent.mkdir(parents=True, exist_ok=True)

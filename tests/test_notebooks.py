@@ -59,21 +59,30 @@ def test_01_data_generation(out_dir):
     assert 0.2 < rec["mask_fraction"] < 0.6
     assert rec["depth_in_mask_min"] >= 0.1 and rec["depth_max"] <= 1.0
     assert rec["c0_mask_area_ratio"] < 0.8  # component 0 changes the face size a lot
-    # the explorer shows the shipped generator's face beside the depth map, and a slider move changes both
+    # the explorer shows the appearance render and the shipped generator's face beside the depth map, and a slider
+    # move changes all of them
     from frankenstein_utils import pretrained
 
-    assert rec["explorer_images"] == (2 if pretrained.available() else 1)
+    assert rec["explorer_images"] == (3 if pretrained.available() else 2)
     assert len(rec["explorer_changed_share"]) == rec["explorer_images"]
     assert all(x > 0.05 for x in rec["explorer_changed_share"]), rec["explorer_changed_share"]
     figs = Path(p["FIG_DIR"])
     for name in ("01_depth_grid.png", "01_components.png", "01_options.png", "01_expressions.png",
-                 "01_pairs_fitted.png", "01_fitted_distribution.png"):
+                 "01_pairs_fitted.png", "01_fitted_distribution.png", "01_appearance_model.png",
+                 "01_appearance_sheet.png"):
         assert (figs / name).stat().st_size > 10_000
     assert len(list((Path(p["OUT_DIR"]) / "depth").glob("*.png"))) == p["N"]
     assert rec["jaw_open_changed_pixels"] > 20
     assert rec["fit_n"] == p["LIMIT"] and rec["fit_failed"] == 0 and rec["fit_residual_cm_median"] < 0.3
     assert rec["fitted_vs_landmark_mask_iou_median"] > 0.7
     assert 2 < rec["fitted_yaw_sd"] < 40 and 0 < rec["fitted_expression_weight_mean"] < 0.5
+    # the appearance model: its components explain held-out photos better than the mean appearance does, more of
+    # them better; about a third of the region is visible in a photo
+    psnr = rec["appearance_val_psnr"]
+    ks = sorted(psnr, key=int)
+    assert psnr[ks[-1]] > psnr[ks[0]] > rec["appearance_val_psnr_mean"]
+    assert rec["appearance_components"] in [int(k) for k in ks]
+    assert 0.15 < rec["appearance_visible_share"] < 0.6
 
 
 def test_02_supervised_baseline(out_dir, ran):
