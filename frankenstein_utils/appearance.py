@@ -550,7 +550,70 @@ def build_appearance(config: AppearanceConfig | None = None, paired=None, model=
         "ita_test_photos": summarize_ita(photo_ita), "ita_drawn_free": summarize_ita(drawn_ita),
         "skin_vertices": int(len(skin)), "light": cfg.light,
     }
+    app.report["val_psnr_mask_db"] = validation_psnr_in_mask(app, paired, model, cfg.candidates)
     return app
+
+
+def validation_psnr_in_mask(app: AppearanceModel, paired, model, ks, rows=None, block: int = 128) -> dict:
+    """PSNR (dB, per photo, averaged) inside the rendered face mask between each validation photo (the paired set's
+    image at its size) and its appearance re-rendered on its own fitted geometry: its visible colours projected on
+    the first k components (k in ``ks``; MAP from those colours alone, as ``project_observed``), the raw colours
+    themselves (hidden vertices from the mean: the ceiling a basis can reach through this render) and the mean
+    appearance (k = 0). An SH model is lit by each photo's light estimated from its colours with the mean albedo."""
+    from .facerender import render_face
+
+    data = np.load(paired.cache_path)
+    rows = data["split_val"] if rows is None else np.asarray(rows)
+    fit = {k: torch.from_numpy(np.asarray(paired.fit[k])[rows]) for k in ("coeffs", "expressions", "poses")}
+    render = paired.render_config(model)
+    region = model.region(app.config.region)
+    photos64 = paired.images[torch.as_tensor(np.searchsorted(paired.indices, rows))].float() / 255.0
+    verts = model.vertices(fit["coeffs"], app.config.region, fit["expressions"])
+    crops = photo_crops(paired.root, paired.names[np.searchsorted(paired.indices, rows)], paired.config.crop)
+    colours, visible, normals = (t.numpy() for t in sample_vertex_colours(
+        verts, region.faces, fit["poses"], crops, render.window_cm, app.config.facing_min, app.config.depth_tol_cm))
+    mean = app.mean.numpy()
+    lights = None
+    target = colours
+    if app.lights is not None:
+        lights = estimate_light(colours, visible, normals, mean)
+        target = colours / np.clip(shade_photos(normals, lights), 0.05, None)
+    noise_var = float(app.report.get("noise_var", 0.0025))
+    cands = {f"K={k}": k for k in ks if k <= app.n_components}
+    out = {}
+    for label in ["mean", *cands, "raw colours"]:
+        if label == "mean":
+            per_vertex = np.broadcast_to(mean, target.shape)
+        elif label == "raw colours":
+            per_vertex = np.where(visible[..., None], target, mean)
+        else:
+            k = cands[label]
+            a = project_observed(target, visible, mean, app.basis[:k].numpy(), app.sd[:k].numpy(), noise_var)
+            per_vertex = app.colours(torch.from_numpy(a)).numpy()
+        scores = []
+        for s in range(0, len(rows), block):
+            sl = slice(s, s + block)
+            # render the given per-vertex colours: a one-component "model" whose mean is each photo's colours
+            buf = _render_colours(model, app, torch.from_numpy(np.ascontiguousarray(per_vertex[sl])), fit, sl,
+                                  render, None if lights is None else torch.from_numpy(lights[sl]))
+            m = buf["mask"]
+            se = (((buf["colour"] - photos64[sl]) ** 2) * m).sum((1, 2, 3)) / (3 * m.sum((1, 2, 3))).clamp_min(1)
+            scores.append(10 * torch.log10(1 / se.clamp_min(1e-12)))
+        out[label] = float(torch.cat(scores).mean())
+    return out
+
+
+def _render_colours(model, app, colours, fit, sl, render, light):
+    """``facerender.render_face`` for given per-vertex colours (B, V, 3) instead of coefficients."""
+    from .rasterize import render_mesh_buffers
+
+    verts = model.vertices(fit["coeffs"][sl], app.config.region, fit["expressions"][sl])
+    out = render_mesh_buffers(verts, model.region(app.config.region).faces, render, fit["poses"][sl],
+                              attributes={"colour": colours.float()})
+    colour = out["colour"]
+    if light is not None:
+        colour = (colour * shading(out["normal"].flatten(1, 2), light).view_as(colour)).clamp(0, 1)
+    return {"colour": colour.permute(0, 3, 1, 2), "mask": out["mask"][:, None].float()}
 
 
 def ita_of_colours(colours, visible, skin, rows) -> np.ndarray:
@@ -644,15 +707,22 @@ def sha256_of(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def ship(src=None, max_components: int | None = None, command: str = "") -> dict:
+def ship(src=None, max_components: int | None = None, command: str = "", alternatives: dict | None = None) -> dict:
     """Write the shipped copy: float16, without the photos' coefficients, the leading ``max_components`` (the most
     that keeps every shipped file within ``SHIP_BUDGET_BYTES`` when None), a SHA-256 file that loading checks, and
-    a model card with the build report. Returns the card's numbers."""
+    a model card with the build report; ``alternatives`` (label -> built file) are other builds whose validation
+    PSNR the card shows beside this one's (e.g. with the mirror fill). Returns the card's numbers."""
     import platform
 
     from .fileio import atomic_write_bytes
 
     app = AppearanceModel.load(src or default_path())
+    if "val_psnr_mask_db" not in app.report:  # a model built before this measure existed
+        from .datasets import PairedFaceDataset
+        from .facemodel import load_face_model
+
+        app.report["val_psnr_mask_db"] = validation_psnr_in_mask(
+            app, PairedFaceDataset("all", progress=False), load_face_model(), app.config.candidates)
     others = sum(p.stat().st_size for p in SHIPPED.parent.rglob("*") if p.is_file()
                  and p not in (SHIPPED, SHIPPED_CARD, SHIPPED_SUM))
     per_k = app.basis[0].numel() * 2
@@ -673,8 +743,14 @@ def ship(src=None, max_components: int | None = None, command: str = "") -> dict
     digest = sha256_of(SHIPPED)
     atomic_write_bytes(SHIPPED_SUM, f"{digest}  {SHIPPED.name}\n".encode())
     r = app.report
-    rows = "\n".join(f"| {k_} | {r['variance_explained_observed'].get(k_, float('nan')):.3f} | {v:.2f} |"
-                     for k_, v in r["val_psnr_visible_db"].items())
+    mask = r["val_psnr_mask_db"]
+    tried = max(int(k_) for k_ in r["val_psnr_visible_db"])
+    plateau = (f"Validation PSNR still rises at the largest K tried ({tried}), so K is that candidate."
+               if app.n_components == tried else f"Validation PSNR levels off at K = {app.n_components}.")
+    if k < app.n_components:
+        plateau += f" The shipped copy keeps the leading {k} for size."
+    rows = "\n".join(f"| {k_} | {r['variance_explained_observed'].get(k_, float('nan')):.3f} | {v:.2f} | "
+                     f"{mask.get(f'K={k_}', float('nan')):.2f} |" for k_, v in r["val_psnr_visible_db"].items())
     ita = lambda d: ", ".join(f"{x:.1f}" for x in d["quantiles_5_25_50_75_95"])  # noqa: E731
     bands = lambda d: ", ".join(f"{n} {v:.0%}" for n, v in d["bands"].items())  # noqa: E731
     card = f"""# Appearance model (the face model's colour half)
@@ -692,16 +768,19 @@ and facing visibility, mirror fill {'on' if app.config.mirror else 'off'}, harmo
 - **Build**: {r['build_seconds']['total']:.0f} s on {__import__('os').cpu_count()} cores ({platform.machine()}; sampling
   {r['build_seconds']['sampling']:.0f} s, PCA {r['build_seconds']['pca']:.0f} s).
 - **Visibility**: {r['visible_share_per_photo']:.1%} of the vertices visible per photo; {r['never_visible_share']:.1%} never
-  visible in any training photo (filled by the mirror, the mesh neighbours and the PCA alone).
+  visible in any training photo (filled by {'the mirror, ' if app.config.mirror else ''}the mesh neighbours and the PCA alone).
 
 ## Components (K = {app.n_components} chosen: the smallest within {app.config.k_tolerance_db} dB of the best)
 
-Variance explained: of the observed training colours. Validation PSNR: each validation photo's visible colours
-projected on the first K components (MAP, from those colours alone), PSNR over them; the mean appearance scores
-{r['val_psnr_mean_appearance_db']:.2f} dB.
+Variance explained: of the observed training colours. Validation PSNR: each of the {r['n_photos']['val']}
+validation photos' visible colours projected on the first K components (MAP, from those colours alone), PSNR over
+those colours, and PSNR inside the face mask of the projection re-rendered on the photo's own fit at 64 px against
+the photo. References in the mask: mean appearance {mask['mean']:.2f} dB, the photo's own raw colours (hidden
+vertices from the mean) {mask['raw colours']:.2f} dB; on visible colours the mean scores
+{r['val_psnr_mean_appearance_db']:.2f} dB. {plateau}
 
-| K | variance explained | validation PSNR (dB) |
-|---|---|---|
+| K | variance explained | validation PSNR, visible colours (dB) | validation PSNR in mask (dB) |
+|---|---|---|---|
 {rows}
 
 ## Appearance that follows the shape
@@ -719,6 +798,18 @@ Mean visible cheek and forehead colour ({r['skin_vertices']} vertices).
 - Test photos ({r['ita_test_photos']['n']}): quantiles 5/25/50/75/95 % = {ita(r['ita_test_photos'])}; {bands(r['ita_test_photos'])}.
 - Drawn appearances (`free`, {r['ita_drawn_free']['n']}): {ita(r['ita_drawn_free'])}; {bands(r['ita_drawn_free'])}.
 """
+    if alternatives:
+        ks = list(r["val_psnr_visible_db"])
+        head = "| build | " + " | ".join(f"K={k_}" for k_ in ks) + " |\n|---|" + "---|" * len(ks) + "\n"
+        line = lambda label, rep_: (f"| {label} | " + " | ".join(  # noqa: E731
+            f"{rep_['val_psnr_visible_db'].get(k_, float('nan')):.2f}" for k_ in ks) + " |")
+        body = [line(f"this one (mirror {'on' if app.config.mirror else 'off'})", r)]
+        for label, path in alternatives.items():
+            other = AppearanceModel.load(path)
+            body.append(line(f"{label} (mirror {'on' if other.config.mirror else 'off'}, light {other.config.light})",
+                             other.report))
+        card += ("\n## Alternatives measured (validation PSNR of visible colours, dB)\n\n" + head + "\n".join(body)
+                 + "\n")
     atomic_write_bytes(SHIPPED_CARD, card.encode())
     return {"components": k, "sha256": digest, "bytes": SHIPPED.stat().st_size}
 
@@ -737,9 +828,11 @@ def main(argv=None):
     sh = sub.add_parser("ship", help="write the shipped float16 copy, its checksum and model card")
     sh.add_argument("--src", help=f"built model (default {default_path()})")
     sh.add_argument("--max-components", type=int)
+    sh.add_argument("--alternative", action="append", metavar="LABEL=FILE", help="another build to show beside it")
     a = ap.parse_args(argv)
     if a.cmd == "ship":
-        print(json.dumps(ship(a.src, a.max_components)))
+        alts = dict(x.split("=", 1) for x in a.alternative or [])
+        print(json.dumps(ship(a.src, a.max_components, alternatives=alts)))
         return
     cfg = AppearanceConfig(light=a.light, mirror=a.mirror, max_components=a.max_components, rounds=a.rounds)
     app = build_appearance(cfg, limit=a.limit)
