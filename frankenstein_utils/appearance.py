@@ -616,6 +616,29 @@ def _render_colours(model, app, colours, fit, sl, render, light):
     return {"colour": colour.permute(0, 3, 1, 2), "mask": out["mask"][:, None].float()}
 
 
+def shape_map_evidence(app: AppearanceModel, n: int = 2000, seed: int = 0) -> dict:
+    """What each ``shape_map`` does to from-shape draws for synthetic identities z ~ N(0, I): the mean squared norm
+    of the conditional mean (sd units; the fits' own predictions have about R^2 x K) and the share of vertex colour
+    values outside [0, 1] before clamping (over-exposed or black skin), beside free draws and the photos' own
+    projections."""
+    g = torch.Generator().manual_seed(seed)
+    z = normal(n, app.conditional["shape_mean"].numel(), generator=g)
+    flat = app.basis.reshape(app.n_components, -1)
+    clipped = lambda a: float((((app.mean.reshape(-1) + (a * app.sd) @ flat) < 0)  # noqa: E731
+                               | ((app.mean.reshape(-1) + (a * app.sd) @ flat) > 1)).float().mean())
+    c = app.conditional
+    out = {}
+    for sm in SHAPE_MAPS:
+        s = app.shape_to_fits(z) if sm == "whiten" else z
+        m = c["app_mean"] + (s - c["shape_mean"]) @ c["regression"].T
+        draws = app.sample(n, "from-shape", shape=z, generator=torch.Generator().manual_seed(seed + 1), shape_map=sm)
+        out[sm] = {"cond_mean_sq_norm": float((m ** 2).sum(1).mean()), "clipped_share": clipped(draws)}
+    out["free"] = {"clipped_share": clipped(app.sample(n, "free", generator=torch.Generator().manual_seed(seed + 1)))}
+    if app.photo_coeffs is not None:
+        out["photos"] = {"clipped_share": clipped(torch.as_tensor(app.photo_coeffs[:n]))}
+    return out
+
+
 def ita_of_colours(colours, visible, skin, rows) -> np.ndarray:
     """ITA of the mean visible skin colour of each photo in ``rows`` (photos with no visible skin vertex skipped)."""
     m = visible[rows][:, skin]
@@ -723,6 +746,7 @@ def ship(src=None, max_components: int | None = None, command: str = "", alterna
 
         app.report["val_psnr_mask_db"] = validation_psnr_in_mask(
             app, PairedFaceDataset("all", progress=False), load_face_model(), app.config.candidates)
+    evidence = shape_map_evidence(app)
     others = sum(p.stat().st_size for p in SHIPPED.parent.rglob("*") if p.is_file()
                  and p not in (SHIPPED, SHIPPED_CARD, SHIPPED_SUM))
     per_k = app.basis[0].numel() * 2
@@ -791,6 +815,12 @@ identity coefficients (joint Gaussian over the training fits): {r['shape_explain
 {min(r['shape_explains']['fit_shape_sd']):.2f}-{max(r['shape_explains']['fit_shape_sd']):.2f} (not 1): a synthetic face
 from N(0, I) sits at a mean squared Mahalanobis distance of {r['shape_explains']['synthetic_mahalanobis_sq_mean']:.0f} under
 the fits' Gaussian, so `from-shape` reads synthetic coefficients as whitened fits (`shape_map="whiten"`).
+
+Evidence for the whitening (2,000 synthetic identities z ~ N(0, I)): the conditional mean's
+mean squared norm is {evidence['whiten']['cond_mean_sq_norm']:.1f} with `whiten`, {evidence['identity']['cond_mean_sq_norm']:.1f}
+with `identity` (sd units, {app.n_components} components); colour values outside [0, 1] before clamping:
+{evidence['whiten']['clipped_share']:.2%} (`whiten`), {evidence['identity']['clipped_share']:.2%} (`identity`),
+{evidence['free']['clipped_share']:.2%} (free draws){f", {evidence['photos']['clipped_share']:.2%} (the photos' own projections)" if 'photos' in evidence else ''}.
 
 ## Skin tone (individual typology angle, degrees; the FAIR benchmark's measure)
 
