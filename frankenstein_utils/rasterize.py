@@ -86,14 +86,48 @@ def rasterize_depth(verts: torch.Tensor, faces: torch.Tensor, height: int, width
     return f.zbuf, f.mask
 
 
-def interpolate(fragments: Fragments, faces: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
+def interpolate(fragments: Fragments, faces: torch.Tensor, attributes: torch.Tensor, *,
+                backend: str = "auto") -> torch.Tensor:
     """Per-vertex ``attributes`` (B, N, C) or (N, C), float, at every pixel: (B, H, W, C) =
-    sum_k bary[..., k] * attributes[faces[triangle][..., k]], 0 where uncovered.
+    w0 * a0 + w1 * a1 + w2 * a2 (left to right) with the weights ``bary`` and the attribute at the corners
+    ``faces[triangle]``, 0 where uncovered.
 
-    Exact for attributes linear over each triangle (z reproduces ``zbuf`` up to float32 round-off). Plain torch, so
-    both rasterizer backends give the same result from the same fragments; differentiable in ``attributes``."""
+    Exact for attributes linear over each triangle (z reproduces ``zbuf`` up to float32 round-off). ``backend``:
+    ``"numba"`` (compiled, CPU, no gradient, ``torch.get_num_threads()`` threads over faces), ``"torch"`` (any
+    device, differentiable in ``attributes``) or ``"auto"``: numba for CPU float32/float64 attributes that need no
+    gradient. Both compute the same products and sums in the same order (no fused multiply-adds), so they give the
+    same bits, whichever rasterizer backend made the fragments."""
+    if backend not in ("auto", "numba", "torch"):
+        raise ValueError(f"backend must be 'auto', 'numba' or 'torch', got {backend!r}")
+    if backend == "numba" or (backend == "auto" and _numba_interpolates(fragments, [attributes])):
+        from .raster_numba import interpolate_numba
+
+        (out,), _ = interpolate_numba(*_numpy_fragments(fragments), faces.cpu().numpy(),
+                                      [_numpy_attribute(attributes)], threads=torch.get_num_threads())
+        return torch.from_numpy(out)
     sel, (values,) = _interpolate_covered(fragments, faces, [attributes])
     return _scatter_covered(sel, values, fragments.triangle.shape)
+
+
+def _numba_interpolates(fragments: Fragments, attributes: list) -> bool:
+    """Whether ``backend="auto"`` interpolates ``attributes`` with the compiled loop: all on the CPU, float32 or
+    float64, none (nor the weights, from the torch rasterizer) needing a gradient."""
+    grad = torch.is_grad_enabled()
+    return fragments.triangle.device.type == "cpu" and not (grad and fragments.bary.requires_grad) and all(
+        a.device.type == "cpu" and a.dtype in (torch.float32, torch.float64) and not (grad and a.requires_grad)
+        for a in attributes)
+
+
+def _numpy_fragments(fragments: Fragments):
+    if fragments.triangle.device.type != "cpu":
+        raise ValueError(f"backend='numba' needs CPU tensors, got device {fragments.triangle.device}")
+    return fragments.triangle.numpy(), fragments.bary.detach().numpy()
+
+
+def _numpy_attribute(a: torch.Tensor):
+    if a.device.type != "cpu":
+        raise ValueError(f"backend='numba' needs CPU tensors, got device {a.device}")
+    return a.detach().numpy()
 
 
 def _interpolate_covered(fragments: Fragments, faces: torch.Tensor, attributes: list):
@@ -128,8 +162,10 @@ def _interpolate_covered(fragments: Fragments, faces: torch.Tensor, attributes: 
         rows = attr.to(dev).reshape(-1, C)
         v = [rows.index_select(0, i) for i in idx]  # 3 x (P, C)
         w = [x.to(rows.dtype) for x in weights]
-        # in place on fresh tensors: fewer new buffers (their page faults cost as much as the arithmetic here)
-        out.append(v[0].mul_(w[0]).addcmul_(v[1], w[1]).addcmul_(v[2], w[2]))
+        # w0 * a0 + w1 * a1, then + w2 * a2: each product and sum rounded on its own, as in the compiled loop (not
+        # addcmul, whose multiply-add is fused on some devices and not on others). In place on fresh tensors: fewer
+        # new buffers (their page faults cost as much as the arithmetic here).
+        out.append(v[0].mul_(w[0]).add_(v[1].mul_(w[1])).add_(v[2].mul_(w[2])))
     return sel, out
 
 
@@ -373,17 +409,25 @@ def render_mesh_depth(verts_cm: torch.Tensor, faces: torch.Tensor, cfg: RenderCo
 
 def render_mesh_buffers(verts_cm: torch.Tensor, faces: torch.Tensor, cfg: RenderConfig,
                         poses: torch.Tensor | None = None, attributes: dict | None = None,
-                        normals: bool | None = None) -> dict:
+                        normals: bool | None = None, backend: str = "auto") -> dict:
     """Rasterize meshes in model cm (B, N, 3), optionally posed, once and render every buffer from the fragments.
 
     Returns a dict: ``"depth"`` (B, H, W) as ``render_mesh_depth`` (``normalize_depth`` of the z-buffer), ``"mask"``
     (B, H, W) bool, ``"fragments"`` (``Fragments``; z in model cm after pose), one (B, H, W, C) entry per item of
     ``attributes`` (name -> per-vertex (N, C) or (B, N, C) tensor, ``interpolate``d, 0 outside the mask), and with
     ``normals`` (default: when ``attributes`` are given) ``"normal"`` (B, H, W, 3): unit normals of the posed
-    surface in the model frame (x right, y up, z toward the viewer), area-weighted vertex normals interpolated and
-    renormalized, 0 outside the mask. Differentiable in the attributes (not in the geometry)."""
+    surface in the model frame (x right, y up, z toward the viewer), area-weighted vertex normals
+    (``vertex_normals``) interpolated and renormalized, 0 outside the mask.
+
+    ``backend`` as for ``rasterize`` and ``interpolate``: with ``"auto"``, CPU meshes rasterize with the compiled
+    loop and, where no attribute (nor the geometry, with normals) needs a gradient, the attributes and normals come
+    from one compiled pass over the pixels, which computes only the vertex normals of the corners it meets. The
+    buffers are the same bits either way. Differentiable in the attributes (not in the geometry) on the torch
+    path."""
     if poses is not None:
         check_finite(torch.as_tensor(poses), "poses")
+    if backend not in ("auto", "numba", "torch"):
+        raise ValueError(f"backend must be 'auto', 'numba' or 'torch', got {backend!r}")
     attributes = dict(attributes or {})
     clash = {"depth", "mask", "fragments", "normal"} & set(attributes)
     if clash:
@@ -392,21 +436,43 @@ def render_mesh_buffers(verts_cm: torch.Tensor, faces: torch.Tensor, cfg: Render
         normals = bool(attributes)
     posed = apply_pose(verts_cm, poses)
     px = to_pixels(posed, cfg)
-    frags = rasterize(px, faces, cfg.resolution, cfg.resolution, cull_backfaces=cfg.cull_backfaces)
+    frags = rasterize(px, faces, cfg.resolution, cfg.resolution, cull_backfaces=cfg.cull_backfaces, backend=backend)
     out = {"depth": normalize_depth(frags.zbuf, frags.mask, cfg), "mask": frags.mask, "fragments": frags}
     names, values = list(attributes), list(attributes.values())
+    if not values and not normals:
+        return out
+    if backend == "numba" or (backend == "auto" and posed.dtype == torch.float32 and
+                              _numba_interpolates(frags, values + ([posed] if normals else []))):
+        # one compiled pass over the pixels: every attribute, and the vertex normals of the corners it meets
+        from .raster_numba import interpolate_numba
+
+        if normals and posed.device.type != "cpu":
+            raise ValueError(f"backend='numba' needs CPU tensors, got device {posed.device}")
+        bufs, normal = interpolate_numba(*_numpy_fragments(frags), faces.cpu().numpy(),
+                                         [_numpy_attribute(a) for a in values],
+                                         posed.detach().numpy() if normals else None, threads=torch.get_num_threads())
+        out.update(zip(names, map(torch.from_numpy, bufs)))
+        if normals:
+            out["normal"] = torch.from_numpy(normal)
+        return out
     if normals:
         names.append("normal")
-        values.append(vertex_normals(posed, faces))
-    if not values:
-        return out
+        values.append(vertex_normals(posed, faces, backend="auto" if backend == "auto" else "torch"))
     sel, values = _interpolate_covered(frags, faces, values)
-    if normals:  # interpolated unit vectors are shorter: unit again
-        n = values[-1]
-        values[-1] = n / n.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    if normals:  # interpolated unit vectors are shorter: unit again (as vertex_normals, so as the compiled pass)
+        values[-1] = _unit(values[-1])
     for name, v in zip(names, values):
         out[name] = _scatter_covered(sel, v, frags.triangle.shape)
     return out
+
+
+def _unit(v: torch.Tensor) -> torch.Tensor:
+    """Rows of ``v`` (..., 3) divided by their length, written out in the compiled paths' order: (x x + y y) + z z,
+    its square root in float64 rounded once to v's dtype (torch's float32 one is not correctly rounded), at least
+    1e-12."""
+    x, y, z = v.unbind(-1)
+    length = torch.sqrt((x * x + y * y + z * z).double()).to(v.dtype).clamp_min(1e-12)
+    return v / length[..., None]
 
 
 def vertex_normals(verts: torch.Tensor, faces: torch.Tensor, backend: str = "auto") -> torch.Tensor:
@@ -435,10 +501,7 @@ def vertex_normals(verts: torch.Tensor, faces: torch.Tensor, backend: str = "aut
     # written out (not torch.cross), in the order of the compiled path, so that both round alike
     fn = torch.stack([e1y * e2z - e1z * e2y, e1z * e2x - e1x * e2z, e1x * e2y - e1y * e2x], -1)
     vn = torch.zeros_like(verts).index_add(1, faces.reshape(-1), fn.repeat_interleave(3, dim=1))
-    x, y, z = vn.unbind(-1)
-    # the square root in float64, rounded once to float32 (torch's float32 one is not correctly rounded)
-    length = torch.sqrt((x * x + y * y + z * z).double()).to(vn.dtype).clamp_min(1e-12)
-    return vn / length[..., None]
+    return _unit(vn)
 
 
 def render_depth(model, coeffs: torch.Tensor, cfg: RenderConfig | None = None, poses: torch.Tensor | None = None):

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from frankenstein_utils.raster_numba import rasterize_depth_numba, rasterize_numba, vertex_normals_numba
+from frankenstein_utils.raster_numba import (interpolate_numba, rasterize_depth_numba, rasterize_numba,
+                                             vertex_normals_numba)
 from frankenstein_utils.rasterize import (DEFAULT_WINDOW_CM, Fragments, PoseJitter, RenderConfig, apply_pose,
                                           interpolate, normalize_depth, rasterize, rasterize_depth, render_depth,
                                           render_mesh_buffers, render_mesh_depth, rotation_matrices, to_pixels,
@@ -465,6 +466,94 @@ def test_interpolate_is_differentiable_in_the_attributes():
     per_vertex = torch.zeros(len(xy), dtype=torch.float64).index_add_(
         0, f[frag.triangle[frag.mask]].reshape(-1), frag.bary[frag.mask].reshape(-1).double())
     torch.testing.assert_close(attr.grad, per_vertex[:, None].expand(-1, 2))
+
+
+def _posed_faces(face_model, n, res, seed):
+    """``n`` random faces in random poses: posed vertices (cm), faces, fragments at ``res`` px, a generator."""
+    g = torch.Generator().manual_seed(seed)
+    c = face_model.sample_coefficients(n, generator=g)
+    poses = PoseJitter(yaw_deg=35, pitch_deg=20, roll_deg=15, scale=0.1, shift_cm=1.5).sample(n, g)
+    cfg = RenderConfig(resolution=res)
+    posed = apply_pose(face_model.vertices(c, cfg.region), poses)
+    faces = face_model.region(cfg.region).faces
+    return posed, faces, rasterize(to_pixels(posed, cfg), faces, res, res, cull_backfaces=True), g
+
+
+def _unit_rows(n):
+    """The normal buffer's renormalization as documented: (x x + y y) + z z, its square root in float64 rounded
+    once to float32, at least 1e-12."""
+    x, y, z = n.unbind(-1)
+    return n / torch.sqrt((x * x + y * y + z * z).double()).float().clamp_min(1e-12)[..., None]
+
+
+def test_compiled_interpolation_is_the_torch_one_bit_for_bit(face_model):
+    """From the same fragments of real posed faces, the compiled pass and the torch path give the same bits for
+    per-face colours (B, N, 3), shared attributes (float32 and float64) and the normal buffer; and both are
+    w0 a0 + w1 a1 + w2 a2 rounded product by product and sum by sum (numpy's float32 arithmetic as the oracle: no
+    fused multiply-add on either side)."""
+    posed, faces, frag, g = _posed_faces(face_model, 5, 128, seed=21)
+    B, N = posed.shape[:2]
+    assert frag.mask.float().mean() > 0.2
+    colours = torch.rand(B, N, 3, generator=g)
+    shared = torch.randn(N, 2, generator=g) * 10
+    for attr in (colours, shared, shared.double(), posed[..., 2:] * 7.3):
+        a = interpolate(frag, faces, attr, backend="numba")
+        b = interpolate(frag, faces, attr, backend="torch")
+        assert a.dtype == b.dtype == attr.dtype and a.shape == (B, 128, 128, attr.shape[-1])
+        assert torch.equal(a, b), f"{int((a != b).sum())} values differ"
+        assert (a[~frag.mask] == 0).all()
+        assert torch.equal(interpolate(frag, faces, attr), a)  # auto: compiled for CPU tensors without gradient
+    m = frag.mask
+    corners = faces[frag.triangle[m]].numpy()  # (P, 3)
+    rows = colours.numpy()[torch.nonzero(m)[:, 0].numpy()[:, None], corners]  # (P, 3 corners, 3)
+    w = frag.bary[m].numpy()
+    oracle = w[:, :1] * rows[:, 0] + w[:, 1:2] * rows[:, 1] + w[:, 2:] * rows[:, 2]
+    assert oracle.dtype == np.float32 and np.array_equal(interpolate(frag, faces, colours)[m].numpy(), oracle)
+    # the normal buffer: only the vertex normals of the corners seen, from the triangles around each, in one pass
+    (c_numba,), n_numba = interpolate_numba(frag.triangle.numpy(), frag.bary.numpy(), faces.numpy(),
+                                            [colours.numpy()], posed.numpy())
+    assert np.array_equal(c_numba, interpolate(frag, faces, colours, backend="torch").numpy())
+    n_torch = _unit_rows(interpolate(frag, faces, vertex_normals(posed, faces, backend="torch"), backend="torch"))
+    assert torch.equal(torch.from_numpy(n_numba), n_torch), f"{int((torch.from_numpy(n_numba) != n_torch).sum())}"
+    _, n_only = interpolate_numba(frag.triangle.numpy(), frag.bary.numpy(), faces.numpy(), [], posed.numpy())
+    assert np.array_equal(n_only, n_numba)
+    # threads split the faces without changing a bit; several attributes of mixed dtypes in one call
+    outs, n3 = interpolate_numba(frag.triangle.numpy(), frag.bary.numpy(), faces.numpy(),
+                                 [shared.double().numpy(), colours.numpy()], posed.numpy(), threads=3)
+    assert np.array_equal(n3, n_numba) and np.array_equal(outs[1], c_numba)
+    assert outs[0].dtype == np.float64 and np.array_equal(outs[0], interpolate(frag, faces, shared.double()).numpy())
+    with pytest.raises(ValueError, match="faces index vertices"):
+        interpolate_numba(frag.triangle.numpy(), frag.bary.numpy(), faces.numpy() + 1, [colours.numpy()])
+    with pytest.raises(ValueError, match="attributes must be"):
+        interpolate_numba(frag.triangle.numpy(), frag.bary.numpy(), faces.numpy(), [colours[:2].numpy()])
+    with pytest.raises(ValueError, match="beyond faces"):  # fragments of other faces: an error, not a wild read
+        interpolate_numba(frag.triangle.numpy(), frag.bary.numpy(), faces[:100].numpy(), [colours.numpy()])
+
+
+@pytest.mark.skipif(not ADDCMUL_FUSED, reason="the two rasterizers round alike only where addcmul fuses")
+def test_render_mesh_buffers_same_bits_on_both_backends(face_model):
+    g = torch.Generator().manual_seed(22)
+    c = face_model.sample_coefficients(4, generator=g)
+    verts = face_model.vertices(c, "face")
+    faces = face_model.region("face").faces
+    poses = PoseJitter(yaw_deg=35, pitch_deg=20, roll_deg=15).sample(4, g)
+    attrs = {"colour": torch.rand(4, verts.shape[1], 3, generator=g), "shade": torch.rand(verts.shape[1], 1)}
+    for res in (64, 128):
+        cfg = RenderConfig(resolution=res)
+        a = render_mesh_buffers(verts, faces, cfg, poses, attributes=attrs, backend="numba")
+        b = render_mesh_buffers(verts, faces, cfg, poses, attributes=attrs, backend="torch")
+        auto = render_mesh_buffers(verts, faces, cfg, poses, attributes=attrs)
+        for key in ("depth", "mask", "colour", "shade", "normal"):
+            assert torch.equal(a[key], b[key]) and torch.equal(a[key], auto[key]), key
+        only = render_mesh_buffers(verts, faces, cfg, poses, normals=True)
+        assert torch.equal(only["normal"], a["normal"])
+    # a gradient wanted: the torch path, the same bits, and the gradient flows
+    colour = attrs["colour"].clone().requires_grad_()
+    out = render_mesh_buffers(verts, faces, cfg, poses, attributes={"colour": colour, "shade": attrs["shade"]})
+    assert out["colour"].requires_grad and torch.equal(out["colour"].detach(), a["colour"])
+    assert torch.equal(out["normal"], a["normal"])
+    out["colour"].sum().backward()
+    assert colour.grad is not None and colour.grad.abs().sum() > 0
 
 
 def test_vertex_normals_are_the_same_on_both_paths(face_model):
