@@ -36,10 +36,17 @@ def model_landmarks(model, coeffs: torch.Tensor, render, poses: torch.Tensor | N
         folder = find_dataset("ict_facekit", "ict_expression_model.npz")
         lm = np.load(folder / "ict_expression_model.npz")["landmarks68"]
     lm = torch.as_tensor(np.asarray(lm), dtype=torch.long)
+    coeffs = torch.as_tensor(coeffs, dtype=torch.float32)
+    K = coeffs.shape[1]
+    # only the 68 rows of the model: the whole mesh (26k vertices) for 68 points costs more than the render
+    mean, basis = model.mean[lm].reshape(-1), model.basis[:K, lm].reshape(K, -1)
+    expr_basis = None if expressions is None else model.expression_basis[:, lm].reshape(model.n_expressions, -1)
     out = []
     for s in range(0, len(coeffs), batch_size):
-        kw = {} if expressions is None else {"expressions": expressions[s:s + batch_size]}
-        v = model.vertices(coeffs[s:s + batch_size], "full", **kw)[:, lm]
+        v = torch.addmm(mean, coeffs[s:s + batch_size], basis)
+        if expr_basis is not None:
+            v = v + torch.as_tensor(expressions[s:s + batch_size], dtype=torch.float32) @ expr_basis
+        v = v.view(-1, len(lm), 3)
         p = None if poses is None else poses[s:s + batch_size]
         out.append(to_pixels(apply_pose(v, p), render)[..., :2])
     return torch.cat(out).double().numpy()
@@ -61,12 +68,13 @@ def appearance_coefficients(app: AppearanceModel, z: torch.Tensor, coeffs: torch
 
 
 def render_face(model, app: AppearanceModel, coeffs, appearance, render: RenderConfig, poses=None,
-                expressions=None, light=None) -> dict:
+                expressions=None, light=None, normals: bool = True) -> dict:
     """Buffers (B, C, H, W) of faces with identity ``coeffs`` (B, K), appearance coefficients ``appearance``
     (B, K_a), optional ``poses`` (B, 6), ``expressions`` (B, E) and SH ``light`` (B, 9, 3) (needed by an SH model;
     ignored by a baked one). Keys: depth (B, 1, H, W) as ``render_faces``, mask, colour (appearance, [0, 1]),
     normal (camera frame, x right, y up, z toward the viewer), and for an SH model shading and albedo (colour is
-    then albedo x shading). The render region must be the appearance model's region."""
+    then albedo x shading). The render region must be the appearance model's region. ``normals=False`` skips the
+    normal buffer where nothing reads it (a baked model's raw render); an SH model needs it and always gets it."""
     from .rasterize import render_mesh_buffers
 
     if render.region != app.config.region:
@@ -75,10 +83,12 @@ def render_face(model, app: AppearanceModel, coeffs, appearance, render: RenderC
     region = model.region(render.region)
     verts = model.vertices(coeffs, render.region, expressions)
     colours = app.colours(appearance)
-    out = render_mesh_buffers(verts, region.faces, render, poses, attributes={"colour": colours})
+    normals = normals or app.lights is not None
+    out = render_mesh_buffers(verts, region.faces, render, poses, attributes={"colour": colours}, normals=normals)
     chw = lambda t: t.permute(0, 3, 1, 2).contiguous()
-    buf = {"depth": out["depth"][:, None], "mask": out["mask"][:, None].float(), "colour": chw(out["colour"]),
-           "normal": chw(out["normal"])}
+    buf = {"depth": out["depth"][:, None], "mask": out["mask"][:, None].float(), "colour": chw(out["colour"])}
+    if normals:
+        buf["normal"] = chw(out["normal"])
     if app.lights is not None:
         if light is None:
             raise ValueError("an SH-lit appearance model needs a light per face (AppearanceModel.sample_light)")
@@ -137,7 +147,8 @@ class RawRender:
             expr = params.get("expressions")
             buf = render_face(self.model, self.app, coeffs, a, self.render, params.get("poses")[sl]
                               if params.get("poses") is not None else None,
-                              None if expr is None else expr[sl], None if lights is None else lights[sl])
+                              None if expr is None else expr[sl], None if lights is None else lights[sl],
+                              normals=False)
             out.append(composite(buf["colour"], buf["mask"], self.background))
         return torch.cat(out)
 
