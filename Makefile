@@ -38,6 +38,7 @@ test: venv browser mediapipe
 
 bench: venv
 	$(PY) bench/bench_depth.py
+	$(PY) bench/bench_generate.py
 	$(PY) bench/bench_buffers.py
 	$(PY) bench/bench_train.py
 	$(PY) bench/bench_data.py

@@ -1,15 +1,20 @@
-"""Turn every depth-map PNG in a folder into a face image with a trained checkpoint (the original `test` script).
+"""Turn every depth-map PNG in a folder into a face image with a trained generator (the original `test` script).
 
+    python -m frankenstein_utils.apply --model study/U --input DIR --output DIR
     python -m frankenstein_utils.apply --checkpoint outputs/experiments/.../checkpoint.pt --input DIR --output DIR
+
+``--model`` and ``--checkpoint`` are one option: a shipped model's name (``pretrained.available()``), an exported
+shipped-model file or a training checkpoint (``load_generator``).
 
 Depth PNGs may be 16-bit (as ``generate_depth_dataset`` writes them) or 8-bit; near = bright, background 0. The mask
 is taken from ``DIR/../mask/<name>`` when present, else depth > 0. An appearance-conditioned or noise generator uses
 z = 0, or z ~ N(0, I) with ``--z-seed``.
 
-The input must follow the checkpoint's input convention (recorded in it: framing and window, depth mode and range,
-region, ...). When the folder (or its parent) holds the ``config.json`` of a generated set, it is compared with the
-checkpoint's: a different resolution is converted (resized to the checkpoint's size), anything else is refused with
-a message saying what differs; a set whose faces are drawn otherwise than the checkpoint's synthetic training inputs
+The input must follow the model's input convention (recorded in a checkpoint, and in a shipped model as the render
+of its inputs: framing and window, depth mode and range, region, ...). When the folder (or its parent) holds the
+``config.json`` of a generated depth set or the ``manifest.json`` of a ``generate`` folder, it is compared with the
+model's: a different resolution is converted (resized to the model's size), anything else is refused with
+a message saying what differs; a set whose faces are drawn otherwise than a checkpoint's synthetic training inputs
 (e.g. neutral expressions for a model trained on the photos' fitted expressions) is accepted with a note. A PNG that cannot be read stops the run (``--on-error stop``, the default) or is
 skipped and counted (``--on-error skip``).
 """
@@ -45,18 +50,21 @@ def read_depth(path) -> torch.Tensor:
 
 
 def folder_config(input_dir) -> tuple[dict | None, Path | None]:
-    """The configuration (``DepthSetConfig`` dict) of a generated set holding ``input_dir`` (its ``config.json``),
-    or (None, None)."""
+    """The configuration (``DepthSetConfig`` dict) of a generated set holding ``input_dir`` (a depth set's
+    ``config.json``, or the ``faces`` entry of a ``generate`` folder's ``manifest.json``) and its file, or
+    (None, None)."""
     for d in (Path(input_dir), Path(input_dir).parent):
-        f = d / "config.json"
-        if f.exists():
-            try:
-                cfg = json.loads(f.read_text())
-                render = cfg.get("render")
-            except (ValueError, AttributeError) as e:
-                raise ValueError(f"{f}: not a readable set configuration ({e})") from e
-            if isinstance(render, dict):
-                return cfg, f
+        for name, key in (("config.json", None), ("manifest.json", "faces")):  # a depth set; a generate folder
+            f = d / name
+            if f.exists():
+                try:
+                    cfg = json.loads(f.read_text())
+                    cfg = cfg if key is None else cfg.get(key)
+                    render = cfg.get("render") if cfg is not None else None
+                except (ValueError, AttributeError) as e:
+                    raise ValueError(f"{f}: not a readable set configuration ({e})") from e
+                if isinstance(render, dict):
+                    return cfg, f
     return None, None
 
 
@@ -78,30 +86,78 @@ def distribution_notes(expected: dict | None, found: dict) -> list[str]:
             ] if diff else []
 
 
-def convention_differences(expected: dict, found: dict) -> list[str]:
-    """What differs between two RenderConfig dicts, apart from the resolution (which ``apply`` converts)."""
+def convention_differences(expected: dict, found: dict, label: str = "checkpoint") -> list[str]:
+    """What differs between two RenderConfig dicts, apart from the resolution (which ``apply`` converts);
+    ``label`` names the expected side in the messages."""
     keys = list(CONVENTION_KEYS) + [dep for (k, v), dep in CONVENTION_DEPENDENT.items() if expected.get(k) == v]
     norm = lambda v: list(v) if isinstance(v, (list, tuple)) else v
-    return [f"{k}: checkpoint {norm(expected.get(k))!r}, input {norm(found.get(k))!r}" for k in keys
+    return [f"{k}: {label} {norm(expected.get(k))!r}, input {norm(found.get(k))!r}" for k in keys
             if norm(expected.get(k)) != norm(found.get(k))]
 
 
-def check_convention(run, input_dir) -> list[str]:
-    """Refuse input of another convention (``ValueError`` saying what differs); returns notes to print."""
-    expected = run.cfg.input_convention.get("render")
+class Generator:
+    """A generator to apply, from a training checkpoint or a shipped model, behind one interface:
+    ``generate(depth, mask, z=None)`` -> images (B, C, S, S) in [-1, 1] (no gradients), ``z_dim`` (0: no code),
+    ``image_size``, ``convention`` (the input convention: ``render`` (a RenderConfig dict, None for a checkpoint of
+    an older run) and ``synthetic`` (how its synthetic inputs were drawn, or None)), ``kind`` ("checkpoint" or
+    "model", for messages), ``source`` (what was asked for), ``net`` (the ``Trainer`` or ``PretrainedGenerator``)
+    and ``device``."""
+
+    def __init__(self, net, kind: str, source: str, convention: dict, device):
+        self.net, self.kind, self.source, self.convention = net, kind, source, convention
+        self.device = torch.device(device)
+        self.z_dim = int(getattr(net.nets["G"], "z_dim", 0) or 0)
+        self.image_size = net.cfg.image_size
+
+    @torch.no_grad()
+    def generate(self, depth, mask, z=None):
+        return self.net.generate(depth, mask, z=z)
+
+    def render_hint(self) -> str:
+        return ("load_run(...).cfg.input_convention['render']" if self.kind == "checkpoint" else
+                f"load_pretrained({self.source!r}).render")
+
+
+def load_generator(model, device: str = "cpu") -> Generator:
+    """``model``: a shipped model's name (``pretrained.available()``, e.g. ``study/U``), the path of an exported
+    shipped-model file (``.safetensors``, ``pretrained.export``) or of a training checkpoint (any other file, read
+    by ``load_run``). Errors name what was asked for: ``FileNotFoundError`` (neither a shipped name nor a file,
+    listing the shipped names), ``ValueError`` (a file that cannot be read as what its name says)."""
+    from .pretrained import available, load_pretrained
+
+    name = str(model)
+    shipped = available()
+    path = Path(name)
+    if name in shipped or path.suffix == ".safetensors":
+        if name not in shipped and not path.is_file():
+            raise FileNotFoundError(f"{name}: no such file")
+        gen = load_pretrained(name, device)
+        return Generator(gen, "model", name, {"render": gen.render.to_dict(), "synthetic": None}, device)
+    if not path.is_file():
+        raise FileNotFoundError(f"{name}: neither a shipped model ({', '.join(shipped)}) nor a checkpoint file")
+    run = load_run(path, device)
+    conv = run.cfg.input_convention or {}
+    return Generator(run, "checkpoint", name, {"render": conv.get("render"), "synthetic": conv.get("synthetic")},
+                     device)
+
+
+def check_convention(gen: Generator, input_dir) -> list[str]:
+    """Refuse input of another convention than ``gen``'s (``ValueError`` saying what differs); returns notes to
+    print."""
+    expected = gen.convention.get("render")
     config, where = folder_config(input_dir)
     found = config["render"] if config else None
     if expected is None:
         return ["the checkpoint does not record its input convention (an older run): only the size is checked"]
     if found is None:
-        return [f"{input_dir}: no config.json of a generated set here or above: the input convention cannot be "
-                f"checked; the checkpoint expects {expected}"]
-    diff = convention_differences(expected, found)
+        return [f"{input_dir}: no config.json or manifest.json of a generated set here or above: the input "
+                f"convention cannot be checked; the {gen.kind} expects {expected}"]
+    diff = convention_differences(expected, found, gen.kind)
     if diff:
-        raise ValueError(f"{where}: the depth maps follow another convention than the checkpoint's ("
-                         + "; ".join(diff) + "); generate them with the checkpoint's RenderConfig "
-                         "(load_run(...).cfg.input_convention['render'])")
-    return distribution_notes(run.cfg.input_convention.get("synthetic"), config)
+        raise ValueError(f"{where}: the depth maps follow another convention than the {gen.kind}'s ("
+                         + "; ".join(diff) + f"); generate them with the {gen.kind}'s RenderConfig "
+                         f"({gen.render_hint()})")
+    return distribution_notes(gen.convention.get("synthetic"), config)
 
 
 def fit_size(depth: torch.Tensor, mask: torch.Tensor, size: int):
@@ -116,20 +172,21 @@ def fit_size(depth: torch.Tensor, mask: torch.Tensor, size: int):
     return d.clamp(0, 1) * mask, mask
 
 
-def apply_folder(checkpoint, input_dir, output_dir, z_seed: int | None = None, device: str = "cpu",
+def apply_folder(model, input_dir, output_dir, z_seed: int | None = None, device: str = "cpu",
                  progress: bool = True, on_error: str = "stop", report: dict | None = None) -> list[Path]:
-    """Generate a face for every depth PNG of ``input_dir`` into ``output_dir`` (same names); returns the written
-    files. ``on_error="skip"`` skips unreadable PNGs, listed in ``report["skipped"]`` if a dict is given."""
+    """Generate a face for every depth PNG of ``input_dir`` into ``output_dir`` (same names) with ``model`` (a
+    shipped model's name, an exported shipped-model file or a training checkpoint: ``load_generator``); returns the
+    written files. ``on_error="skip"`` skips unreadable PNGs, listed in ``report["skipped"]`` if a dict is given."""
     if on_error not in ("stop", "skip"):
         raise ValueError(f"on_error must be 'stop' or 'skip', got {on_error!r}")
-    run = load_run(checkpoint, device)
-    size = run.cfg.image_size
+    gen = load_generator(model, device)
+    size = gen.image_size
     files = sorted(Path(input_dir).glob("*.png"))
     if not files:
         raise FileNotFoundError(f"{input_dir}: no .png depth maps")
-    notes = check_convention(run, input_dir)
+    notes = check_convention(gen, input_dir)
     g = torch.Generator().manual_seed(z_seed) if z_seed is not None else None
-    z_dim = run.nets["G"].z_dim
+    z_dim = gen.z_dim
     written, skipped, resized = [], [], 0
     for f in tqdm(files, desc="apply", disable=not progress):
         try:
@@ -147,13 +204,13 @@ def apply_folder(checkpoint, input_dir, output_dir, z_seed: int | None = None, d
         z = None
         if z_dim:  # drawn for every file in order, so a skipped file does not change the others' z
             z = torch.randn(1, z_dim, generator=g) if g is not None else torch.zeros(1, z_dim)
-        img = run.generate(depth.to(run.device), mask.to(run.device), z=None if z is None else z.to(run.device))[0]
+        img = gen.generate(depth.to(gen.device), mask.to(gen.device), z=None if z is None else z.to(gen.device))[0]
         arr = ((img.cpu().clamp(-1, 1) + 1) * 127.5 + 0.5).to(torch.uint8).numpy()
         out = Path(output_dir) / f.name
         save_png(out, arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0))
         written.append(out)
     if resized:
-        notes.append(f"{resized} depth map(s) resized to the checkpoint's {size}x{size}")
+        notes.append(f"{resized} depth map(s) resized to the {gen.kind}'s {size}x{size}")
     if report is not None:
         report.update(skipped=skipped, notes=notes)
     return written
@@ -161,7 +218,9 @@ def apply_folder(checkpoint, input_dir, output_dir, z_seed: int | None = None, d
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--model", "--checkpoint", dest="model", required=True,
+                    help="a shipped model's name (see pretrained.available(), e.g. flagship, study/U), an exported "
+                         "shipped-model file (.safetensors) or a training checkpoint")
     ap.add_argument("--input", required=True, help="folder of depth-map PNGs")
     ap.add_argument("--output", required=True)
     ap.add_argument("--z-seed", type=int, default=None, help="sample z ~ N(0, I) with this seed (default z = 0)")
@@ -172,7 +231,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     report = {}
     try:
-        written = apply_folder(a.checkpoint, a.input, a.output, a.z_seed, a.device, on_error=a.on_error,
+        written = apply_folder(a.model, a.input, a.output, a.z_seed, a.device, on_error=a.on_error,
                                report=report)
     except (ValueError, OSError) as e:
         if a.debug:

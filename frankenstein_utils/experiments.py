@@ -240,7 +240,7 @@ def variants_conclusion(results: dict, names) -> str:
     return text
 
 
-# ---- the comparison at one equal budget, with curves (shipped as weights/study/<model>.pt) ---------------------------
+# ---- the comparison at one equal budget, with curves (shipped as weights/study/<model>.safetensors) ---------------------------
 def load_budget_params(path) -> dict:
     """The budget study's parameter file (``notebooks/params/study_budget.yaml``), checked: one clear line on a
     missing or unknown key."""
@@ -373,7 +373,7 @@ def ranking_agreement(curves: dict, key: str, window: int = 5) -> float | None:
 def main(argv=None):
     """python -m frankenstein_utils.experiments PARAMS [--models NAME ...] [--export]: train the budget study of the
     parameter file (resumes where it stopped), then with ``--export`` ship each finished model to
-    ``weights/study/<model>.pt`` with its model card."""
+    ``weights/study/<model>.safetensors`` with its model card."""
     import argparse
     import sys
 

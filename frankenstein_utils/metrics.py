@@ -127,16 +127,33 @@ def _fit(net, loss_fn, n: int, steps: int, batch_size: int, seed: int, lr: float
     return net.eval()
 
 
-def _cached(path, build):
-    """Load a metric network from ``path`` if it was trained before, else train it and save it atomically."""
+def _cached(path, build, make):
+    """Load a metric network from ``path`` if it was trained before, else train it (``build()``) and save it
+    atomically. The file holds the network's state dict (tensors and plain values, read with ``weights_only=True``:
+    nothing inside it runs) and ``make()`` builds the untrained network it is loaded into."""
     if path is not None and Path(path).exists():
-        return torch.load(path, map_location="cpu", weights_only=False)
+        from .training import load_tensors_only
+
+        ck = load_tensors_only(path, "metric-network cache", "an older cache (a pickled network) or not written by "
+                               "this package: delete it and the network is trained again")
+        with torch.random.fork_rng(devices=[]):  # building it draws initial weights: leave the global RNG as it was
+            net = make()
+        try:
+            fmt = ck.get("format") if isinstance(ck, dict) else type(ck).__name__
+            if fmt != "metric-network/2":
+                raise ValueError(f"format {fmt!r}, not 'metric-network/2'")
+            net.load_state_dict(ck["state"])
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise ValueError(f"{path}: not a metric-network cache of this network ({type(e).__name__}: "
+                             f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); delete it and the network "
+                             f"is trained again") from e
+        return net
     net = build()
     if path is not None:
         import io
 
         buf = io.BytesIO()
-        torch.save(net, buf)
+        torch.save({"format": "metric-network/2", "network": type(net).__name__, "state": net.state_dict()}, buf)
         atomic_write_bytes(path, buf.getvalue())
     return net
 
@@ -149,7 +166,7 @@ def train_feature_net(real: torch.Tensor, steps: int = 600, batch_size: int = 64
         net = init_weights(FeatureNet(real.shape[1]))
         return _fit(net, lambda idx: l1_loss(net.reconstruct(real[idx]), real[idx]), len(real), steps, batch_size,
                     seed)
-    return _cached(cache, build).eval()
+    return _cached(cache, build, lambda: FeatureNet(real.shape[1])).eval()
 
 
 @torch.no_grad()
@@ -242,7 +259,7 @@ def train_depth_estimator(images: torch.Tensor, depth: torch.Tensor, mask: torch
         net = init_weights(Generator("U", images.shape[1], 1, width, "batch"))
         return _fit(net, lambda idx: l1_loss(net(images[idx]), depth[idx] * 2 - 1, mask[idx]), len(images), steps,
                     batch_size, seed)
-    return _cached(cache, build).eval()
+    return _cached(cache, build, lambda: Generator("U", images.shape[1], 1, width, "batch")).eval()
 
 
 def scale_shift_aligned_error(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor):

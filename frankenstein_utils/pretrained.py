@@ -1,9 +1,11 @@
 """The generators shipped with the package: ``load_pretrained()`` gives a ready generator on CPU, no training needed.
 
-Files (``frankenstein_utils/weights/``): ``<name>.pt`` holds the generator's weights in half precision (for the
-flagship the exponential moving average of G, what its training samples with), its appearance encoder, the settings
-that rebuild them, the input convention (render configuration and pose spread of its synthetic inputs) and the
-numbers of its model card; ``<name>_MODEL_CARD.md`` says how it was made and what it scores.
+Files (``frankenstein_utils/weights/``): ``<name>.safetensors`` holds the generator's weights in half precision (for
+the flagship the exponential moving average of G, what its training samples with) and its appearance encoder as
+tensors, and as JSON strings in its metadata the settings that rebuild them, the input convention (render
+configuration and pose spread of its synthetic inputs) and the numbers of its model card; reading it runs no code.
+Its SHA-256 is recorded in ``weights/generators.sha256`` (``sha256sum -c`` format; also in its card) and checked
+by ``load_pretrained``; ``<name>_MODEL_CARD.md`` says how it was made and what it scores.
 
     from frankenstein_utils.pretrained import load_pretrained
     g = load_pretrained()                      # the flagship, float32 on CPU, eval mode
@@ -13,7 +15,7 @@ numbers of its model card; ``<name>_MODEL_CARD.md`` says how it was made and wha
 from __future__ import annotations
 
 import functools
-import io
+import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -28,6 +30,9 @@ from .objectives import generator_input
 from .rasterize import PoseJitter, RenderConfig
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+CHECKSUMS = "generators.sha256"  # in a weights folder: "<sha256>  <path relative to it>" per shipped generator
+FORMAT = "frankenstein_utils.shipped/2"  # safetensors; format 1: a ``.pt`` file, read weights-only (``read_shipped``)
+CONVERT = "python -m frankenstein_utils.training convert"
 # the settings that rebuild a generator and its encoder (the rest of a TrainConfig is about training)
 BUILD_KEYS = ("mode", "width", "d_width", "encoder_width", "z_dim", "image_size", "out_channels", "mask_input",
               "gan_loss", "spectral_norm", "fs_bottleneck", "fs_upsample", "fs_modulation", "fs_skips", "fs_scales",
@@ -109,41 +114,238 @@ def shipped_blob(run, render: RenderConfig, pose: PoseJitter, card: dict, latent
 def export(run, path, render: RenderConfig, pose: PoseJitter, card: dict, latent: dict | None = None) -> int:
     """Write ``shipped_blob`` of a trained run (float16 G and encoder with its settings, input convention, card
     numbers and ``latent``: the encoder's main directions for appearance sliders, ``widgets.latent_directions`` of
-    training photos) to ``path`` (atomically). Returns the file size in bytes."""
+    training photos) to ``path`` (a ``.safetensors`` file, atomically; its SHA-256 recorded). Returns the file size
+    in bytes."""
     return write_shipped(path, shipped_blob(run, render, pose, card, latent))
 
 
+# ---- the shipped file: safetensors, settings and card as JSON metadata, SHA-256 recorded ---------------------------
+_DTYPES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32", torch.float64: "F64",
+           torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+           torch.bool: "BOOL"}
+
+
+def _json(obj) -> str:
+    """``obj`` as JSON (keys sorted, so a file's bytes are a function of its content); numpy numbers and arrays,
+    tensors and paths become plain values."""
+    def plain(o):
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, (np.ndarray, torch.Tensor)):
+            return o.tolist()
+        if isinstance(o, Path):
+            return str(o)
+        raise TypeError(f"{type(o).__name__} is not JSON")
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, default=plain)
+
+
+def safetensors_bytes(tensors: dict, metadata: dict) -> bytes:
+    """A safetensors file of ``tensors`` with string ``metadata``, written canonically (tensors by item size, then
+    name; metadata keys sorted: the same content gives the same bytes, so the same SHA-256; the safetensors library
+    orders metadata at random) and read back by the safetensors library before it is returned."""
+    import sys
+
+    from safetensors.torch import load as st_load
+
+    if sys.byteorder != "little":
+        raise RuntimeError("safetensors files are little-endian; writing them on a big-endian machine is not supported")
+    header, chunks, offset = {"__metadata__": {k: metadata[k] for k in sorted(metadata)}}, [], 0
+    for k in sorted(tensors, key=lambda k: (-tensors[k].element_size(), k)):
+        t = tensors[k].detach().cpu().contiguous()
+        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        header[k] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(raw)]}
+        chunks.append(raw)
+        offset += len(raw)
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)  # the tensors start 8-byte aligned
+    data = len(text).to_bytes(8, "little") + text + b"".join(chunks)
+    back = st_load(data)
+    if set(back) != set(tensors) or not all(torch.equal(back[k], tensors[k].detach().cpu()) for k in tensors):
+        raise RuntimeError("safetensors writer: the file does not read back as written")
+    return data
+
+
+def _safetensors_header(data: bytes) -> dict:
+    n = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+    if not 2 <= n <= len(data) - 8:
+        raise ValueError("not a safetensors file (no header)")
+    return json.loads(data[8:8 + n].decode())
+
+
+def shipped_bytes(blob: dict) -> bytes:
+    """``blob`` (a ``shipped_blob``) as a safetensors file: tensors ``G.*``, ``E.*`` (the state dicts) and
+    ``latent.*``; metadata ``format``, ``nets`` and the JSON of ``config``, ``render``, ``pose``, ``card`` and
+    ``latent``'s other entries."""
+    tensors = {f"G.{k}": v for k, v in blob["G"].items()}
+    nets = ["G"]
+    if blob.get("E") is not None:
+        tensors.update({f"E.{k}": v for k, v in blob["E"].items()})
+        nets.append("E")
+    latent = blob.get("latent")
+    if latent is not None:
+        tensors.update({f"latent.{k}": torch.as_tensor(v) for k, v in latent.items()
+                        if torch.is_tensor(v) or isinstance(v, np.ndarray)})
+        latent = {"tensors": sorted(k for k, v in latent.items() if torch.is_tensor(v) or isinstance(v, np.ndarray)),
+                  "other": {k: v for k, v in latent.items() if not (torch.is_tensor(v) or isinstance(v, np.ndarray))}}
+    meta = {"format": FORMAT, "nets": _json(nets), "config": _json(blob["config"]), "render": _json(blob["render"]),
+            "pose": _json(blob["pose"]), "card": _json(blob["card"]), "latent": _json(latent)}
+    return safetensors_bytes(tensors, meta)
+
+
+def _weights_root(path) -> Path:
+    """The weights folder a shipped file belongs to (where its ``CHECKSUMS`` index is): ``study/`` files are one
+    level down."""
+    path = Path(path).absolute()
+    return path.parent.parent if path.parent.name == "study" else path.parent
+
+
+def read_checksums(root) -> dict:
+    """{path relative to ``root``: SHA-256} of the index ``root/CHECKSUMS`` ({} if there is none)."""
+    index = Path(root) / CHECKSUMS
+    if not index.exists():
+        return {}
+    out = {}
+    for line in index.read_text().splitlines():
+        if line.strip():
+            digest, name = line.split(maxsplit=1)
+            out[name.strip().lstrip("*")] = digest
+    return out
+
+
+def record_checksum(path, data: bytes | None = None) -> str:
+    """Record the SHA-256 of the shipped file ``path`` in its weights folder's index and in the ``File:`` line of
+    its MODEL_CARD.md (when there is one); returns it."""
+    path = Path(path).absolute()
+    digest = hashlib.sha256(path.read_bytes() if data is None else data).hexdigest()
+    root = _weights_root(path)
+    rel = path.relative_to(root).as_posix()
+    sums = {**read_checksums(root), rel: digest}
+    atomic_write_bytes(root / CHECKSUMS, "".join(f"{sums[k]}  {k}\n" for k in sorted(sums)).encode())
+    md = path.with_name(f"{path.stem}_MODEL_CARD.md")
+    if md.exists():
+        index = CHECKSUMS if root == path.parent else f"../{CHECKSUMS}"
+        line = (f"File: `{path.name}` (safetensors: the weights as tensors, the settings, input convention and card "
+                f"numbers as JSON in its metadata; reading it runs no code), SHA-256 `{digest}` (recorded in "
+                f"[`{CHECKSUMS}`]({index}); `load_pretrained` refuses a file that differs).")
+        atomic_write_bytes(md, _set_file_line(md.read_text(), line).encode())
+    return digest
+
+
+def _set_file_line(text: str, line: str) -> str:
+    """``text`` (a MODEL_CARD.md) with its ``File:`` line replaced by ``line``, or ``line`` added after the first
+    paragraph of its "What it is" section (at the end without one)."""
+    lines = text.split("\n")
+    hits = [i for i, x in enumerate(lines) if x.startswith("File: `")]
+    if hits:
+        lines[hits[0]] = line
+        return "\n".join(lines)
+    if "## What it is" in lines:
+        i = lines.index("## What it is") + 2
+        while i < len(lines) and lines[i].strip():
+            i += 1
+        lines[i:i] = ["", line]
+        return "\n".join(lines)
+    return text.rstrip("\n") + f"\n\n{line}\n"
+
+
+def _verify(path, data: bytes) -> None:
+    """Refuse ``path`` if its SHA-256 differs from the one recorded in its weights folder's index; a file of the
+    package's own weights folder must be recorded there. (Another file with no index entry is not checked.)"""
+    root = _weights_root(path)
+    rel = Path(path).absolute().relative_to(root).as_posix()
+    want = read_checksums(root).get(rel)
+    shipped = Path(path).resolve().is_relative_to(WEIGHTS_DIR.resolve())
+    if want is None:
+        if shipped:
+            raise ValueError(f"{path}: no SHA-256 recorded for it in {root / CHECKSUMS}; refused (a shipped file is "
+                             f"recorded when it is written)")
+        return
+    got = hashlib.sha256(data).hexdigest()
+    if got != want:
+        raise ValueError(f"{path}: SHA-256 {got[:16]}... differs from the {want[:16]}... recorded in "
+                         f"{root / CHECKSUMS}: a damaged or altered file; refused")
+
+
+def read_shipped(path, verify: bool = True) -> dict:
+    """The ``shipped_blob`` stored in the safetensors file ``path`` (its SHA-256 checked, ``_verify``). Never
+    unpickles: an exported ``.pt`` file of the older format is read with ``torch.load(weights_only=True)`` (tensors
+    and plain values; such a file records no checksum), and one that needs unpickling is refused with the command
+    that converts it."""
+    from safetensors.torch import load as st_load
+
+    path = Path(path)
+    if path.suffix == ".pt":
+        from .training import load_tensors_only
+
+        blob = load_tensors_only(path, "shipped model", f"if you trust the file, convert it: {CONVERT} {path} "
+                                 f"{path.with_suffix('.safetensors')}")
+        if not (isinstance(blob, dict) and {"config", "G", "E", "render", "pose", "card"} <= set(blob)):
+            raise ValueError(f"{path}: not a shipped model (a training checkpoint? load it with "
+                             f"training.load_run)")
+        return blob
+    data = path.read_bytes()
+    if verify:
+        _verify(path, data)
+    try:
+        meta = _safetensors_header(data).get("__metadata__") or {}
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"format {meta.get('format')!r}, not {FORMAT!r}")
+        tensors = st_load(data)
+        nets = json.loads(meta["nets"])
+        part = lambda p: {k[len(p) + 1:]: v for k, v in tensors.items() if k.startswith(p + ".")}  # noqa: E731
+        latent = json.loads(meta["latent"])
+        if latent is not None:
+            latent = {**latent["other"], **{k: tensors[f"latent.{k}"] for k in latent["tensors"]}}
+        return {"format": 2, "config": json.loads(meta["config"]), "G": part("G"),
+                "E": part("E") if "E" in nets else None, "render": json.loads(meta["render"]),
+                "pose": json.loads(meta["pose"]), "card": json.loads(meta["card"]), "latent": latent}
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable shipped model ({type(e).__name__}: "
+                         f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from e
+
+
+def read_shipped_card(path) -> dict:
+    """The card of the shipped file ``path``, from its header alone (no tensors read, no checksum)."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        return json.loads(json.loads(f.read(n).decode())["__metadata__"]["card"])
+
+
 def write_shipped(path, blob: dict) -> int:
-    """``blob`` saved to ``path`` atomically; returns the file size in bytes."""
-    buf = io.BytesIO()
-    torch.save(blob, buf)
-    atomic_write_bytes(path, buf.getvalue())
-    return len(buf.getvalue())
+    """``blob`` saved to ``path`` (``.safetensors``) atomically, its SHA-256 recorded (``record_checksum``); returns
+    the file size in bytes."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path}: a shipped model is written as a .safetensors file")
+    data = shipped_bytes(blob)
+    atomic_write_bytes(path, data)
+    record_checksum(path, data)
+    return len(data)
 
 
 def update_card(path, **fields) -> int:
-    """Set ``fields`` in the card of the shipped file ``path`` (weights untouched), written atomically."""
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    """Set ``fields`` in the card of the shipped file ``path`` (weights untouched), written atomically, its new
+    SHA-256 recorded."""
+    blob = read_shipped(path)
     blob["card"] = {**blob["card"], **fields}
     return write_shipped(path, blob)
 
 
 def available() -> list[str]:
-    """Names of the shipped models: ``flagship`` and ``study/<model>`` (the study at its equal budget)."""
-    return sorted(p.relative_to(WEIGHTS_DIR).with_suffix("").as_posix() for p in WEIGHTS_DIR.rglob("*.pt"))
+    """Names of the shipped models: ``flagship`` and ``study/<model>`` (the study at its equal budget), as recorded
+    in ``weights/generators.sha256``."""
+    return sorted(k.removesuffix(".safetensors") for k in read_checksums(WEIGHTS_DIR))
 
 
 def load_pretrained(name: str = "flagship", device: str = "cpu") -> PretrainedGenerator:
-    """The shipped generator ``name`` (see ``available()``; or the path of an exported ``.pt`` file), rebuilt from
-    its file, float32, eval mode."""
-    path = Path(name) if str(name).endswith(".pt") else WEIGHTS_DIR / f"{name}.pt"
+    """The shipped generator ``name`` (see ``available()``; or the path of an exported ``.safetensors`` file, or
+    ``.pt`` of the older format), rebuilt from its file, float32, eval mode. Nothing in the file runs
+    (``read_shipped``); a shipped file is checked against its recorded SHA-256 (a file elsewhere when its folder
+    records one)."""
+    path = Path(name) if str(name).endswith((".safetensors", ".pt")) else WEIGHTS_DIR / f"{name}.safetensors"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no shipped model {name!r}; available: {available()}")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise ValueError(f"{path}: not a readable shipped model ({type(e).__name__}: {e})") from e
-    return generator_from_blob(blob, path, device)
+    return generator_from_blob(read_shipped(path), path, device)
 
 
 def generator_from_blob(blob: dict, path, device: str = "cpu") -> PretrainedGenerator:
@@ -567,6 +769,7 @@ def main(argv=None):
         card = {**gen.card, "command": a.command, "note": a.note}
         write_card(WEIGHTS_DIR / f"{a.name}_MODEL_CARD.md", f"Model card: {a.name} (depth map -> face, "
                    f"{gen.cfg.image_size} px)", card_sections(card, gen.path.stat().st_size, gen, curve, study))
+        record_checksum(gen.path)
         return
     torch.set_num_threads(1)
     t0 = time.time()
@@ -576,7 +779,7 @@ def main(argv=None):
     train = PairedFaceDataset("train", pcfg, model=model, progress=False)
     test = PairedFaceDataset("test", pcfg, model=model, progress=False)
     render, pose = train.render_config(model), train.pose_jitter(model)
-    path = WEIGHTS_DIR / f"{a.name}.pt"
+    path = WEIGHTS_DIR / f"{a.name}.safetensors"
     latent = None
     if "E" in run.nets:
         from .widgets import latent_directions
@@ -603,6 +806,7 @@ def main(argv=None):
     study = json.loads(Path(a.study).read_text()) if a.study else {}
     write_card(WEIGHTS_DIR / f"{a.name}_MODEL_CARD.md", f"Model card: {a.name} (depth map -> face, "
                f"{run.cfg.image_size} px)", card_sections(card, size, gen, curve, study))
+    record_checksum(path)  # its line in the card just written
     print(json.dumps({k: card[k] for k in ("small_set", "evaluation", "raw_G", "step")}, indent=1, default=float))
     print(f"exported {path} ({size / 2 ** 20:.2f} MiB) in {time.time() - t0:.0f} s")
 
@@ -743,7 +947,8 @@ def curve_points(checkpoints, model, render: RenderConfig, pose: PoseJitter, sta
 
 
 def export_study(params_path, params: dict, names=None, machine_note: str = "", weights_dir=None) -> dict:
-    """Ship every finished model of the budget study (``experiments.budget_study``) as ``weights/study/<model>.pt``
+    """Ship every finished model of the budget study (``experiments.budget_study``) as
+    ``weights/study/<model>.safetensors``
     (G and encoder in float16, no EMA: these objectives keep none) with ``<model>_MODEL_CARD.md``: its curve, the
     card numbers of the shipped weights (``card_numbers``: 64 fixed synthetic inputs), training time and the
     command that retrains it. Returns {model: card}."""
@@ -767,7 +972,7 @@ def export_study(params_path, params: dict, names=None, machine_note: str = "", 
             print(f"{name}: not finished ({curve['points'][-1]['step']} of {params['steps']} steps), not shipped")
             continue
         run = load_run(run_dir / "checkpoint.pt")
-        path = Path(weights_dir or WEIGHTS_DIR) / "study" / f"{name}.pt"
+        path = Path(weights_dir or WEIGHTS_DIR) / "study" / f"{name}.safetensors"
         path.parent.mkdir(parents=True, exist_ok=True)
         blob = shipped_blob(run, render, pose, {})  # scored as shipped (float16), before its card is written
         small = card_numbers(generator_from_blob(blob, path), model, train=train)
@@ -784,6 +989,7 @@ def export_study(params_path, params: dict, names=None, machine_note: str = "", 
         size_b = write_shipped(path, {**blob, "card": card})
         write_card(path.with_name(f"{name}_MODEL_CARD.md"), f"Model card: study/{name} (the study at one "
                    f"equal budget, {run.cfg.image_size} px)", study_card_sections(name, card, size_b, run))
+        record_checksum(path)  # its line in the card just written
         cards[name] = card
         print(f"exported {path} ({size_b / 2 ** 10:.0f} KiB): {json.dumps(small, default=float)}")
     write_study_index(Path(weights_dir or WEIGHTS_DIR) / "study", params_path)
@@ -793,8 +999,8 @@ def export_study(params_path, params: dict, names=None, machine_note: str = "", 
 def write_study_index(folder, params_path) -> None:
     """``study/README.md``: every shipped study model with its size, budget and card numbers (read from the files)."""
     rows = []
-    for f in sorted(Path(folder).glob("*.pt")):
-        card = torch.load(f, map_location="cpu", weights_only=False)["card"]
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        card = read_shipped_card(f)
         sm = card["small_set"]
         rows.append(f"| [`{f.stem}`]({f.stem}_MODEL_CARD.md) | {f.stat().st_size / 2 ** 10:.0f} KiB | {card['step']:,} | "
                     f"{card['train_s'] / 60:.1f} | {sm['face_fd']:.3f} | {sm['nme']:.3f} | {sm['detection']:.2f} |")
@@ -802,7 +1008,9 @@ def write_study_index(folder, params_path) -> None:
             f"width and data by `python -m frankenstein_utils.experiments {params_path} --export` (the parameter "
             "file states the budget); each card has the model's curve and the command that retrains it alone. "
             "Numbers: `pretrained.card_numbers` of the shipped float16 weights (64 fixed synthetic inputs vs 64 test "
-            "photos).\n\n| model | size | steps | train min | face-FD | NME | detection |\n|---|---|---|---|---|---|---|\n"
+            f"photos). Files: `<model>.safetensors` (reading one runs no code), SHA-256 in [`{CHECKSUMS}`](../"
+            f"{CHECKSUMS}) and in each card, checked by `load_pretrained`.\n\n"
+            "| model | size | steps | train min | face-FD | NME | detection |\n|---|---|---|---|---|---|---|\n"
             + "\n".join(rows) + "\n")
     atomic_write_bytes(Path(folder) / "README.md", text.encode())
 

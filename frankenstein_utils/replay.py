@@ -16,7 +16,9 @@ class ReplayBuffer:
     Images are stored detached, on the CPU, in RAM or (``memmap_path``) in a disk-backed numpy memmap so large pools
     do not use RAM. Sampling uses its own seeded ``torch.Generator``. ``save(prefix)`` snapshots the pool and its RNG
     to files (``prefix.npy``, ``prefix.pt``; a memmap pool is streamed, never copied into RAM) and ``load(prefix)``
-    restores it, so a resumed run continues exactly. Only a training process opens ``memmap_path`` (for writing).
+    restores it, so a resumed run continues exactly; both files are read without unpickling (``prefix.pt`` holds
+    plain numbers and the RNG state tensor, ``torch.load(weights_only=True)``). Only a training process opens
+    ``memmap_path`` (for writing).
     """
 
     def __init__(self, size: int, seed: int = 0, memmap_path: str | None = None):
@@ -77,11 +79,15 @@ class ReplayBuffer:
 
     def load(self, prefix) -> None:
         """Restore a pool written by ``save``; errors name the file."""
+        from .training import load_tensors_only
+
+        # tensors and plain values only: nothing inside the file runs (a file that needs unpickling is refused)
+        meta = load_tensors_only(f"{prefix}.pt", "replay pool", "it was not written by this package's trainer: "
+                                 "restore the pool or start over in a new out_dir")
         try:
-            meta = torch.load(f"{prefix}.pt", weights_only=False)
-            images = np.load(f"{prefix}.npy", mmap_mode="r")
+            images = np.load(f"{prefix}.npy", mmap_mode="r")  # allow_pickle=False: an object array is refused
         except Exception as e:
-            raise ValueError(f"{prefix}.pt / .npy: not a readable replay pool ({type(e).__name__}: {e})") from e
+            raise ValueError(f"{prefix}.npy: not a readable replay pool ({type(e).__name__}: {e})") from e
         if meta["size"] != self.size:
             raise ValueError(f"{prefix}.pt: replay buffer size {meta['size']} saved, {self.size} configured")
         if len(images) != meta["count"] and meta["count"]:

@@ -20,6 +20,11 @@ D/G schedule by the margin D(real) - D(fake): always one G step, D 0, 1 or sever
 
 Under DDP every decision that depends on data (the adaptive margin, the NaN guard) is all-reduced, so all processes
 take the same branch; each process keeps its own replay pool, and every pool is saved beside the checkpoint.
+
+Checkpoints hold tensors and plain Python values only (numpy's RNG state as a tensor and numbers) and are read with
+``torch.load(weights_only=True)``: reading one runs no code. A checkpoint of the older, pickled format is refused
+with the command that converts it (``python -m frankenstein_utils.training convert OLD NEW``, which unpickles OLD:
+run it only on files you trust).
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ import math
 import random
 import time
 import zlib
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -187,6 +193,92 @@ def preset_config(name: str, **overrides) -> TrainConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return TrainConfig(**{**PRESETS[name], **overrides})
+
+
+# ---- reading files without running code in them ---------------------------------------------------------------
+CONVERT = "python -m frankenstein_utils.training convert"
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def load_tensors_only(path, what: str, hint: str, map_location="cpu"):
+    """``torch.load(path, weights_only=True)``: tensors and plain Python values only, so nothing inside the file runs.
+    A file that needs unpickling (an older format, or code hidden in it) is refused with one line that names it, the
+    Python objects it needs and ``hint``; a damaged file with one line naming it. ``FileNotFoundError`` passes."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):
+            raise ValueError(f"{path}: not a readable {what} ({type(e).__name__}: {_first_line(e)})") from e
+        try:
+            names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+            needs = f" ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})" if names else ""
+        except Exception:  # not a zip checkpoint: a bare pickle
+            needs = ""
+        raise ValueError(f"{path}: a {what} holding Python objects that only unpickling reads{needs}, and unpickling "
+                         f"runs any code inside the file: refused; {hint}") from e
+    except Exception as e:  # torch raises several types for damaged files
+        raise ValueError(f"{path}: not a readable {what} ({type(e).__name__}: {_first_line(e)})") from e
+
+
+def read_checkpoint(path, map_location="cpu") -> dict:
+    """A training checkpoint (``Trainer.state``), read without unpickling (``load_tensors_only``); one of the older,
+    pickled format is refused with the command that converts it."""
+    ck = load_tensors_only(path, "checkpoint", f"an older checkpoint of this package? If you trust the file, "
+                           f"convert it: {CONVERT} {path} NEW.pt", map_location)
+    if isinstance(ck, dict) and "G" in ck and "render" in ck and "nets" not in ck:
+        raise ValueError(f"{path}: a shipped model of the older format, not a training checkpoint: load it with "
+                         f"pretrained.load_pretrained({str(path)!r}), or convert it: {CONVERT} {path} "
+                         f"{Path(path).with_suffix('.safetensors')}")
+    if not isinstance(ck, dict) or "config" not in ck or "nets" not in ck:
+        raise ValueError(f"{path}: not a training checkpoint (no config and networks)")
+    return ck
+
+
+def to_plain(obj, where: str = "checkpoint"):
+    """``obj`` with numpy numbers as Python numbers and paths as strings; anything else that is not a tensor or a
+    plain value (dict, list, tuple, str, int, float, bool, None) raises ``TypeError`` naming where it is: what a
+    weights-only load reads back. Containers with nothing to change are returned as they are (a state dict keeps
+    its ``_metadata``)."""
+    if obj is None or isinstance(obj, (str, bool, int, float, torch.Tensor, torch.dtype, torch.Size)):
+        return obj
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, dict):
+        new = {k: to_plain(v, f"{where}[{k!r}]") for k, v in obj.items()}
+        if all(new[k] is v for k, v in obj.items()) and type(obj) in (dict, OrderedDict):
+            return obj
+        return OrderedDict(new) if isinstance(obj, OrderedDict) else new
+    if isinstance(obj, (list, tuple)):
+        new = [to_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        if all(a is b for a, b in zip(new, obj)) and type(obj) in (list, tuple):
+            return obj
+        return new if isinstance(obj, list) else tuple(new)
+    raise TypeError(f"{where}: {type(obj).__name__} is neither a tensor nor a plain value (a weights-only load "
+                    f"could not read it back)")
+
+
+def numpy_rng_state() -> dict:
+    """numpy's global RNG state as a tensor and plain numbers."""
+    name, key, pos, has_gauss, cached = np.random.get_state()
+    if name != "MT19937":
+        raise ValueError(f"numpy RNG {name!r}: only MT19937 is stored")
+    return {"key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached)}
+
+
+def set_numpy_rng_state(st: dict) -> None:
+    np.random.set_state(("MT19937", st["key"].cpu().numpy().astype(np.uint32), st["pos"], st["has_gauss"],
+                         st["cached_gaussian"]))
 
 
 # Settings a resumed run may change (recorded in the checkpoint's ``config_history``); any other difference is
@@ -485,7 +577,7 @@ class Trainer:
                 "config_history": self.config_history,
                 "nets": {k: v.state_dict() for k, v in self.nets.items()},
                 "opts": {k: v.state_dict() for k, v in self.opts.items()},
-                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                "rng": {"torch": torch.get_rng_state(), "numpy": numpy_rng_state(), "python": random.getstate(),
                         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}
 
     def _pool_prefix(self, rank: int, step: int) -> Path:
@@ -506,7 +598,7 @@ class Trainer:
         if self.rank != 0:
             return
         buf = io.BytesIO()
-        torch.save(self.state(), buf)
+        torch.save(to_plain(self.state()), buf)  # tensors and plain values: read back with weights_only=True
         atomic_write_bytes(path or self.ckpt_path, buf.getvalue())
         atomic_write_json(self.out / "config.json", asdict(self.cfg))
         if path is None:
@@ -532,11 +624,8 @@ class Trainer:
     def _init_from(self, path):
         """Start from another run's networks, optimizer moments and objective state (``cfg.init_from``), keeping
         this run's learning rates; recorded in ``config_history`` with the source's step and configuration."""
-        try:
-            ck = torch.load(path, map_location=self.device, weights_only=False)
-            nets, opts = ck["nets"], ck["opts"]
-        except Exception as e:  # torch raises several types for damaged files
-            raise ValueError(f"{path}: not a readable checkpoint to start from ({type(e).__name__}: {e})") from e
+        ck = read_checkpoint(path, self.device)
+        nets, opts = ck["nets"], ck["opts"]
         if set(nets) != set(self.nets):
             raise ValueError(f"{path}: its networks {sorted(nets)} are not this run's {sorted(self.nets)}")
         try:
@@ -559,11 +648,10 @@ class Trainer:
         """Restore a run from its checkpoint. ``training=False`` (``load_run``: apply, notebooks) leaves the replay
         pools alone: a running trainer may own them."""
         try:
-            ck = torch.load(path, map_location=self.device, weights_only=False)
-            saved = ck["config"]
-        except Exception as e:  # torch raises several types for damaged files
-            raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e}); delete it to start "
-                             f"over") from e
+            ck = read_checkpoint(path, self.device)
+        except ValueError as e:
+            raise ValueError(f"{e}{'' if 'convert' in str(e) else '; delete it to start over'}") from e
+        saved = ck["config"]
         mine = asdict(self.cfg)
         # keys missing from an older checkpoint take their defaults; settings of a switch that is off in both runs
         # do not matter (the adaptive schedule's thresholds changed default when it became the original's)
@@ -592,8 +680,8 @@ class Trainer:
         if hasattr(self.objective, "load_state"):
             self.objective.load_state(ck)
         self._ckpt_stamp = self._stamp()
-        torch.set_rng_state(ck["rng"]["torch"])
-        np.random.set_state(ck["rng"]["numpy"])
+        torch.set_rng_state(ck["rng"]["torch"].cpu())
+        set_numpy_rng_state(ck["rng"]["numpy"])
         random.setstate(ck["rng"]["python"])
         if ck["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
@@ -602,13 +690,11 @@ class Trainer:
 def load_run(path, device: str = "cpu") -> Trainer:
     """Rebuild a run (networks, optimizers, step, history) from its checkpoint file alone; loads on CPU by default."""
     path = Path(path)
+    ck = read_checkpoint(path)
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
         cfg = TrainConfig.from_dict({**ck["config"], "device": device})
-    except FileNotFoundError:
-        raise
     except Exception as e:
-        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {_first_line(e)})") from e
     cfg.out_dir = str(path.parent)
     t = Trainer(cfg, data={}, resume=False)
     t._load(path, training=False)
@@ -649,3 +735,66 @@ def supervised_config(name: str, **overrides) -> TrainConfig:
     if name in ("U", "V", "F", "NU"):
         return TrainConfig(mode="l1", generator=name, **overrides)
     raise ValueError(f"unknown supervised model {name!r}; choose U, V, F, NU or cvae")
+
+
+# ---- converting files of the older, pickled formats (python -m frankenstein_utils.training convert OLD NEW) -------
+UNPICKLE_WARNING = ("WARNING: converting unpickles {old}, which runs any code inside it: convert only files you made "
+                    "or trust.")
+
+
+def convert(old, new) -> str:
+    """Rewrite a file of the older, pickled formats so that it is read without unpickling: a training checkpoint
+    (numpy's RNG state and every other value as tensors and plain values; ``new``: a ``.pt`` file) or a shipped
+    model (``pretrained.export``'s old ``.pt``; ``new``: a ``.safetensors`` file, its SHA-256 recorded beside it).
+    Reading ``old`` UNPICKLES it, which runs any code inside it: only for files the user trusts (the command says so
+    each time). Returns what was written."""
+    import sys
+
+    old, new = Path(old), Path(new)
+    print(UNPICKLE_WARNING.format(old=old), file=sys.stderr)
+    obj = torch.load(old, map_location="cpu", weights_only=False)
+    if isinstance(obj, dict) and "G" in obj and "render" in obj and "card" in obj:  # a shipped model
+        from .pretrained import write_shipped
+
+        if new.suffix != ".safetensors":
+            raise ValueError(f"{new}: a shipped model converts to a .safetensors file")
+        size = write_shipped(new, obj)
+        return f"{new}: shipped model, safetensors ({size:,} bytes; SHA-256 recorded in its folder)"
+    if not (isinstance(obj, dict) and "config" in obj and "nets" in obj):
+        raise ValueError(f"{old}: neither a training checkpoint nor a shipped model")
+    rng = obj.get("rng", {})
+    if isinstance(rng.get("numpy"), tuple):  # np.random.get_state()
+        name, key, pos, has_gauss, cached = rng["numpy"]
+        rng["numpy"] = {"key": torch.from_numpy(np.asarray(key).astype(np.int64)), "pos": int(pos),
+                        "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    buf = io.BytesIO()
+    torch.save(to_plain(obj, str(old)), buf)
+    atomic_write_bytes(new, buf.getvalue())
+    read_checkpoint(new)  # reads back without unpickling
+    return f"{new}: checkpoint at step {obj.get('step')}, read with weights_only=True"
+
+
+def main(argv=None) -> int:
+    """python -m frankenstein_utils.training convert OLD NEW"""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m frankenstein_utils.training",
+                                 description="Convert a checkpoint or shipped model of the older, pickled format so "
+                                             "that it is read without running code. Reading OLD unpickles it, which "
+                                             "runs any code inside it: convert only files you made or trust.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("convert", help="OLD (pickled) -> NEW (.pt checkpoint or .safetensors shipped model)")
+    c.add_argument("old")
+    c.add_argument("new")
+    a = ap.parse_args(argv)
+    try:
+        print(convert(a.old, a.new))
+    except (ValueError, OSError) as e:
+        print(f"error: {_first_line(e)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

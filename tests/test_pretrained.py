@@ -13,10 +13,13 @@ def gen():
 
 
 def test_shipped_files_are_small_half_precision_and_carded():
-    files = list(WEIGHTS_DIR.rglob("*.pt"))  # the flagship and the study models together
+    from frankenstein_utils.pretrained import read_shipped
+
+    files = [WEIGHTS_DIR / f"{n}.safetensors" for n in available()]  # the flagship and the study models together
     assert "flagship" in available()
     assert sum(f.stat().st_size for f in files) <= 20 * 2 ** 20
-    blob = torch.load(WEIGHTS_DIR / "flagship.pt", map_location="cpu", weights_only=False)
+    assert sum(f.stat().st_size for f in WEIGHTS_DIR.rglob("*") if f.is_file()) <= 20_000_000  # with the rest
+    blob = read_shipped(WEIGHTS_DIR / "flagship.safetensors")
     assert all(v.dtype == torch.float16 for v in blob["G"].values() if v.is_floating_point())
     card = (WEIGHTS_DIR / "flagship_MODEL_CARD.md").read_text()
     for must in ("non-commercial", "python -m frankenstein_utils.train", f"{blob['card']['step']:,}",
@@ -151,9 +154,15 @@ def test_budget_study_scores_each_segment_resumes_and_ships(tmp_path, face_model
     curve = json.loads((tmp_path / "out" / "U" / "curve.json").read_text())
     assert [q["step"] for q in curve["points"]] == [1, 2, 3] and curve["points"][0] == first
     cards = export_study(path, p, ["gan-log"], weights_dir=tmp_path / "w")
-    blob = torch.load(tmp_path / "w" / "study" / "gan-log.pt", map_location="cpu", weights_only=False)
+    from frankenstein_utils.pretrained import CHECKSUMS, read_checksums, read_shipped
+
+    shipped = tmp_path / "w" / "study" / "gan-log.safetensors"
+    blob = read_shipped(shipped)
     assert all(v.dtype == torch.float16 for v in blob["G"].values() if v.is_floating_point())
-    g = load_pretrained(str(tmp_path / "w" / "study" / "gan-log.pt"))
+    digest = read_checksums(tmp_path / "w")["study/gan-log.safetensors"]  # recorded, and in the card
+    assert (tmp_path / "w" / CHECKSUMS).exists() and f"SHA-256 `{digest}`" in (
+        tmp_path / "w" / "study" / "gan-log_MODEL_CARD.md").read_text()
+    g = load_pretrained(str(shipped))
     assert card_numbers(g, face_model)["nme"] == pytest.approx(cards["gan-log"]["small_set"]["nme"], rel=1e-6)
     text = (tmp_path / "w" / "study" / "gan-log_MODEL_CARD.md").read_text()
     assert "non-commercial" in text and f"experiments {path} --models 'gan-log'" in text
