@@ -29,24 +29,12 @@ import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from bench_depth import rate  # noqa: E402  (one definition of how a rate is measured)
 from frankenstein_utils.facemodel import load_face_model  # noqa: E402
 from frankenstein_utils.raster_numba import interpolate_numba  # noqa: E402
 from frankenstein_utils.rasterize import (RenderConfig, interpolate, rasterize, render_mesh_buffers,  # noqa: E402
                                           render_mesh_depth, to_pixels, vertex_normals)
-
-
-def rate(fn, n, repeats):
-    """Renders per second of wall time and per second of this process's CPU time (all threads), medians, and the
-    best wall-time rate of the repeats. On a shared machine the CPU-time rate is the steadier: it does not count
-    time spent waiting for a core."""
-    fn()  # warm-up (and numba's cache load)
-    wall, cpu = [], []
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    return n / statistics.median(wall), n / statistics.median(cpu), n / min(wall)
 
 
 def stage_ms(fn, n, repeats):

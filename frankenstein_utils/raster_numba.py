@@ -145,6 +145,17 @@ def _rasterize_faces(P, F, H, W, cull, eps, tri, bary, z, mask, start, stop):
                 bary[b, r, q, 2] = (one - u - v) if covered else zero  # as torch's 1 - w0 - w1
 
 
+def _mesh_arrays(verts, faces):
+    """Contiguous float32 vertices (B, N, 3) and int32 triangles (T, 3), checked (one clear line when wrong)."""
+    P = np.ascontiguousarray(verts, dtype=np.float32)
+    F = np.ascontiguousarray(faces, dtype=np.int32)
+    if P.ndim != 3 or P.shape[-1] != 3:
+        raise ValueError(f"verts must have shape (B, N, 3), got {P.shape}")
+    if F.size and (F.min() < 0 or F.max() >= P.shape[1]):
+        raise ValueError(f"faces index vertices 0..{P.shape[1] - 1}, got {F.min()}..{F.max()}")
+    return P, F
+
+
 def rasterize_numba(verts: np.ndarray, faces: np.ndarray, height: int, width: int, *,
                     cull_backfaces: bool = False, eps: float = 1e-5, threads: int = 1):
     """Numpy in and out: ``verts`` (B, N, 3) pixel coordinates, ``faces`` (T, 3) -> fragments ``(triangle, bary,
@@ -153,12 +164,7 @@ def rasterize_numba(verts: np.ndarray, faces: np.ndarray, height: int, width: in
     Same contract as ``rasterize.rasterize`` (which calls this for CPU tensors). ``threads`` Python threads split
     the faces; the kernel releases the GIL. (Not numba's ``parallel=True``: its OpenMP layer aborts DataLoader
     workers forked after the first parallel call, "fork() called from a process already using GNU OpenMP".)"""
-    P = np.ascontiguousarray(verts, dtype=np.float32)
-    F = np.ascontiguousarray(faces, dtype=np.int32)
-    if P.ndim != 3 or P.shape[-1] != 3:
-        raise ValueError(f"verts must have shape (B, N, 3), got {P.shape}")
-    if F.size and (F.min() < 0 or F.max() >= P.shape[1]):
-        raise ValueError(f"faces index vertices 0..{P.shape[1] - 1}, got {F.min()}..{F.max()}")
+    P, F = _mesh_arrays(verts, faces)
     B, H, W = P.shape[0], int(height), int(width)
     tri = np.empty((B, H, W), np.int64)
     bary = np.empty((B, H, W, 3), np.float32)
@@ -216,12 +222,7 @@ def vertex_normals_numba(verts: np.ndarray, faces: np.ndarray, *, threads: int =
     """Area-weighted unit vertex normals (B, N, 3) float32 of meshes ``verts`` (B, N, 3) sharing ``faces`` (T, 3):
     the CPU path of ``rasterize.vertex_normals``, ~10x its batched torch form (which moves ~1 MB per face through
     memory)."""
-    P = np.ascontiguousarray(verts, dtype=np.float32)
-    F = np.ascontiguousarray(faces, dtype=np.int32)
-    if P.ndim != 3 or P.shape[-1] != 3:
-        raise ValueError(f"verts must have shape (B, N, 3), got {P.shape}")
-    if F.size and (F.min() < 0 or F.max() >= P.shape[1]):
-        raise ValueError(f"faces index vertices 0..{P.shape[1] - 1}, got {F.min()}..{F.max()}")
+    P, F = _mesh_arrays(verts, faces)
     B = P.shape[0]
     out = np.empty_like(P)
     n = max(1, min(int(threads), B))
