@@ -76,12 +76,16 @@ class GANLoss(torch.nn.Module):
 def gradient_penalty(D, real: torch.Tensor, fake: torch.Tensor, generator: torch.Generator | None = None,
                      eps: float = 1e-12) -> torch.Tensor:
     """WGAN-GP (Gulrajani et al. 2017): E[(||grad_x f(x_hat)||_2 - 1)^2], x_hat = a real + (1 - a) fake with
-    a ~ U(0, 1) drawn per sample (not per pixel). ``eps`` inside the square root keeps a zero gradient finite.
+    a ~ U(0, 1) drawn per sample (not per pixel), one x_hat per fake (the reals cycled when there are fewer, as when
+    an objective scores the fakes of paired and synthetic inputs together). ``eps`` inside the square root keeps a
+    zero gradient finite.
 
     Convention: f(x) is the critic's score of one image as the loss sees it, the MEAN of D's outputs for that image
     (a PatchGAN gives one score per patch; ``GANLoss`` averages them). Taking the gradient of their sum instead would
     make the penalty P^2 times stronger for P patches (196^2 at 64 px) than the loss it constrains."""
-    a = torch.rand(real.shape[0], 1, 1, 1, generator=generator).to(real.device, real.dtype)
+    if len(real) != len(fake):  # e.g. fakes of paired and synthetic inputs (2B) against B reals: cycle the reals
+        real = real[torch.arange(len(fake), device=real.device) % len(real)]
+    a = torch.rand(fake.shape[0], 1, 1, 1, generator=generator).to(real.device, real.dtype)
     x_hat = (a * real.detach() + (1 - a) * fake.detach()).requires_grad_(True)
     out = D(x_hat).float()
     score = out.reshape(len(out), -1).mean(1)  # (B,) one score per image

@@ -117,3 +117,20 @@ def test_clipping_and_critic_schedule():
     clip_weights(D, 0.01)
     assert D.weight.abs().max() <= 0.01 and D.bias.abs().max() <= 0.01
     assert [wgan_critic_steps(s) for s in (0, 24, 25, 26, 500, 501)] == [100, 100, 5, 5, 100, 5]
+
+
+def test_gradient_penalty_pairs_every_fake_with_a_real_when_there_are_more_fakes():
+    """Objectives that score the fakes of paired and synthetic inputs together hand 2B fakes and B reals (issue 23:
+    l1+gan and cvae-gan with wgan-gp crashed). Critic D(x) = sum(x^2) / 2 has input gradient x itself, so the
+    penalty is the mean of (||x_hat_i|| - 1)^2 with x_hat_i = a_i real_(i mod B) + (1 - a_i) fake_i."""
+
+    class Square(torch.nn.Module):
+        def forward(self, x):
+            return (x * x).flatten(1).sum(1, keepdim=True) / 2
+
+    real, fake = torch.rand(2, 1, 2, 2), torch.rand(4, 1, 2, 2) + 1
+    gp = gradient_penalty(Square(), real, fake, generator=torch.Generator().manual_seed(3))
+    a = torch.rand(4, 1, 1, 1, generator=torch.Generator().manual_seed(3))
+    x_hat = a * real[[0, 1, 0, 1]] + (1 - a) * fake
+    expect = ((x_hat.flatten(1).norm(dim=1) - 1) ** 2).mean()
+    assert gp.item() == pytest.approx(expect.item(), rel=1e-5)

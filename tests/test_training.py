@@ -337,3 +337,15 @@ def test_init_from_starts_a_new_run_from_another_runs_networks(tmp_path):
         Trainer(cfg(tmp_path / "bad", mode="cvae", width=16, init_from=ck), data)
     with pytest.raises(ValueError, match=r"checkpoint.pt: its networks \['E', 'G'\] are not this run's \['G'\]"):
         Trainer(cfg(tmp_path / "bad2", init_from=ck), data)
+
+
+def test_wgan_gp_trains_with_objectives_that_score_paired_and_synthetic_fakes(tmp_path):
+    """l1+gan and cvae-gan hand the critic 2B fakes against B reals; with --gan-loss wgan-gp they crashed (issue 23)."""
+    from frankenstein_utils import train
+
+    common = ["--size", "32", "--limit", "60", "--n-synthetic", "12", "--cache-dir", str(tmp_path / "cache"),
+              "--steps", "1", "--batch-size", "4", "--width", "8", "--d-width", "8", "--sample-every", "0",
+              "--gan-loss", "wgan-gp"]
+    for mode in ("l1+gan", "cvae-gan"):
+        assert train.main(common + ["--mode", mode, "--out-dir", str(tmp_path / mode)]) == 0
+        assert load_run(tmp_path / mode / "checkpoint.pt").step == 1
