@@ -145,13 +145,21 @@ def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:
             nn.init.normal_(m.weight, 0.0, 0.1)
             nn.init.zeros_(m.bias)
         elif isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-            nn.init.normal_(m.weight, 0.0, gain)
+            # under spectral norm ``weight`` is computed (original / sigma): initialise the stored original
+            nn.init.normal_(_weight_parameter(m), 0.0, gain)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d)) and m.weight is not None:
             nn.init.normal_(m.weight, 1.0, gain)
             nn.init.zeros_(m.bias)
     return net
+
+
+def _weight_parameter(m: nn.Module) -> torch.Tensor:
+    """The parameter a layer's ``weight`` is made from: itself, or the original of a parametrization."""
+    if nn.utils.parametrize.is_parametrized(m, "weight"):
+        return m.parametrizations.weight.original
+    return m.weight
 
 
 def _is_film(net, lin):
