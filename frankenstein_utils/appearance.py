@@ -208,19 +208,28 @@ class AppearanceModel:
         """Appearance coefficients (n, K) in sd units. ``from-shape``: conditioned on synthetic identity coefficients
         ``shape`` (n, >= S; see the module docstring for ``shape_map``); ``free``: N(0, I). Seeded by
         ``generator``; the draw for face i does not depend on n."""
+        if shape is not None and len(shape) != n:
+            raise ValueError(f"appearance 'from-shape' needs identity coefficients for each of the {n} faces")
+        return self.coefficients(normal(n, self.n_components, generator=generator), mode, shape, shape_map)
+
+    def coefficients(self, z: torch.Tensor, mode: str = "from-shape", shape: torch.Tensor | None = None,
+                     shape_map: str = "whiten") -> torch.Tensor:
+        """Appearance coefficients (B, K) from standard-normal codes z (B, K): ``free`` -> z itself; ``from-shape``
+        -> the conditional Gaussian given the identity coefficients ``shape`` with z as its noise,
+        ``app_mean + W (s - shape_mean) + L_res z`` (z = 0: the conditional mean)."""
         if mode not in MODES:
             raise ValueError(f"appearance mode {mode!r}; choose one of {MODES}")
         if shape_map not in SHAPE_MAPS:
             raise ValueError(f"shape_map {shape_map!r}; choose one of {SHAPE_MAPS}")
-        eps = normal(n, self.n_components, generator=generator)
+        z = torch.as_tensor(z, dtype=torch.float32)
         if mode == "free":
-            return eps
-        if shape is None or len(shape) != n:
-            raise ValueError(f"appearance 'from-shape' needs identity coefficients for each of the {n} faces")
+            return z
+        if shape is None:
+            raise ValueError("appearance 'from-shape' needs identity coefficients for each face")
         c = self.conditional
         s = self.shape_to_fits(shape) if shape_map == "whiten" else torch.as_tensor(shape, dtype=torch.float32)[
             :, :c["shape_mean"].numel()]
-        return c["app_mean"] + (s - c["shape_mean"]) @ c["regression"].T + eps @ c["residual_chol"].T
+        return c["app_mean"] + (s - c["shape_mean"]) @ c["regression"].T + z @ c["residual_chol"].T
 
     def sample_light(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor | None:
         """SH lights (n, 9, 3) of randomly chosen training photos (None for a baked model)."""
@@ -355,7 +364,12 @@ def missing_pca(X: np.ndarray, M: np.ndarray, k: int, rounds: int, seed: int = 0
     """PCA of rows X (B, D) whose entries where ``M`` (B, D) is False are missing (already filled with a first
     guess): alternately fit mean + rank-k SVD and replace the missing entries by the reconstruction.
     Returns mean (D,), basis (k, D) orthonormal, singular values (k,), coefficients (B, k), the filled X."""
-    torch.manual_seed(seed)
+    with torch.random.fork_rng():  # svd_lowrank draws from the global generator: seed it without side effects
+        torch.manual_seed(seed)
+        return _missing_pca(X, M, k, rounds)
+
+
+def _missing_pca(X, M, k, rounds):
     Xt = torch.from_numpy(np.ascontiguousarray(X, np.float32))
     Mt = torch.from_numpy(np.ascontiguousarray(M))
     for r in range(rounds + 1):
@@ -560,8 +574,6 @@ def validation_psnr_in_mask(app: AppearanceModel, paired, model, ks, rows=None, 
     the first k components (k in ``ks``; MAP from those colours alone, as ``project_observed``), the raw colours
     themselves (hidden vertices from the mean: the ceiling a basis can reach through this render) and the mean
     appearance (k = 0). An SH model is lit by each photo's light estimated from its colours with the mean albedo."""
-    from .facerender import render_face
-
     data = np.load(paired.cache_path)
     rows = data["split_val"] if rows is None else np.asarray(rows)
     fit = {k: torch.from_numpy(np.asarray(paired.fit[k])[rows]) for k in ("coeffs", "expressions", "poses")}
@@ -626,11 +638,9 @@ def shape_map_evidence(app: AppearanceModel, n: int = 2000, seed: int = 0) -> di
     flat = app.basis.reshape(app.n_components, -1)
     clipped = lambda a: float((((app.mean.reshape(-1) + (a * app.sd) @ flat) < 0)  # noqa: E731
                                | ((app.mean.reshape(-1) + (a * app.sd) @ flat) > 1)).float().mean())
-    c = app.conditional
     out = {}
     for sm in SHAPE_MAPS:
-        s = app.shape_to_fits(z) if sm == "whiten" else z
-        m = c["app_mean"] + (s - c["shape_mean"]) @ c["regression"].T
+        m = app.coefficients(torch.zeros(n, app.n_components), "from-shape", z, sm)
         draws = app.sample(n, "from-shape", shape=z, generator=torch.Generator().manual_seed(seed + 1), shape_map=sm)
         out[sm] = {"cond_mean_sq_norm": float((m ** 2).sum(1).mean()), "clipped_share": clipped(draws)}
     out["free"] = {"clipped_share": clipped(app.sample(n, "free", generator=torch.Generator().manual_seed(seed + 1)))}

@@ -55,16 +55,8 @@ def model_landmarks(model, coeffs: torch.Tensor, render, poses: torch.Tensor | N
 def appearance_coefficients(app: AppearanceModel, z: torch.Tensor, coeffs: torch.Tensor, mode: str,
                             shape_map: str = "whiten") -> torch.Tensor:
     """Appearance coefficients (B, K) from standard-normal codes z (B, K): ``free`` -> z; ``from-shape`` -> the
-    conditional Gaussian given the identity coefficients, z as its noise (``AppearanceModel.sample``'s formula)."""
-    if mode not in MODES:
-        raise ValueError(f"appearance mode {mode!r}; choose one of {MODES}")
-    z = torch.as_tensor(z, dtype=torch.float32)
-    if mode == "free":
-        return z
-    c = app.conditional
-    s = app.shape_to_fits(coeffs) if shape_map == "whiten" else torch.as_tensor(coeffs, dtype=torch.float32)[
-        :, :c["shape_mean"].numel()]
-    return c["app_mean"] + (s - c["shape_mean"]) @ c["regression"].T + z @ c["residual_chol"].T
+    conditional Gaussian given the identity coefficients, z as its noise (``AppearanceModel.coefficients``)."""
+    return app.coefficients(z, mode, coeffs, shape_map)
 
 
 def render_face(model, app: AppearanceModel, coeffs, appearance, render: RenderConfig, poses=None,
