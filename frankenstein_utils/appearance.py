@@ -782,7 +782,9 @@ def ship(src=None, max_components: int | None = None, command: str = "", alterna
     plateau = (f"Validation PSNR still rises at the largest K tried ({tried}), so K is that candidate."
                if app.n_components == tried else f"Validation PSNR levels off at K = {app.n_components}.")
     if k < app.n_components:
-        plateau += f" The shipped copy keeps the leading {k} for size."
+        plateau += (f" The shipped copy keeps the leading {k}" + (" (`--max-components`: what the shipped buffers "
+                    "generator reads, which leaves it room in the 20 MB budget of all shipped files)."
+                    if max_components else " for size."))
     rows = "\n".join(f"| {k_} | {r['variance_explained_observed'].get(k_, float('nan')):.3f} | {v:.2f} | "
                      f"{mask.get(f'K={k_}', float('nan')):.2f} |" for k_, v in r["val_psnr_visible_db"].items())
     ita = lambda d: ", ".join(f"{x:.1f}" for x in d["quantiles_5_25_50_75_95"])  # noqa: E731
@@ -798,7 +800,7 @@ and facing visibility, mirror fill {'on' if app.config.mirror else 'off'}, harmo
 - **Shipped**: `appearance.safetensors`, float16, the leading {k} of {app.n_components} components (the 20 MB budget of
   all shipped files), mean training photo, fitted poses/expressions table; SHA-256 `{digest}` (checked on load).
 - **Reproduce**: `python -m frankenstein_utils.appearance build --light {app.config.light}` then
-  `python -m frankenstein_utils.appearance ship`{(' (' + command + ')') if command else ''}.
+  `python -m frankenstein_utils.appearance ship{f' --max-components {max_components}' if max_components else ''}`{(' (' + command + ')') if command else ''}.
 - **Build**: {r['build_seconds']['total']:.0f} s on {__import__('os').cpu_count()} cores ({platform.machine()}; sampling
   {r['build_seconds']['sampling']:.0f} s, PCA {r['build_seconds']['pca']:.0f} s).
 - **Visibility**: {r['visible_share_per_photo']:.1%} of the vertices visible per photo; {r['never_visible_share']:.1%} never

@@ -108,10 +108,17 @@ class Generator:
         self.device = torch.device(device)
         self.z_dim = int(getattr(net.nets["G"], "z_dim", 0) or 0)
         self.image_size = net.cfg.image_size
+        from .objectives import buffer_names
+
+        # a buffers generator also reads the appearance model's buffers (``generate`` renders them; ``apply`` cannot)
+        self.buffer_names = buffer_names(getattr(net.cfg, "buffers", ""))
+        self.appearance_k = getattr(net.cfg, "appearance_k", 0)
 
     @torch.no_grad()
-    def generate(self, depth, mask, z=None):
-        return self.net.generate(depth, mask, z=z)
+    def generate(self, depth, mask, z=None, buffers=None):
+        if buffers is None:
+            return self.net.generate(depth, mask, z=z)
+        return self.net.generate(depth, mask, z=z, buffers=buffers)
 
     def render_hint(self) -> str:
         return ("load_run(...).cfg.input_convention['render']" if self.kind == "checkpoint" else
@@ -184,6 +191,10 @@ def apply_folder(model, input_dir, output_dir, z_seed: int | None = None, device
     files = sorted(Path(input_dir).glob("*.png"))
     if not files:
         raise FileNotFoundError(f"{input_dir}: no .png depth maps")
+    if gen.buffer_names:
+        raise ValueError(f"{model}: reads the appearance model's buffers ({', '.join(gen.buffer_names)}) beside depth, "
+                         f"which a depth folder lacks; make faces with python -m frankenstein_utils.generate "
+                         f"--model {model}")
     notes = check_convention(gen, input_dir)
     g = torch.Generator().manual_seed(z_seed) if z_seed is not None else None
     z_dim = gen.z_dim

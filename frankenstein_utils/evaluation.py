@@ -316,7 +316,15 @@ def build_context(model, train, test, n_synthetic: int = 500, n_codes: int = 2, 
 
 
 def generator_fn(run, seed: int = 0):
-    """f(depth, mask, z=None) -> images for a run; models with a code get z ~ N(0, I) (seeded) when z is None."""
+    """f(depth, mask, z=None) -> images for a run; models with a code get z ~ N(0, I) (seeded) when z is None. A
+    buffers run gives a ``buffers.BufferGenerator`` with the appearance model it was trained with."""
+    if run.cfg.buffers:
+        from .buffers import BufferGenerator, run_appearance
+        from .facemodel import load_face_model
+        from .rasterize import RenderConfig
+
+        render = RenderConfig.from_dict(run.cfg.input_convention["render"])
+        return BufferGenerator(run, load_face_model(), run_appearance(run.cfg), render, seed=seed)
     z_dim = run.nets["G"].z_dim
 
     @torch.no_grad()

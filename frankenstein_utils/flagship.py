@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from .losses import GANLoss, kl_divergence, l1_loss, reparameterize
 from .models import AppearanceEncoder, PatchDiscriminator, init_weights
-from .objectives import generator_input
+from .objectives import batch_buffers, generator_input
 
 UPSAMPLES = ("resize", "transpose")
 MODULATIONS = ("spade", "adain", "none")
@@ -373,7 +373,7 @@ class Objective:
         return torch.optim.Adam(self.nets[name].parameters(), lr=lr, betas=(c.beta1, c.beta2))
 
     def gin(self, b):
-        return generator_input(b["depth"], b["mask"], self.cfg.mask_input)
+        return generator_input(b["depth"], b["mask"], self.cfg.mask_input, batch_buffers(self.cfg, b))
 
     def _update(self, loss, names, frozen=()):
         """zero_grad, backward (``frozen`` nets get no gradient), step -- for the optimizers of ``names``."""
@@ -386,7 +386,8 @@ class Objective:
             self.t.opts[n].step()
 
     @torch.no_grad()
-    def generate(self, depth, mask, image=None, z=None):
+    def generate(self, depth, mask, image=None, z=None, buffers=None):
+        buffers = batch_buffers(self.cfg, {"buffers": buffers} if buffers is not None else {})
         G = self.nets.get("G_ema", self.nets["G"])
         E = self.nets.get("E")
         was = {k: n.training for k, n in self.nets.items()}
@@ -394,7 +395,7 @@ class Objective:
             n.eval()
         if E is not None and z is None:
             z = E(image)[0] if image is not None else torch.zeros(len(depth), G.z_dim, device=depth.device)
-        out = G(generator_input(depth, mask, self.cfg.mask_input), z).float()
+        out = G(generator_input(depth, mask, self.cfg.mask_input, buffers), z).float()
         for k, n in self.nets.items():
             n.train(was[k])
         return out

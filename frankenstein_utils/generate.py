@@ -139,6 +139,9 @@ def _generate_faces(n, out, seed, model_name, appearance, pose, appearance_path,
         if RenderConfig.from_dict(expects).to_dict() != render.to_dict():
             raise ValueError(f"model {model_name!r} expects inputs rendered with {expects}, the appearance "
                              f"model's framing is {render.to_dict()}; they must match")
+        if gen.buffer_names and gen.appearance_k > app.n_components:
+            raise ValueError(f"model {model_name!r} reads {gen.appearance_k} appearance components; the appearance "
+                             f"model has {app.n_components}")
     face_model = load_face_model()
     table = app.fitted_face_params() if pose == "fitted" else None
     dcfg = DepthSetConfig(n=n, seed=seed, render=render, pose=PoseJitter(),
@@ -149,6 +152,8 @@ def _generate_faces(n, out, seed, model_name, appearance, pose, appearance_path,
                 "appearance": appearance, "pose": pose, "faces": dcfg.to_dict(),
                 "appearance_model": {"components": app.n_components, "light": app.config.light,
                                      "region": app.config.region},
+                **({"model_reads": {"buffers": gen.buffer_names, "appearance_components": gen.appearance_k}}
+                   if gen is not None and gen.buffer_names else {}),
                 "files": {k: f"{k}/NNNNNN.png" for k in KINDS}, "meta": "meta.npz", "terms": TERMS,
                 "landmarks": "68 iBUG points of the face model (ICT landmark vertices) projected like the mesh, "
                              "pixels of the images (x right, y down); points 0-16 are fixed jaw vertices"}
@@ -175,10 +180,19 @@ def _generate_faces(n, out, seed, model_name, appearance, pose, appearance_path,
     def render_block(block, todo):
         """The PNG arrays of faces ``todo`` of ``block``: the whole block is rendered (fixed round-off)."""
         sl = slice(block.start, block.stop)
-        buf = render_face(face_model, app, coeffs[sl], a[sl], render, poses[sl], expressions[sl],
-                          None if lights is None else lights[sl], normals=False)
+        reads = [] if gen is None else gen.buffer_names
+        # a buffers generator sees the first k appearance components, as it was trained (and the files show them)
+        a_sl = a[sl, :gen.appearance_k] if reads else a[sl]
+        buf = render_face(face_model, app, coeffs[sl], a_sl, render, poses[sl], expressions[sl],
+                          None if lights is None else lights[sl], normals=bool({"normal", "shading"} & set(reads)))
         if gen is None:
             img = (composite(buf["colour"], buf["mask"], app.background) + 1) / 2
+        elif reads:
+            from .buffers import buffer_stack
+
+            d = torch.round(buf["depth"] * DEPTH_SCALE) / DEPTH_SCALE
+            img = (gen.generate(d, buf["mask"], z=None if zg is None else zg[sl],
+                                buffers=buffer_stack(buf, reads)) + 1) / 2
         else:
             img = (gen.generate(buf["depth"], buf["mask"], z=None if zg is None else zg[sl]) + 1) / 2
             img = img.expand(-1, 3, -1, -1) if img.shape[1] == 1 else img
@@ -251,13 +265,14 @@ class GeneratedFaceDataset(Dataset):
 
 
 def main(argv=None):
-    from .pretrained import available
+    from .pretrained import available, default_name
 
     ap = argparse.ArgumentParser(prog="python -m frankenstein_utils.generate", description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, required=True, help="number of faces")
     ap.add_argument("--out", required=True, help="output folder (resumed if it holds the same configuration)")
-    ap.add_argument("--model", default=RAW, help=f"'{RAW}' (appearance render, no network; default), a shipped "
-                    f"model ({', '.join(available())}), an exported shipped-model file or a training checkpoint")
+    ap.add_argument("--model", default=default_name(),
+                    help=f"a shipped model ({', '.join(available())}; default {default_name()}), '{RAW}' (the "
+                         f"appearance render, no network), an exported shipped-model file or a training checkpoint")
     ap.add_argument("--appearance", choices=MODES, default="from-shape")
     ap.add_argument("--pose", choices=("fitted", "frontal"), default="fitted",
                     help="pose and expression from the fitted training photos (default), or frontal and neutral")

@@ -17,10 +17,36 @@ from .losses import (GANLoss, bottleneck_kl, clip_weights, dilate_mask, feature_
 from .models import AppearanceEncoder, ConvDecoder, ConvEncoder, Generator, define_discriminator, init_weights
 
 
-def generator_input(depth: torch.Tensor, mask: torch.Tensor | None, mask_input: bool) -> torch.Tensor:
-    """Network input: depth in [0, 1] -> [-1, 1] (background -1), plus the mask as a channel if asked."""
+# Attribute buffers a generator may read beside depth (``facerender.render_face``'s keys, 3 channels each, [0, 1];
+# normals are stored as (n + 1) / 2): the appearance colour (a baked model's lit colour), camera-frame normals, and an
+# SH model's albedo and shading.
+BUFFERS = ("colour", "normal", "albedo", "shading")
+
+
+def buffer_names(spec: str) -> list[str]:
+    """``"colour,normal"`` -> ["colour", "normal"] ("" -> [])."""
+    return [n.strip() for n in spec.split(",") if n.strip()]
+
+
+def generator_input(depth: torch.Tensor, mask: torch.Tensor | None, mask_input: bool,
+                    buffers: torch.Tensor | None = None) -> torch.Tensor:
+    """Network input: depth in [0, 1] -> [-1, 1] (background -1), plus the mask as a channel if asked, plus the
+    attribute buffers (B, 3 n, H, W) in [0, 1] -> [-1, 1] when the generator reads them."""
     x = depth * 2 - 1
-    return torch.cat([x, mask * 2 - 1], 1) if mask_input else x
+    parts = [x, mask * 2 - 1] if mask_input else [x]
+    if buffers is not None:
+        parts.append(buffers.to(x.dtype) * 2 - 1)
+    return torch.cat(parts, 1) if len(parts) > 1 else x
+
+
+def batch_buffers(cfg, b: dict):
+    """The batch's attribute buffers if the run reads them (a clear error where a stream lacks them), else None."""
+    if not cfg.buffers:
+        return None
+    if "buffers" not in b:
+        raise ValueError(f"this run reads buffers {cfg.buffers!r}; a data stream gave only {sorted(b)} "
+                         "(build its data with frankenstein_utils.buffers)")
+    return b["buffers"]
 
 
 class EncoderDecoder(torch.nn.Module):
@@ -75,7 +101,7 @@ class Objective:
         return torch.optim.RMSprop(self.parameters_of(name), lr=lr)
 
     def gin(self, b):
-        return generator_input(b["depth"], b["mask"], self.cfg.mask_input)
+        return generator_input(b["depth"], b["mask"], self.cfg.mask_input, batch_buffers(self.cfg, b))
 
     def loss_mask(self, mask):
         return dilate_mask(mask, self.cfg.mask_dilate) if self.cfg.masked_l1 else None
@@ -91,15 +117,17 @@ class Objective:
         pass
 
     @torch.no_grad()
-    def generate(self, depth, mask, image=None, z=None):
-        """Generated images for depth maps; with an encoder E, z = E(image) mean if an image is given, else z (or 0)."""
+    def generate(self, depth, mask, image=None, z=None, buffers=None):
+        """Generated images for depth maps (and the buffers a buffers run reads); with an encoder E, z = E(image) mean
+        if an image is given, else z (or 0)."""
+        buffers = batch_buffers(self.cfg, {"buffers": buffers} if buffers is not None else {})
         G, E = self.nets["G"], self.nets.get("E")
         G.eval()
         if E is not None:
             E.eval()
             if z is None:
                 z = E(image)[0] if image is not None else torch.zeros(len(depth), self.cfg.z_dim, device=depth.device)
-        out = G(generator_input(depth, mask, self.cfg.mask_input), z).float()
+        out = G(generator_input(depth, mask, self.cfg.mask_input, buffers), z).float()
         G.train()
         if E is not None:
             E.train()

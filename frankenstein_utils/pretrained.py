@@ -36,7 +36,7 @@ CONVERT = "python -m frankenstein_utils.training convert"
 # the settings that rebuild a generator and its encoder (the rest of a TrainConfig is about training)
 BUILD_KEYS = ("mode", "width", "d_width", "encoder_width", "z_dim", "image_size", "out_channels", "mask_input",
               "gan_loss", "spectral_norm", "fs_bottleneck", "fs_upsample", "fs_modulation", "fs_skips", "fs_scales",
-              "fs_ema", "generator", "norm", "flat_layers", "discriminator", "d_norm")
+              "fs_ema", "generator", "norm", "flat_layers", "discriminator", "d_norm", "buffers", "appearance_k")
 
 
 def build_networks(cfg) -> dict:
@@ -61,25 +61,34 @@ class PretrainedGenerator:
         self.nets, self.cfg, self.render, self.pose, self.card, self.path = nets, cfg, render, pose, card, path
         self.latent = latent  # {"mean", "directions", "scales"} of the encoder's codes of training photos, or None
 
-    def panel(self):
-        """A ``widgets.GeneratorPanel`` showing this model's face, with the appearance sliders of ``latent``."""
-        from .widgets import GeneratorPanel
+    def panel(self, appearance=None):
+        """A ``widgets.GeneratorPanel`` showing this model's face, with the latent sliders of ``latent``; a buffers
+        generator gives a ``widgets.BufferGeneratorPanel`` driven by ``appearance`` (an ``AppearancePanel``)."""
+        from .widgets import BufferGeneratorPanel, GeneratorPanel
 
-        if self.latent is None:
-            return GeneratorPanel(self)
-        return GeneratorPanel(self, self.latent["directions"], self.latent["mean"], self.latent["scales"])
+        lat = () if self.latent is None else (self.latent["directions"], self.latent["mean"], self.latent["scales"])
+        if self.cfg.buffers:
+            if appearance is None:
+                raise ValueError("a buffers generator's panel needs the explorer's AppearancePanel")
+            return BufferGeneratorPanel(self, appearance, *lat)
+        return GeneratorPanel(self, *lat)
 
     @torch.no_grad()
-    def generate(self, depth, mask, image=None, z=None):
-        """Faces (B, C, S, S) in [-1, 1] for depth maps and masks (B, 1, S, S) in [0, 1] at the model's size;
+    def generate(self, depth, mask, image=None, z=None, buffers=None):
+        """Faces (B, C, S, S) in [-1, 1] for depth maps and masks (B, 1, S, S) in [0, 1] at the model's size (and,
+        for a buffers generator, its attribute ``buffers`` (B, 3 n, S, S) in [0, 1]; ``faces`` renders them);
         z = E(image) mean if a photo is given, else ``z`` (None -> 0, the prior's mean)."""
+        from .objectives import batch_buffers
+
         S = self.cfg.image_size
         if depth.shape[-2:] != (S, S) or mask.shape[-2:] != depth.shape[-2:]:
             raise ValueError(f"{self.path.name}: expects depth and mask of {S}x{S} px (render with "
                              f"PretrainedGenerator.render), got {tuple(depth.shape[-2:])}, {tuple(mask.shape[-2:])}")
+        buffers = batch_buffers(self.cfg, {} if buffers is None else {"buffers": buffers})
         G = self.nets["G"]
         dt = next(G.parameters()).dtype  # float32, or float64 for scoring (``in_float64``)
-        x = generator_input(depth.to(dt), mask.to(dt), self.cfg.mask_input)
+        x = generator_input(depth.to(dt), mask.to(dt), self.cfg.mask_input,
+                            None if buffers is None else buffers.to(dt))
         z_dim = getattr(G, "z_dim", 0)
         if not z_dim:  # a depth-only generator
             return G(x).float()
@@ -87,6 +96,19 @@ class PretrainedGenerator:
             z = self.nets["E"](image.to(dt))[0] if image is not None and "E" in self.nets else torch.zeros(len(depth),
                                                                                                        z_dim)
         return G(x, z.to(dt)).float()
+
+    def appearance(self):
+        """The appearance model a buffers generator renders its buffers with: the shipped one, checked against the
+        SHA-256 its card records (None for a depth-only generator)."""
+        if not self.cfg.buffers:
+            return None
+        from .appearance import SHIPPED, load_appearance, sha256_of
+
+        want = self.card.get("appearance_sha256")
+        if want and sha256_of(SHIPPED) != want:
+            raise ValueError(f"{self.path.name} was shipped with the appearance model of SHA-256 {want[:12]}..., "
+                             f"{SHIPPED.name} is another; ship them together")
+        return load_appearance()
 
     def in_float64(self) -> "PretrainedGenerator":
         """A copy whose networks compute in float64. Scoring uses it: float32 convolutions pick their kernels by
@@ -337,11 +359,19 @@ def available() -> list[str]:
     return sorted(k.removesuffix(".safetensors") for k in read_checksums(WEIGHTS_DIR))
 
 
-def load_pretrained(name: str = "flagship", device: str = "cpu") -> PretrainedGenerator:
-    """The shipped generator ``name`` (see ``available()``; or the path of an exported ``.safetensors`` file, or
+def default_name() -> str:
+    """The default shipped generator: the buffers generator (depth and the appearance model's buffers -> face) where
+    it ships, else the depth-only flagship."""
+    return "buffers" if "buffers" in available() else "flagship"
+
+
+def load_pretrained(name: str | None = None, device: str = "cpu") -> PretrainedGenerator:
+    """The shipped generator ``name`` (default ``default_name()``; see ``available()``; or the path of an exported
+    ``.safetensors`` file, or
     ``.pt`` of the older format), rebuilt from its file, float32, eval mode. Nothing in the file runs
     (``read_shipped``); a shipped file is checked against its recorded SHA-256 (a file elsewhere when its folder
     records one)."""
+    name = default_name() if name is None else name
     path = Path(name) if str(name).endswith((".safetensors", ".pt")) else WEIGHTS_DIR / f"{name}.safetensors"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no shipped model {name!r}; available: {available()}")
@@ -1052,7 +1082,13 @@ def study_card_sections(name: str, card: dict, size: int, run) -> dict:
 
 def generator_fn(gen: PretrainedGenerator, seed: int = 0):
     """``f(depth, mask, z=None) -> faces`` for ``evaluation.evaluate_generator`` (notebook 04): z ~ N(0, I) seeded
-    when None, as ``evaluation.generator_fn`` does for trained runs."""
+    when None, as ``evaluation.generator_fn`` does for trained runs. A buffers generator gives a
+    ``buffers.BufferGenerator`` (it reads the faces' parameters; z = appearance codes, then the network's code)."""
+    if gen.cfg.buffers:
+        from .buffers import BufferGenerator
+        from .facemodel import load_face_model
+
+        return BufferGenerator(gen, load_face_model(), gen.appearance(), gen.render, seed=seed)
     z_dim = getattr(gen.nets["G"], "z_dim", 0)
 
     @torch.no_grad()

@@ -300,11 +300,17 @@ def summarize(sweeps: dict) -> dict:
 # ---- the sweep of a generator ----------------------------------------------------------------------------------------
 @torch.no_grad()
 def generate_all(generate, inputs: SweepInputs, batch_size: int = 256) -> torch.Tensor:
-    """``generate(depth, mask, z)`` over the inputs in batches (z None for a generator without codes)."""
+    """``generate(depth, mask, z)`` over the inputs in batches (z None for a generator without codes); a generator
+    that reads the faces' parameters (``uses_face_params``: the raw render, buffers generators) gets them too
+    (neutral expressions, as the sweep renders)."""
+    from .evaluation import call_generator
+
     out = []
     for s in range(0, len(inputs.depth), batch_size):
-        z = None if inputs.z is None else inputs.z[s:s + batch_size]
-        out.append(torch.as_tensor(generate(inputs.depth[s:s + batch_size], inputs.mask[s:s + batch_size], z)
+        sl = slice(s, s + batch_size)
+        z = None if inputs.z is None else inputs.z[sl]
+        params = {"coeffs": inputs.coeffs[sl], "poses": inputs.poses[sl], "expressions": None}
+        out.append(torch.as_tensor(call_generator(generate, inputs.depth[sl], inputs.mask[sl], z, params)
                                    ).detach().float().cpu())
     return torch.cat(out)
 

@@ -62,6 +62,14 @@ def _parser(preset: str | None = None):
                     help="synthetic poses: drawn from the photos' fits (default) or frontal jitter with their spread")
     ap.add_argument("--synthetic-expressions", choices=("fitted", "neutral"), default="fitted",
                     help="synthetic expressions: drawn from the photos' fits (default) or neutral")
+    ap.add_argument("--appearance", default="",
+                    help="with --buffers: the appearance model file (an unshipped build, which carries every photo's "
+                         "coefficients; default: the cached baked or SH build that --buffers names)")
+    ap.add_argument("--synthetic-appearance", choices=("from-shape", "free"), default="from-shape",
+                    help="with --buffers: synthetic faces' appearance drawn given their shape (default) or freely")
+    ap.add_argument("--synthetic-extended", type=float, default=0.25,
+                    help="with --buffers: share of synthetic faces spanning the explorer's range (one shape "
+                         "component to +-3.5 sigma, yaw to +-30 degrees)")
     ap.add_argument("--cache-dir", default="outputs/cache")
     ap.add_argument("--dump-params", action="store_true", help="write each rank's final parameters (tests)")
     ap.add_argument("--debug", action="store_true", help="show the traceback of expected errors too")
@@ -78,6 +86,8 @@ def parse_args(argv=None):
     a = ap.parse_args(argv)
     if a.limit < 0 or a.n_synthetic < 1:
         ap.error(f"--limit must be >= 0 and --n-synthetic >= 1, got {a.limit} and {a.n_synthetic}")
+    if not 0 <= a.synthetic_extended <= 1:
+        ap.error(f"--synthetic-extended must be in [0, 1], got {a.synthetic_extended}")
     try:
         cfg = TrainConfig(**{f.name: getattr(a, f.name) for f in fields(TrainConfig)
                              if f.name not in ("data", "image_size", "input_convention")}, image_size=a.size)
@@ -105,6 +115,19 @@ def synthetic_inputs(train, a, seed: int, model):
                            expressions=a.synthetic_expressions)
 
 
+def buffers_appearance(a, cfg: TrainConfig, paired):
+    """The appearance model a buffers run renders with: ``--appearance`` or the cached build of the light its
+    buffers need (SH for albedo/shading, else baked)."""
+    from .appearance import AppearanceModel, default_path
+
+    light = "sh" if {"albedo", "shading"} & set(cfg.buffers.split(",")) else "baked"
+    path = a.appearance or default_path(light, a.cache_dir, paired)
+    if not __import__("os").path.exists(path):
+        raise ValueError(f"{path}: no appearance model; build it with python -m frankenstein_utils.appearance build"
+                         + (" --light sh" if light == "sh" else ""))
+    return AppearanceModel.load(path)
+
+
 def run(a, cfg: TrainConfig) -> int:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
@@ -125,15 +148,32 @@ def run(a, cfg: TrainConfig) -> int:
         torch.distributed.barrier()
     train = PairedFaceDataset("train", pcfg, cache_dir=a.cache_dir, model=model, progress=False)
     val = PairedFaceDataset("val", pcfg, cache_dir=a.cache_dir, model=model, progress=False)
+    app = paired_buffers = None
+    if cfg.buffers:  # rank 0 renders (and caches) the pairs' buffers first
+        from .buffers import paired_buffer_set
+
+        app = buffers_appearance(a, cfg, train)
+        paired_buffers = paired_buffer_set(train, app, model, cfg.appearance_k, cfg.buffers, a.cache_dir,
+                                           progress=rank == 0)
     if world > 1 and rank == 0:
         torch.distributed.barrier()
-    data = {"paired": train, "real": train}
+    data = {"paired": paired_buffers or train, "real": train}
     syn = synthetic_inputs(train, a, cfg.seed, model)
-    if cfg.mode not in ("l1", "cvae"):
+    if cfg.buffers:
+        from .buffers import synthetic_buffer_set
+
+        if cfg.mode not in ("l1", "cvae"):
+            data["synthetic"] = synthetic_buffer_set(a.n_synthetic, app, model, cfg.appearance_k, cfg.buffers,
+                                                     train.render_config(model), train.face_params(), cfg.seed,
+                                                     a.synthetic_appearance, a.synthetic_extended, progress=rank == 0)
+    elif cfg.mode not in ("l1", "cvae"):
         data["synthetic"] = syn.materialize()
     cfg.data = {"paired": vars(pcfg), "n_synthetic": a.n_synthetic}
     # recorded for the supervised modes too: the inputs the generator is meant for
     cfg.input_convention = input_convention(train.render_config(model), pcfg.depth_source, syn)
+    if cfg.buffers:
+        cfg.input_convention["buffers"] = {"paired": paired_buffers.meta,
+                                           "synthetic": data["synthetic"].meta if "synthetic" in data else None}
     t = Trainer(cfg, data, val)
     if a.dump_params:
         os.makedirs(cfg.out_dir, exist_ok=True)

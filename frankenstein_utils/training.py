@@ -68,6 +68,10 @@ class TrainConfig:
     z_dim: int = 8  # appearance code (cvae) or noise (NU)
     flat_layers: int = 6
     mask_input: bool = False  # feed the face mask as a second input channel
+    # attribute buffers fed beside depth (``buffers.BUFFERS``, comma-separated, 3 channels each: e.g.
+    # "colour,normal"), rendered from the face model's appearance half with ``appearance_k`` components; "" = depth only
+    buffers: str = ""
+    appearance_k: int = 0
     image_size: int = 64
     out_channels: int = 3
     batch_size: int = 16
@@ -128,6 +132,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the training modules (the raw modules are what checkpoints save)
     num_workers: int = 0
     checkpoint_every: int = 500
+    snapshot_every: int = 0  # also keep the checkpoint of every multiple of this step as snapshots/step_<s>.pt (curves)
     sample_every: int = 250
     log_every: int = 10
     max_loss: float = 1e4  # a loss above this (or NaN/Inf) stops the run
@@ -148,7 +153,8 @@ class TrainConfig:
         for k in ("steps", "batch_size", "width", "d_width", "encoder_width", "n_critic", "adaptive_max_d"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
-        for k in ("checkpoint_every", "sample_every", "log_every", "replay_size", "num_workers", "pretrain_steps"):
+        for k in ("checkpoint_every", "sample_every", "log_every", "replay_size", "num_workers", "pretrain_steps",
+                  "snapshot_every"):
             if getattr(self, k) < 0:
                 raise ValueError(f"{k} must be >= 0, got {getattr(self, k)}")
         if not self.lr > 0 or not self.d_lr >= 0:  # NaN fails both
@@ -159,6 +165,16 @@ class TrainConfig:
             raise ValueError(f"adaptive_low ({self.adaptive_low}) must not exceed adaptive_high ({self.adaptive_high})")
         if self.gan_loss not in GAN_LOSSES:
             raise ValueError(f"unknown gan_loss {self.gan_loss!r}; choose one of {GAN_LOSSES}")
+        from .objectives import BUFFERS, buffer_names
+
+        names = buffer_names(self.buffers)
+        bad = [n for n in names if n not in BUFFERS]
+        if bad or len(set(names)) != len(names):
+            raise ValueError(f"buffers {self.buffers!r}: each at most once, from {BUFFERS}")
+        if names and self.appearance_k < 1:
+            raise ValueError("buffers need appearance_k >= 1 (the appearance components they are rendered with)")
+        if names and self.mode not in ("flagship", "l1", "cvae"):
+            raise ValueError(f"buffers are read by modes flagship, l1 and cvae, not {self.mode!r}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -177,7 +193,9 @@ class TrainConfig:
 
     @property
     def in_channels(self) -> int:
-        return 2 if self.mask_input else 1
+        from .objectives import buffer_names
+
+        return (2 if self.mask_input else 1) + 3 * len(buffer_names(self.buffers))
 
 
 # Named settings: ``preset_config("original", ...)`` or ``train --preset original``.
@@ -549,23 +567,28 @@ class Trainer:
         paired set), photos from the validation, paired or real set."""
         def first(ds, keys):
             items = [ds[i] for i in range(min(n, len(ds)))]
-            return {k: torch.stack([it[k] for it in items]).to(self.device) for k in keys}
-        src_d = self.data.get("synthetic") or self.val or self.data.get("paired")
+            return {k: torch.stack([it[k] for it in items]).to(self.device) for k in keys if k in items[0]}
+        src_d = self.data.get("synthetic") or self.data.get("paired") if self.cfg.buffers else \
+            self.data.get("synthetic") or self.val or self.data.get("paired")  # a buffers run: sets with buffers
         src_i = self.val or self.data.get("paired") or self.data.get("real")
-        b = first(src_d, ("depth", "mask"))
+        b = first(src_d, ("depth", "mask", "buffers"))
         b["image"] = first(src_i, ("image",))["image"]
         k = min(len(b["depth"]), len(b["image"]))
         return {key: v[:k] for key, v in b.items()}
 
-    def generate(self, depth, mask, image=None, z=None):
-        """Generated images (B, C, H, W) in [-1, 1] for depth maps (B, 1, H, W) and masks; a generator with an
-        appearance code uses z = E(image) if an image is given, else z (or 0)."""
-        return self.objective.generate(depth, mask, image, z)
+    def generate(self, depth, mask, image=None, z=None, buffers=None):
+        """Generated images (B, C, H, W) in [-1, 1] for depth maps (B, 1, H, W) and masks (and the attribute
+        ``buffers`` (B, 3 n, H, W) in [0, 1] a buffers run reads); a generator with an appearance code uses
+        z = E(image) if an image is given, else z (or 0)."""
+        return self.objective.generate(depth, mask, image, z, buffers)
 
     def save_samples(self):
         b = self._sample_batch
-        fake = self.generate(b["depth"], b["mask"], b["image"])
+        fake = self.generate(b["depth"], b["mask"], b["image"], buffers=b.get("buffers"))
         rows = [b["depth"].expand(-1, self.cfg.out_channels, -1, -1), (fake + 1) / 2, (b["image"] + 1) / 2]
+        if "buffers" in b:  # the first buffer (the appearance colour) under the depth
+            rows.insert(1, b["buffers"][:, :3].expand(-1, self.cfg.out_channels, -1, -1) if self.cfg.out_channels
+                        == 3 else b["buffers"][:, :1])
         grid = image_grid(torch.cat(rows).clamp(0, 1), ncol=len(fake))
         atomic_write_bytes(self.out / "samples" / f"step_{self.step:06d}.png", png_bytes(to_uint8(grid)))
 
@@ -600,6 +623,8 @@ class Trainer:
         buf = io.BytesIO()
         torch.save(to_plain(self.state()), buf)  # tensors and plain values: read back with weights_only=True
         atomic_write_bytes(path or self.ckpt_path, buf.getvalue())
+        if path is None and self.cfg.snapshot_every and self.step % self.cfg.snapshot_every == 0:
+            atomic_write_bytes(self.out / "snapshots" / f"step_{self.step:06d}.pt", buf.getvalue())
         atomic_write_json(self.out / "config.json", asdict(self.cfg))
         if path is None:
             self._ckpt_stamp = self._stamp()

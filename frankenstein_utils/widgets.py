@@ -58,15 +58,20 @@ class FaceExplorer:
         self._widget = None
 
     @classmethod
-    def with_pretrained(cls, model: FaceModel, name: str = "flagship", n_appearance: int = 0, app=None,
+    def with_pretrained(cls, model: FaceModel, name: str | None = None, n_appearance: int = 0, app=None,
                         **kwargs) -> "FaceExplorer":
-        """The explorer with a shipped generator's face beside the depth map (``pretrained.load_pretrained``; no
-        training needed), rendered in that model's input convention, with its latent sliders ("z dir"). With
-        ``n_appearance`` > 0 the appearance model's render (``with_appearance``; ``app`` or the shipped model) sits
-        between them."""
+        """The explorer with a shipped generator's face (``name``, default ``pretrained.default_name()``; no
+        training needed) beside the depth map, rendered in that model's input convention, with its latent sliders
+        ("z dir"). With ``n_appearance`` > 0 the appearance model's render (``with_appearance``; ``app`` or the
+        shipped model) sits between them. A buffers generator always has it (``n_appearance`` sliders, 8 when 0):
+        the appearance sliders drive the network's face too (``BufferGeneratorPanel``)."""
         from .pretrained import load_pretrained
 
         gen = load_pretrained(name)
+        if gen.cfg.buffers:  # the network reads the appearance model's buffers: its sliders drive both panels
+            app = app or gen.appearance()
+            panel = AppearancePanel(model, app, n_appearance or 8, app.render_config())
+            return cls(model, render=app.render_config(), panels=[panel, gen.panel(panel)], **kwargs)
         if not n_appearance:
             return cls(model, render=gen.render, panels=[gen.panel()], **kwargs)
         app = app or load_appearance()
@@ -378,6 +383,40 @@ class GeneratorPanel:
         dev = next(self.run.nets["G"].parameters()).device
         z = self.z()
         img = self.run.generate(depth.to(dev), mask.to(dev), z=None if z is None else z.to(dev))[0]
+        return ((img.cpu() + 1) / 2).permute(1, 2, 0).squeeze(-1)
+
+
+class BufferGeneratorPanel(GeneratorPanel):
+    """A panel for ``FaceExplorer``: the face a buffers generator makes of the current face. Its buffers are
+    rendered with the appearance coefficients of ``appearance`` (an ``AppearancePanel``: its sliders and from-shape
+    switch drive this face too), quantized as in training (``buffers.buffer_stack``); the network's own code comes
+    from the latent sliders as in ``GeneratorPanel``."""
+
+    uses_face_params = True
+
+    def __init__(self, gen, appearance: AppearancePanel, directions=None, mean=None, scales=None, seed: int = 0):
+        from .objectives import buffer_names
+
+        super().__init__(gen, directions, mean, scales, seed)
+        self.appearance = appearance
+        self.names, self.k = buffer_names(gen.cfg.buffers), gen.cfg.appearance_k
+        if self.k > appearance.app.n_components:
+            raise ValueError(f"the generator reads {self.k} appearance components; the model has "
+                             f"{appearance.app.n_components}")
+
+    def __call__(self, depth, mask, params):
+        from .buffers import DEPTH_SCALE, buffer_stack
+
+        ap = self.appearance
+        coeffs = params["coeffs"]
+        a = ap.coefficients(coeffs)[:, :self.k]
+        if a.shape[1] < self.k:  # free: the sliders' n values, the rest 0
+            a = torch.cat([a, torch.zeros(1, self.k - a.shape[1])], 1)
+        buf = render_face(ap.model, ap.app, coeffs, a, ap.render, params.get("poses"), params.get("expressions"),
+                          ap.light, normals="normal" in self.names or "shading" in self.names)
+        d = torch.round(buf["depth"] * DEPTH_SCALE) / DEPTH_SCALE
+        z = self.z()
+        img = self.run.generate(d, (d > 0).float(), z=z, buffers=buffer_stack(buf, self.names))[0]
         return ((img.cpu() + 1) / 2).permute(1, 2, 0).squeeze(-1)
 
 

@@ -267,3 +267,24 @@ def test_embedding_frechet_distance_and_diversity_known_answers():
     assert M.mean_pairwise_distance(np.array([[0.0, 0.0], [3.0, 4.0]])) == pytest.approx(5.0)
     r = M.detection_rate([True, True, False, True])
     assert r["rate"] == 0.75 and r["ci"][0] < 0.75 < r["ci"][1] and r["n"] == 4
+
+
+def test_edge_ring_finds_a_dark_seam_and_not_a_plain_edge():
+    from frankenstein_utils.metrics import _grow, edge_ring
+
+    m = torch.zeros(4, 1, 64, 64)
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    m[:, 0] = (((yy - 32) / 20) ** 2 + ((xx - 32) / 15) ** 2 <= 1).float()  # a face-like ellipse
+    flat = torch.zeros(4, 3, 64, 64)
+    assert abs(edge_ring(flat, m)["dip"]) < 1e-9
+    step = m.expand(-1, 3, -1, -1) * 1.6 - 0.8  # bright face on a dark background: an edge, no seam
+    assert abs(edge_ring(step, m)["dip"]) < 0.1 * 0.8 * 255
+    ring = (_grow(m, 2) & ~_grow(m, -2)).expand(-1, 3, -1, -1)
+    seam = step.clone()
+    seam[ring] -= 0.2  # 25.5 grey levels darker along the edge
+    d = edge_ring(seam, m)["dip"] - edge_ring(step, m)["dip"]
+    assert d == pytest.approx(-25.5, abs=0.5)
+    bright = step.clone()
+    bright[ring] += 0.2
+    assert edge_ring(bright, m)["dip"] > edge_ring(step, m)["dip"] + 20
+    assert edge_ring(seam, m)["n"] == 4 and edge_ring(seam, torch.zeros_like(m))["n"] == 0

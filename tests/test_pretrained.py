@@ -9,7 +9,7 @@ from frankenstein_utils.pretrained import WEIGHTS_DIR, available, card_numbers, 
 
 @pytest.fixture(scope="module")
 def gen():
-    return load_pretrained()
+    return load_pretrained("flagship")
 
 
 def test_shipped_files_are_small_half_precision_and_carded():
@@ -117,7 +117,7 @@ def test_card_images_are_the_same_under_other_cpu_kernels():
 def test_explorer_shows_the_shipped_model(face_model):
     from frankenstein_utils.widgets import FaceExplorer
 
-    ex = FaceExplorer.with_pretrained(face_model)
+    ex = FaceExplorer.with_pretrained(face_model, "flagship")
     depth, face = ex.update(torch.zeros(15))
     S = ex.cfg.resolution
     assert depth.shape == (S, S) and face.shape == (S, S, 3) and face.dtype.name == "uint8"

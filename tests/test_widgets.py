@@ -220,6 +220,6 @@ def test_pretrained_explorer_with_the_appearance_render(face_model, app):
 
     if "flagship" not in pretrained.available():
         pytest.skip("no shipped generator")
-    ex = FaceExplorer.with_pretrained(face_model, n_appearance=4, app=app)
+    ex = FaceExplorer.with_pretrained(face_model, "flagship", n_appearance=4, app=app)
     assert isinstance(ex.panels[0], AppearancePanel) and len(ex.render()) == 3  # depth, appearance, face
     assert ex.cfg.to_dict() == app.render_config().to_dict()

@@ -1,0 +1,163 @@
+"""Attribute buffers as a generator's input (frankenstein_utils/buffers.py): the sets training reads and the generator
+the evaluation calls see the same faces the same way."""
+import numpy as np
+import pytest
+import torch
+
+from frankenstein_utils import buffers as B
+from frankenstein_utils.training import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory, face_model):
+    """A 300-photo paired set (64 px) and the appearance model built from it, saved where train.py looks for it."""
+    from frankenstein_utils.appearance import AppearanceConfig, build_appearance, default_path
+    from frankenstein_utils.datasets import PairedConfig, PairedFaceDataset
+
+    cache = tmp_path_factory.mktemp("cache")
+    pcfg = PairedConfig(limit=300)
+    paired = PairedFaceDataset("all", pcfg, cache_dir=cache, model=face_model, progress=False)
+    cfg = AppearanceConfig(max_components=10, candidates=(5, 10), rounds=1, fill_iterations=10)
+    app = build_appearance(cfg, paired=paired, model=face_model, progress=False)
+    app.save(default_path("baked", cache, paired))
+    train = PairedFaceDataset("train", pcfg, cache_dir=cache, model=face_model, progress=False)
+    return {"cache": cache, "app": app, "train": train, "model": face_model}
+
+
+def test_paired_buffers_are_each_photos_own_face_in_its_own_depth(small):
+    train, app, model = small["train"], small["app"], small["model"]
+    ds = B.paired_buffer_set(train, app, model, app.n_components, "colour,normal", small["cache"], progress=False)
+    assert len(ds) == len(train) and ds.meta["k"] == app.n_components
+    it, ref = ds[5], train[5]
+    assert torch.equal(it["depth"], ref["depth"]) and torch.equal(it["image"], ref["image"])  # the pair unchanged
+    # the colour buffer of photo j is its own projected appearance: nearer (in the face) to photo j than to others
+    n = 24
+    mask = torch.stack([ds[i]["mask"] for i in range(n)])
+    colour = torch.stack([ds[i]["buffers"][:3] for i in range(n)])
+    photo = (torch.stack([ds[i]["image"] for i in range(n)]) + 1) / 2
+    mean_c = (colour * mask).sum((2, 3)) / mask.sum((2, 3))
+    mean_p = (photo * mask).sum((2, 3)) / mask.sum((2, 3))
+    dist = torch.cdist(mean_c, mean_p)
+    assert (dist.argmin(1) == torch.arange(n)).float().mean() > 0.5  # misaligned rows: about 1 / 24
+    # normals as (n + 1) / 2: facing the viewer inside the face, x growing from the face's right to its left
+    normal = torch.stack([ds[i]["buffers"][3:] for i in range(n)]) * 2 - 1
+    m = mask[:, 0] > 0
+    assert (normal[:, 2][m] > 0).float().mean() > 0.95
+    cols = torch.arange(64).float()
+    x_left = (normal[:, 0] * m * (cols < 26)).sum() / (m * (cols < 26)).sum()
+    x_right = (normal[:, 0] * m * (cols > 38)).sum() / (m * (cols > 38)).sum()
+    assert x_left < -0.1 < 0.1 < x_right
+    # the cache is read back, not rebuilt
+    again = B.paired_buffer_set(train, app, model, app.n_components, "colour,normal", small["cache"], progress=False)
+    assert torch.equal(again.buffers, ds.buffers)
+
+
+def test_paired_buffers_refuse_another_sets_appearance_model(small, face_model, tmp_path):
+    from frankenstein_utils.datasets import PairedConfig, PairedFaceDataset
+
+    other = PairedFaceDataset("train", PairedConfig(limit=200), cache_dir=tmp_path, model=face_model, progress=False)
+    with pytest.raises(ValueError, match="another paired set"):
+        B.paired_buffer_set(other, small["app"], face_model, 3, "colour", tmp_path, progress=False)
+    with pytest.raises(ValueError, match="SH-lit"):
+        B.paired_buffer_set(small["train"], small["app"], face_model, 3, "albedo", tmp_path, progress=False)
+
+
+def test_synthetic_buffers_span_the_explorers_range_and_are_seeded(small):
+    app, model = small["app"], small["model"]
+    ds = B.synthetic_buffer_set(40, app, model, 5, "colour", seed=3, extended=0.5, progress=False)
+    c, p = ds.params["coeffs"], ds.params["poses"]
+    ext, rest = slice(0, 20), slice(20, 40)
+    assert c[ext].abs().max(1).values.min() < 3.5 and c[ext].abs().max() > 2.5  # one component far out
+    assert 15 < p[ext, 0].abs().max() <= 30 and (p[ext, 1:4] == torch.tensor([0.0, 0.0, 1.0])).all()  # turned
+    assert (p[rest, 1:3] != 0).any()  # the other rows: the fitted photos' poses
+    assert ds[0]["buffers"].shape == (3, 64, 64) and ds[0]["mask"].sum() > 300
+    again = B.synthetic_buffer_set(40, app, model, 5, "colour", seed=3, extended=0.5, progress=False)
+    assert torch.equal(again.buffers, ds.buffers) and torch.equal(again.depth, ds.depth)
+    other = B.synthetic_buffer_set(40, app, model, 5, "colour", seed=4, extended=0.5, progress=False)
+    assert not torch.equal(other.buffers, ds.buffers)
+
+
+def test_first_k_coefficients_do_not_depend_on_the_codes_beyond_k(small):
+    app = small["app"]
+    K, k = app.n_components, 3
+    shape = torch.randn(6, 15)
+    z = torch.randn(6, K)
+    z2 = z.clone()
+    z2[:, k:] = torch.randn(6, K - k)
+    full, full2 = app.coefficients(z, "from-shape", shape), app.coefficients(z2, "from-shape", shape)
+    torch.testing.assert_close(full[:, :k], full2[:, :k])  # lower-triangular residual: truncation is exact
+    torch.testing.assert_close(B.truncated_coefficients(app, z, shape, "from-shape", k), full[:, :k])
+    assert not torch.allclose(full[:, k:], full2[:, k:])
+
+
+class _Recorder:
+    """A stand-in network that records what it is given and returns its colour buffer as the image."""
+
+    def __init__(self, cfg):
+        self.cfg, self.calls = cfg, []
+
+    def generate(self, depth, mask, image=None, z=None, buffers=None):
+        self.calls.append({"depth": depth, "z": z, "buffers": buffers})
+        return buffers[:, :3] * 2 - 1
+
+
+def test_buffer_generator_renders_what_training_saw_and_splits_its_code(small):
+    app, model = small["app"], small["model"]
+    k = 4
+    syn = B.synthetic_buffer_set(6, app, model, k, "colour,normal", seed=1, extended=0.0, mode="free",
+                                 progress=False)
+    net = _Recorder(TrainConfig(mode="flagship", buffers="colour,normal", appearance_k=k, z_dim=8))
+    f = B.BufferGenerator(net, model, app, app.render_config(), mode="free")
+    assert f.z_dim == k + 8 and f.uses_face_params
+    params = {n: syn.params[n] for n in ("coeffs", "poses", "expressions")}
+    z = torch.cat([syn.params["appearance"], torch.randn(6, 8)], 1)  # free: the code is the coefficients
+    depth = torch.stack([syn[i]["depth"] for i in range(6)])
+    f(depth, (depth > 0).float(), z, params=params)
+    call = net.calls[-1]
+    # the same 8-bit buffers and 16-bit depth as the training set of these faces
+    torch.testing.assert_close(call["buffers"], torch.stack([syn[i]["buffers"] for i in range(6)]), atol=0, rtol=0)
+    torch.testing.assert_close(call["depth"], depth, atol=0, rtol=0)
+    torch.testing.assert_close(call["z"], z[:, k:])
+    z2 = z.clone()
+    z2[:, k:] = torch.randn(6, 8)  # the network's code moves, the appearance does not
+    f(depth, (depth > 0).float(), z2, params=params)
+    assert torch.equal(net.calls[-1]["buffers"], call["buffers"])
+    z3 = z.clone()
+    z3[:, 0] += 2.0
+    f(depth, (depth > 0).float(), z3, params=params)
+    assert not torch.equal(net.calls[-1]["buffers"], call["buffers"])
+
+
+def test_buffers_config_counts_channels_and_refuses_nonsense():
+    assert TrainConfig(mode="flagship", buffers="colour,normal", appearance_k=10).in_channels == 7
+    assert TrainConfig(mode="flagship", buffers="colour", appearance_k=10, mask_input=True).in_channels == 5
+    assert TrainConfig(mode="flagship").in_channels == 1
+    for bad in (dict(buffers="colour,colour", appearance_k=3), dict(buffers="albedo,texture", appearance_k=3),
+                dict(buffers="colour", appearance_k=0), dict(mode="gan", buffers="colour", appearance_k=3)):
+        with pytest.raises(ValueError):
+            TrainConfig(**{"mode": "flagship", **bad})
+
+
+def test_train_cli_trains_a_buffers_generator_that_reads_its_buffers(small, tmp_path):
+    from frankenstein_utils import train
+    from frankenstein_utils.training import load_run
+
+    out = tmp_path / "run"
+    rc = train.main(["--preset", "flagship", "--size", "64", "--limit", "300", "--width", "8", "--d-width", "8",
+                     "--encoder-width", "8", "--batch-size", "4", "--steps", "2", "--n-synthetic", "12",
+                     "--buffers", "colour,normal", "--appearance-k", "5", "--cache-dir", str(small["cache"]),
+                     "--checkpoint-every", "1", "--snapshot-every", "2", "--sample-every", "2", "--device", "cpu",
+                     "--out-dir", str(out)])
+    assert rc == 0 and (out / "snapshots" / "step_000002.pt").exists()
+    run = load_run(out / "checkpoint.pt")
+    conv = run.cfg.input_convention["buffers"]
+    assert conv["paired"]["k"] == 5 and conv["synthetic"]["buffers"] == ["colour", "normal"]
+    assert run.nets["G"].head[0].in_channels == 7
+    d = torch.zeros(2, 1, 64, 64)
+    d[:, :, 20:44, 20:44] = 0.5
+    b = torch.rand(2, 6, 64, 64)
+    y1 = run.generate(d, (d > 0).float(), buffers=b)
+    y2 = run.generate(d, (d > 0).float(), buffers=torch.rand(2, 6, 64, 64))
+    assert not torch.allclose(y1, y2)  # the network reads the buffers
+    with pytest.raises(ValueError, match="reads buffers"):
+        run.generate(d, (d > 0).float())
