@@ -138,17 +138,26 @@ def test_buffers_config_counts_channels_and_refuses_nonsense():
             TrainConfig(**{"mode": "flagship", **bad})
 
 
-def test_train_cli_trains_a_buffers_generator_that_reads_its_buffers(small, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_run(small, tmp_path_factory):
+    """A 2-step buffers run (colour and normals, 5 appearance components) on the small set, through the CLI."""
     from frankenstein_utils import train
-    from frankenstein_utils.training import load_run
 
-    out = tmp_path / "run"
+    out = tmp_path_factory.mktemp("run")
     rc = train.main(["--preset", "flagship", "--size", "64", "--limit", "300", "--width", "8", "--d-width", "8",
                      "--encoder-width", "8", "--batch-size", "4", "--steps", "2", "--n-synthetic", "12",
                      "--buffers", "colour,normal", "--appearance-k", "5", "--cache-dir", str(small["cache"]),
                      "--checkpoint-every", "1", "--snapshot-every", "2", "--sample-every", "2", "--device", "cpu",
                      "--out-dir", str(out)])
-    assert rc == 0 and (out / "snapshots" / "step_000002.pt").exists()
+    assert rc == 0
+    return out
+
+
+def test_train_cli_trains_a_buffers_generator_that_reads_its_buffers(tiny_run):
+    from frankenstein_utils.training import load_run
+
+    out = tiny_run
+    assert (out / "snapshots" / "step_000002.pt").exists()
     run = load_run(out / "checkpoint.pt")
     conv = run.cfg.input_convention["buffers"]
     assert conv["paired"]["k"] == 5 and conv["synthetic"]["buffers"] == ["colour", "normal"]
@@ -161,3 +170,103 @@ def test_train_cli_trains_a_buffers_generator_that_reads_its_buffers(small, tmp_
     assert not torch.allclose(y1, y2)  # the network reads the buffers
     with pytest.raises(ValueError, match="reads buffers"):
         run.generate(d, (d > 0).float())
+
+
+def test_generate_gives_the_faces_the_evaluation_sees(small, tiny_run, tmp_path):
+    """``generate --model <buffers run>`` renders each face's buffers as ``BufferGenerator`` does (first k
+    components, normals, 8-bit buffers, 16-bit depth) and feeds the network the same code: the same 8-bit images."""
+    from frankenstein_utils.appearance import default_path
+    from frankenstein_utils.draws import normal
+    from frankenstein_utils.generate import GeneratedFaceDataset, main
+    from frankenstein_utils.training import load_run
+
+    app_path = default_path("baked", small["cache"], small["train"])
+    out = tmp_path / "g"
+    assert main(["--n", "5", "--out", str(out), "--model", str(tiny_run / "checkpoint.pt"), "--appearance", "free",
+                 "--appearance-model", str(app_path), "--seed", "3"]) == 0
+    ds = GeneratedFaceDataset(out)
+    assert ds.manifest["model_reads"] == {"buffers": ["colour", "normal"], "appearance_components": 5}
+    run = load_run(tiny_run / "checkpoint.pt")
+    app = small["app"]
+    g = torch.Generator().manual_seed(3 + 1)  # generate's draws: appearance codes, then the network's codes
+    z_app = normal(5, app.n_components, generator=g)
+    z_net = normal(5, run.cfg.z_dim, generator=g)
+    f = B.BufferGenerator(run, small["model"], app, app.render_config(), mode="free")
+    params = {"coeffs": ds.meta["coeffs"], "poses": ds.meta["poses"], "expressions": ds.meta["expressions"]}
+    torch.testing.assert_close(ds.meta["appearance"], z_app)
+    img = f(torch.zeros(5, 1, 64, 64), None, torch.cat([z_app[:, :5], z_net], 1), params=params)
+    mine = torch.round((img + 1) / 2 * 255)
+    theirs = torch.stack([torch.round((ds[i]["image"] + 1) * 127.5) for i in range(5)])
+    assert (mine - theirs).abs().max() <= 1  # 8-bit rounding of float differences at most
+
+
+def test_apply_refuses_a_buffers_model_in_one_line(tiny_run, tmp_path, capsys):
+    from frankenstein_utils.apply import main as apply_main
+
+    from frankenstein_utils.fileio import save_png
+
+    save_png(tmp_path / "in" / "000000.png", (np.arange(64 * 64).reshape(64, 64) * 15).astype(np.uint16))
+    rc = apply_main(["--model", str(tiny_run / "checkpoint.pt"), "--input", str(tmp_path / "in"), "--output",
+                     str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1 and "frankenstein_utils.generate" in err
+
+
+def test_explorer_appearance_sliders_drive_the_buffers_generator(small, tiny_run):
+    from frankenstein_utils import pretrained
+    from frankenstein_utils.training import load_run
+    from frankenstein_utils.widgets import AppearancePanel, BufferGeneratorPanel, FaceExplorer
+
+    app, model = small["app"], small["model"]
+    run = load_run(tiny_run / "checkpoint.pt")
+    gen = pretrained.from_run(run, app.render_config(), small["train"].pose_jitter(model))
+    ap = AppearancePanel(model, app, 3)
+    panel = BufferGeneratorPanel(gen, ap)
+    ex = FaceExplorer(model, render=app.render_config(), panels=[ap, panel])
+    depth, colour, face = ex.update(torch.zeros(15))
+    assert face.shape == (64, 64, 3) and face.std() > 0
+    ap.values[0] = 3.0  # an appearance slider: the raw render and the network's face both change
+    _, colour2, face2 = ex.render()
+    assert np.abs(colour2.astype(int) - colour).mean() > 1 and np.abs(face2.astype(int) - face).max() > 0
+    ap.values[0] = 0.0
+    ex.update(torch.eye(15)[0] * 3)  # a shape slider moves the face
+    assert np.abs(ex.render()[2].astype(int) - face).max() > 0
+
+
+def test_shipped_buffers_generator_loads_reads_the_shipped_appearance_and_refuses_another(tiny_run, tmp_path,
+                                                                                            monkeypatch, face_model):
+    """``buffers_report.ship`` writes a file ``load_pretrained`` reads back as a buffers generator whose
+    ``generator_fn`` renders buffers with the shipped appearance model, and refuses an appearance model other
+    than the one it was shipped with. (The comparison file here is a minimal stand-in with the fields ``ship``
+    copies: this test is about the file, not the numbers.)"""
+    import json
+
+    from frankenstein_utils import buffers_report as R
+    from frankenstein_utils import evaluation as EV
+    from frankenstein_utils import pretrained
+
+    ck = tiny_run / "checkpoint.pt"
+    row = {"kid": 0.2, "nme": 0.05, "detection": 1.0}
+    cmp = {"source": f"{ck} (step 2)", "n": 3, "rows": {"buffers generator (appearance from shape)": row},
+           "targets": [{"target": "t", "measured": 1.0, "bound": 2.0, "met": True}], "checks": {},
+           "references": {EV.REFS[k]: row for k in ("test", "blur1", "blur2", "train")}, "sweeps": {}}
+    (tmp_path / "cmp").mkdir()
+    (tmp_path / "cmp" / "EVALUATION.json").write_text(json.dumps(cmp))
+    path = R.ship(ck, tmp_path / "cmp", "the command", weights_dir=tmp_path / "w")
+    gen = pretrained.load_pretrained(str(path))
+    assert gen.cfg.buffers == "colour,normal" and gen.cfg.appearance_k == 5 and gen.latent is not None
+    assert "the command" in (tmp_path / "w" / "buffers_MODEL_CARD.md").read_text()
+    f = pretrained.generator_fn(gen, seed=0)
+    assert isinstance(f, B.BufferGenerator) and f.z_dim == 5 + 8
+    ds = B.synthetic_buffer_set(3, gen.appearance(), face_model, 5, "colour", extended=0.0, progress=False)
+    params = {k: ds.params[k] for k in ("coeffs", "poses", "expressions")}
+    img = f(torch.zeros(3, 1, 64, 64), None, params=params)
+    assert img.shape == (3, 3, 64, 64) and torch.isfinite(img).all()
+    wrong = dict(gen.card, appearance_sha256="0" * 64)
+    monkeypatch.setattr(gen, "card", wrong)
+    with pytest.raises(ValueError, match="ship them together"):
+        gen.appearance()
+    (tmp_path / "cmp2").mkdir()
+    (tmp_path / "cmp2" / "EVALUATION.json").write_text(json.dumps({"source": "elsewhere.pt (step 9)"}))
+    with pytest.raises(ValueError, match="not of"):
+        R.ship(ck, tmp_path / "cmp2", "x", weights_dir=tmp_path / "w2")
