@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .facemodel import FaceModel, load_face_model, ply_bytes, render_faces
 from .fileio import (atomic_savez, atomic_write_bytes, atomic_write_json, holds_folder_lock, load_npz, load_png,
-                     png_bytes, png_is_complete)
+                     png_bytes, png_matches)
 from .rasterize import PoseJitter, RenderConfig, apply_pose
 
 DEPTH_SCALE = 65535.0
@@ -117,6 +117,38 @@ def _names(i: int) -> tuple[str, str, str]:
     return f"depth/{i:06d}.png", f"mask/{i:06d}.png", f"ply/{i:06d}.ply"
 
 
+SET_FILES = ("depth/*.png", "mask/*.png", "ply/*.ply")
+
+
+def _check_folder_is_this_set(out: Path, config_json: str) -> None:
+    """Refuse (``ValueError`` naming the file) a folder whose files a resume cannot tie to the configuration
+    ``config_json``: a ``meta.npz`` or ``config.json`` of another configuration, or depth/mask/ply files with
+    neither (their seed and settings are unknown: kept, they would mix another set into this one)."""
+    meta_path, cfg_path = out / "meta.npz", out / "config.json"
+    if meta_path.exists():
+        old = str(load_npz(meta_path)["config"])
+        if old != config_json:
+            raise ValueError(f"{meta_path}: folder holds a set made with another configuration; use a new out_dir.\n"
+                             f"  existing: {old}\n  requested: {config_json}")
+    if cfg_path.exists():
+        try:
+            old_cfg = json.loads(cfg_path.read_text())
+        except ValueError as e:
+            raise ValueError(f"{cfg_path}: not a readable set configuration ({e}); use a new out_dir") from e
+        if json.dumps(old_cfg, sort_keys=True) != config_json:
+            new_cfg = json.loads(config_json)
+            diff = sorted(k for k in set(old_cfg) | set(new_cfg) if old_cfg.get(k) != new_cfg.get(k)) \
+                if isinstance(old_cfg, dict) else ["everything"]
+            raise ValueError(f"{cfg_path}: folder holds a set made with another configuration (differs in "
+                             f"{', '.join(diff)}); use a new out_dir")
+    elif not meta_path.exists():
+        found = next((p for pattern in SET_FILES for p in sorted(out.glob(pattern))), None)
+        if found is not None:
+            raise ValueError(f"{out}: holds depth-set files ({found.relative_to(out)}, ...) but no meta.npz or "
+                             f"config.json tying them to a configuration (they may be of another seed or settings); "
+                             f"delete them or use a new out_dir")
+
+
 @holds_folder_lock("out_dir", "generating depth maps")  # a second writer fails instead of mixing two sets
 def generate_depth_dataset(n: int, out_dir, seed: int = 0, *, n_components: int = 15, truncation: float | None = None,
                            render: RenderConfig | None = None, pose: PoseJitter | None = None, write_ply: bool = False,
@@ -128,9 +160,12 @@ def generate_depth_dataset(n: int, out_dir, seed: int = 0, *, n_components: int 
     The same seed, settings and device give the same bytes; byte-reproducibility holds per device (a CPU and a CUDA
     render may differ in the last bit of a depth value: compare sets made on one device; ``device`` None means CUDA
     when available, else CPU). Files are written atomically; a run that was interrupted resumes
-    where it stopped when called again with the same arguments (finished files are not redone). Asking for a
-    different configuration in a folder that holds another set raises ``ValueError``. With ``table`` and
-    ``pose_source`` / ``expression_source`` = "fitted", poses and expressions are drawn from fitted photos.
+    where it stopped when called again with the same arguments (finished files are not redone; a PNG that is
+    truncated, or not of the set's mode and size, is rendered again). Asking for a different configuration in a
+    folder that holds another set raises ``ValueError``, and so does a folder holding depth, mask or ply files but
+    neither ``meta.npz`` nor ``config.json`` (files that cannot be tied to this configuration are not kept). With
+    ``table`` and ``pose_source`` / ``expression_source`` = "fitted", poses and expressions are drawn from fitted
+    photos.
     """
     cfg = DepthSetConfig(n=n, seed=seed, n_components=n_components, truncation=truncation,
                          render=render or RenderConfig(), pose=pose or PoseJitter(), write_ply=write_ply,
@@ -140,20 +175,23 @@ def generate_depth_dataset(n: int, out_dir, seed: int = 0, *, n_components: int 
     model = model or load_face_model()
     meta_path = out / "meta.npz"
     config_json = json.dumps(cfg.to_dict(), sort_keys=True)
-    if meta_path.exists():
-        old = str(load_npz(meta_path)["config"])
-        if old != config_json:
-            raise ValueError(f"{meta_path}: folder holds a set made with another configuration; use a new out_dir.\n"
-                             f"  existing: {old}\n  requested: {config_json}")
+    _check_folder_is_this_set(out, config_json)
     coeffs, poses, expressions = sample_face_params(model, cfg, table)
     if not meta_path.exists():
         atomic_write_json(out / "config.json", cfg.to_dict())
         atomic_savez(meta_path, coeffs=coeffs.numpy(), poses=poses.numpy(), expressions=expressions.numpy(),
                      config=np.array(config_json))
+    elif not (out / "config.json").exists():
+        atomic_write_json(out / "config.json", cfg.to_dict())  # the readable copy, derived from meta.npz
+    res = (cfg.render.resolution, cfg.render.resolution)
+
     def done(i):
-        # a PNG must decode to the end: a crash can leave a truncated file under its final name on some filesystems
-        return all((out / p).exists() and (not p.endswith(".png") or png_is_complete(out / p))
-                   for p in _names(i)[: 3 if write_ply else 2])
+        # A PNG must decode to the end (a crash can leave a truncated file under its final name on some filesystems)
+        # and be what this set writes: 16-bit greyscale depth, 8-bit greyscale mask, at the set's resolution. A valid
+        # PNG of another mode or size (copied in, or of another set) is rendered again, not kept.
+        d_name, m_name, p_name = _names(i)
+        return (png_matches(out / d_name, res, 16) and png_matches(out / m_name, res, 8)
+                and (not write_ply or (out / p_name).exists()))
 
     blocks = [range(b, min(b + RENDER_BLOCK, n)) for b in range(0, n, RENDER_BLOCK)]
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -198,13 +236,23 @@ class DepthMapDataset(Dataset):
         self.expressions = torch.from_numpy(meta["expressions"]) if "expressions" in meta.files else \
             torch.zeros(len(self.coeffs), 0)
         self.config = DepthSetConfig.from_dict(json.loads(str(meta["config"])))
+        n = self.config.n
+        # every face of the set has its row: fewer rows would silently drop faces, more would invent them
+        for what, rows in (("coefficient", self.coeffs), ("pose", self.poses), ("expression", self.expressions)):
+            if len(rows) != n:
+                raise ValueError(f"{meta_path}: {len(rows)} {what} rows for {n} depth maps (the set's n); the file "
+                                 f"is damaged or of another set: regenerate the set")
         self.transform = transform
         res = self.config.render.resolution
         self.size = (res, res)
-        missing = [i for i in range(len(self.coeffs)) if not (self.root / _names(i)[0]).exists()]
+        missing = [i for i in range(n) if not (self.root / _names(i)[0]).exists()]
         if missing:
-            raise FileNotFoundError(f"{self.root}: {len(missing)} of {len(self.coeffs)} depth maps missing (first: "
+            raise FileNotFoundError(f"{self.root}: {len(missing)} of {n} depth maps missing (first: "
                                     f"{_names(missing[0])[0]}); resume generate_depth_dataset to finish the set")
+        n_maps = sum(1 for _ in (self.root / "depth").glob("*.png"))
+        if n_maps != n:
+            raise ValueError(f"{meta_path}: describes {n} faces but {self.root / 'depth'} holds {n_maps} depth maps; "
+                             f"the meta.npz is of another set: regenerate the set")
 
     def __len__(self):
         return len(self.coeffs)
@@ -212,9 +260,13 @@ class DepthMapDataset(Dataset):
     def __getitem__(self, i):
         d_name, m_name, _ = _names(i)
         depth = load_png(self.root / d_name, self.size)
-        if depth.dtype != np.uint16:
-            raise ValueError(f"{self.root / d_name}: expected a 16-bit PNG, got {depth.dtype}")
+        if depth.dtype != np.uint16 or depth.ndim != 2:
+            raise ValueError(f"{self.root / d_name}: expected a 16-bit greyscale PNG, got {depth.dtype} "
+                             f"{'x'.join(map(str, depth.shape))}")
         mask = load_png(self.root / m_name, self.size)
+        if mask.dtype != np.uint8 or mask.ndim != 2:
+            raise ValueError(f"{self.root / m_name}: expected an 8-bit greyscale PNG, got {mask.dtype} "
+                             f"{'x'.join(map(str, mask.shape))}")
         item = {"depth": torch.from_numpy(depth.astype(np.float32) / DEPTH_SCALE)[None],
                 "mask": torch.from_numpy((mask > 127).astype(np.float32))[None],
                 "coeffs": self.coeffs[i], "pose": self.poses[i], "expressions": self.expressions[i], "index": i}

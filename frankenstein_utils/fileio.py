@@ -7,7 +7,9 @@ import fcntl
 import io
 import json
 import os
+import struct
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -156,6 +158,52 @@ def png_is_complete(path) -> bool:
         return True
     except Exception:  # Pillow raises several types for damaged files
         return False
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_COLOUR_TYPES = {0: "greyscale", 2: "RGB", 3: "palette", 4: "greyscale+alpha", 6: "RGBA"}
+
+
+@dataclass(frozen=True)
+class PngHeader:
+    """What a PNG's IHDR chunk says: size, bits per sample and colour type (0 greyscale, 2 RGB, 3 palette,
+    4 greyscale+alpha, 6 RGBA). Read from the bytes, not from Pillow's mode, which does not tell 1-, 2-, 4- and
+    8-bit greyscale apart and names 16-bit greyscale differently across versions."""
+
+    width: int
+    height: int
+    bit_depth: int
+    colour_type: int
+
+    @property
+    def greyscale(self) -> bool:
+        return self.colour_type == 0
+
+    def describe(self) -> str:
+        kind = PNG_COLOUR_TYPES.get(self.colour_type, f"colour type {self.colour_type}")
+        return f"{self.bit_depth}-bit {kind} {self.width}x{self.height}"
+
+
+def png_header(path) -> PngHeader:
+    """The IHDR of the PNG file ``path``; ``ValueError`` naming the file when it is not a PNG."""
+    with open(path, "rb") as f:
+        head = f.read(33)  # signature (8), chunk length (4), "IHDR" (4), its 13 bytes, CRC (4)
+    if len(head) < 26 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
+        raise ValueError(f"{path}: cannot read image (not a PNG file)")
+    width, height, bit_depth, colour_type = struct.unpack(">IIBB", head[16:26])
+    return PngHeader(width, height, bit_depth, colour_type)
+
+
+def png_matches(path, size: tuple[int, int], bit_depth: int, colour_type: int = 0) -> bool:
+    """True if ``path`` is a complete PNG (``png_is_complete``) of ``size`` (height, width), ``bit_depth`` bits per
+    sample and ``colour_type`` (0: greyscale): what a resume may keep. A valid PNG of another mode or size
+    (an 8-bit depth map, an RGB mask, another resolution's map) is not."""
+    try:
+        h = png_header(path)
+    except (OSError, ValueError):
+        return False
+    return ((h.height, h.width) == tuple(size) and (h.bit_depth, h.colour_type) == (bit_depth, colour_type)
+            and png_is_complete(path))
 
 
 def atomic_write_json(path, obj) -> None:
