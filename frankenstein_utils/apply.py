@@ -6,9 +6,11 @@
 ``--model`` and ``--checkpoint`` are one option: a shipped model's name (``pretrained.available()``), an exported
 shipped-model file or a training checkpoint (``load_generator``).
 
-Depth PNGs may be 16-bit (as ``generate_depth_dataset`` writes them) or 8-bit; near = bright, background 0. The mask
-is taken from ``DIR/../mask/<name>`` when present, else depth > 0. An appearance-conditioned or noise generator uses
-z = 0, or z ~ N(0, I) with ``--z-seed``.
+Depth PNGs must be square, 16-bit (as ``generate_depth_dataset`` writes them) or 8-bit greyscale; near = bright,
+background 0 (other modes, e.g. 1-bit or palette, are refused: their values are not depths). The mask is taken from
+``DIR/../mask/<name>`` (8-bit greyscale, as the depth set writes it) when present, else depth > 0. An
+appearance-conditioned or noise generator uses z = 0, or z ~ N(0, I) with ``--z-seed`` (drawn for every file in
+order, skipped ones included).
 
 The input must follow the model's input convention (recorded in a checkpoint, and in a shipped model as the render
 of its inputs: framing and window, depth mode and range, region, ...). When the folder (or its parent) holds the
@@ -16,12 +18,16 @@ of its inputs: framing and window, depth mode and range, region, ...). When the 
 model's: a different resolution is converted (resized to the model's size), anything else is refused with
 a message saying what differs; a set whose faces are drawn otherwise than a checkpoint's synthetic training inputs
 (e.g. neutral expressions for a model trained on the photos' fitted expressions) is accepted with a note. A PNG that cannot be read stops the run (``--on-error stop``, the default) or is
-skipped and counted (``--on-error skip``).
+skipped and counted (``--on-error skip``); so does a depth map of another mode or not square, and these are
+found before anything is written. ``--output`` may not be the input folder (or its mask folder), and is locked
+while written (``fileio.FolderLock``): a second apply into it fails instead of mixing its images with the first's.
+A generator with non-finite parameters (a diverged run) is refused.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -31,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .fileio import load_png, save_png
+from .fileio import FolderBusyError, FolderLock, PngHeader, load_png, png_header, remove_orphan_tmp, save_png
 from .training import load_run
 
 # RenderConfig keys that change what a depth map means, and the keys that matter only under one setting
@@ -40,13 +46,51 @@ CONVENTION_DEPENDENT = {("framing", "fixed"): "window_cm", ("framing", "fit"): "
                         ("depth_mode", "fixed"): "depth_range_cm", ("depth_mode", "relative"): "relative_span_cm"}
 
 
+def check_depth_png(path) -> PngHeader:
+    """The header of a depth PNG of the convention (16-bit or 8-bit greyscale); ``ValueError`` naming the file for
+    any other mode: a 1-bit map would read as depths of at most 1/255, a palette map as its palette indices."""
+    h = png_header(path)
+    if not (h.greyscale and h.bit_depth in (8, 16)):
+        raise ValueError(f"{path}: depth map must be a 16-bit or 8-bit greyscale PNG, got {h.describe()}")
+    return h
+
+
 def read_depth(path) -> torch.Tensor:
-    """A depth PNG as (1, 1, H, W) float in [0, 1]; errors name the file."""
+    """A depth PNG (16-bit or 8-bit greyscale: ``check_depth_png``) as (1, 1, H, W) float in [0, 1]; errors name
+    the file."""
+    h = check_depth_png(path)
     a = load_png(path)
     if a.ndim != 2:
         raise ValueError(f"{path}: depth map must be single-channel, got shape {a.shape}")
-    scale = 65535.0 if a.dtype == np.uint16 else 255.0
+    scale = 65535.0 if h.bit_depth == 16 else 255.0
     return torch.from_numpy(a.astype(np.float32) / scale)[None, None]
+
+
+def check_mask_png(path, size) -> None:
+    """``ValueError`` naming the file unless ``path`` is an 8-bit greyscale PNG of ``size`` (H, W), as a depth set
+    writes its masks: a 1-bit mask would read as empty (> 127), an RGB one as three."""
+    h = png_header(path)
+    if not (h.greyscale and h.bit_depth == 8):
+        raise ValueError(f"{path}: mask must be an 8-bit greyscale PNG, got {h.describe()}")
+    if (h.height, h.width) != tuple(size):
+        raise ValueError(f"{path}: mask is {h.width}x{h.height}, its depth map {size[1]}x{size[0]}")
+
+
+def read_mask(path, size) -> torch.Tensor:
+    """An 8-bit greyscale mask PNG of ``size`` (H, W) as (1, 1, H, W) float 0/1 (> 127); errors name the file."""
+    check_mask_png(path, size)
+    return torch.from_numpy(load_png(path, size) > 127).float()[None, None]
+
+
+def check_output_folder(input_dir, output_dir) -> None:
+    """Refuse an output folder that is the input folder or its mask folder (the same folder by another path
+    included): the faces would be written over the depth maps (or masks) they are made from."""
+    inp, out = Path(input_dir), Path(output_dir)
+    for folder, what in ((inp, "the input folder"), (inp.parent / "mask", "the input's mask folder")):
+        same = out.resolve() == folder.resolve() or (out.exists() and folder.exists() and os.path.samefile(out, folder))
+        if same:
+            raise ValueError(f"{output_dir}: is {what} ({folder}); the faces would overwrite the maps they are made "
+                             f"from: choose another --output")
 
 
 def folder_config(input_dir) -> tuple[dict | None, Path | None]:
@@ -106,7 +150,13 @@ class Generator:
     def __init__(self, net, kind: str, source: str, convention: dict, device):
         self.net, self.kind, self.source, self.convention = net, kind, source, convention
         self.device = torch.device(device)
-        self.z_dim = int(getattr(net.nets["G"], "z_dim", 0) or 0)
+        G = net.nets["G"]
+        for name, t in [*G.named_parameters(), *G.named_buffers()]:
+            if t.is_floating_point() and not torch.isfinite(t).all():  # would give blank images, not an error
+                bad = int((~torch.isfinite(t)).sum())
+                raise ValueError(f"{source}: the generator has non-finite parameters ({name}: {bad} of {t.numel()} "
+                                 f"values NaN or infinite), a diverged or damaged {kind}; use an earlier checkpoint")
+        self.z_dim = int(getattr(G, "z_dim", 0) or 0)
         self.image_size = net.cfg.image_size
         from .objectives import buffer_names
 
@@ -186,6 +236,7 @@ def apply_folder(model, input_dir, output_dir, z_seed: int | None = None, device
     written files. ``on_error="skip"`` skips unreadable PNGs, listed in ``report["skipped"]`` if a dict is given."""
     if on_error not in ("stop", "skip"):
         raise ValueError(f"on_error must be 'stop' or 'skip', got {on_error!r}")
+    check_output_folder(input_dir, output_dir)
     gen = load_generator(model, device)
     size = gen.image_size
     files = sorted(Path(input_dir).glob("*.png"))
@@ -196,30 +247,50 @@ def apply_folder(model, input_dir, output_dir, z_seed: int | None = None, device
                          f"which a depth folder lacks; make faces with python -m frankenstein_utils.generate "
                          f"--model {model}")
     notes = check_convention(gen, input_dir)
-    g = torch.Generator().manual_seed(z_seed) if z_seed is not None else None
-    z_dim = gen.z_dim
-    written, skipped, resized = [], [], 0
-    for f in tqdm(files, desc="apply", disable=not progress):
+    # every map's (and mask's) mode and shape, from its header, before anything is written: a refused set leaves no
+    # output
+    mask_dir = Path(input_dir).parent / "mask"
+    refused = {}
+    for f in files:
         try:
-            depth = read_depth(f)
-            mask_file = Path(input_dir).parent / "mask" / f.name
-            mask = (torch.from_numpy(load_png(mask_file, depth.shape[-2:]) > 127).float()[None, None]
-                    if mask_file.exists() else (depth > 0).float())
+            h = check_depth_png(f)
+            if h.width != h.height:
+                raise ValueError(f"{f}: depth map is {h.width}x{h.height}, not square; the {gen.kind} makes "
+                                 f"{size}x{size} faces and apply does not stretch or crop: render square maps")
+            if (mask_dir / f.name).exists():
+                check_mask_png(mask_dir / f.name, (h.height, h.width))
         except ValueError as e:
             if on_error == "stop":
                 raise
-            skipped.append(f"{e}")
-            continue
-        resized += depth.shape[-1] != size or depth.shape[-2] != size
-        depth, mask = fit_size(depth, mask, size)
-        z = None
-        if z_dim:  # drawn for every file in order, so a skipped file does not change the others' z
-            z = torch.randn(1, z_dim, generator=g) if g is not None else torch.zeros(1, z_dim)
-        img = gen.generate(depth.to(gen.device), mask.to(gen.device), z=None if z is None else z.to(gen.device))[0]
-        arr = ((img.cpu().clamp(-1, 1) + 1) * 127.5 + 0.5).to(torch.uint8).numpy()
-        out = Path(output_dir) / f.name
-        save_png(out, arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0))
-        written.append(out)
+            refused[f] = f"{e}"
+    g = torch.Generator().manual_seed(z_seed) if z_seed is not None else None
+    z_dim = gen.z_dim
+    written, skipped, resized = [], [], 0
+    with FolderLock(output_dir, f"apply {model} to {input_dir}"):  # a second apply here fails, not mixes
+        remove_orphan_tmp(output_dir, recursive=False)
+        for f in tqdm(files, desc="apply", disable=not progress):
+            z = None
+            if z_dim:  # drawn for every file in order, so a skipped file does not change the others' z
+                z = torch.randn(1, z_dim, generator=g) if g is not None else torch.zeros(1, z_dim)
+            try:
+                if f in refused:
+                    raise ValueError(refused[f])
+                depth = read_depth(f)
+                mask_file = mask_dir / f.name
+                mask = read_mask(mask_file, depth.shape[-2:]) if mask_file.exists() else (depth > 0).float()
+            except ValueError as e:
+                if on_error == "stop":
+                    raise
+                skipped.append(f"{e}")
+                continue
+            resized += depth.shape[-1] != size or depth.shape[-2] != size
+            depth, mask = fit_size(depth, mask, size)
+            img = gen.generate(depth.to(gen.device), mask.to(gen.device),
+                               z=None if z is None else z.to(gen.device))[0]
+            arr = ((img.cpu().clamp(-1, 1) + 1) * 127.5 + 0.5).to(torch.uint8).numpy()
+            out = Path(output_dir) / f.name
+            save_png(out, arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0))
+            written.append(out)
     if resized:
         notes.append(f"{resized} depth map(s) resized to the {gen.kind}'s {size}x{size}")
     if report is not None:
@@ -244,7 +315,7 @@ def main(argv=None):
     try:
         written = apply_folder(a.model, a.input, a.output, a.z_seed, a.device, on_error=a.on_error,
                                report=report)
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, FolderBusyError) as e:
         if a.debug:
             traceback.print_exc()
         print(f"apply: error: {e}", file=sys.stderr)

@@ -1,11 +1,14 @@
 """Issue 23, point 4: bad input that used to give silently wrong results now fails with one line naming the file and
 the problem (or, on a resume, is redone)."""
+import shutil
+
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from frankenstein_utils.depthdata import DepthMapDataset, generate_depth_dataset
-from frankenstein_utils.fileio import atomic_savez, load_npz, png_header, save_png
+from frankenstein_utils.fileio import FolderLock, atomic_savez, load_npz, png_header, save_png
 from frankenstein_utils.rasterize import RenderConfig
 
 RC = RenderConfig(resolution=16)
@@ -68,3 +71,139 @@ def test_dataset_refuses_a_meta_npz_that_does_not_match_its_maps(tmp_path, face_
     (root / "meta.npz").write_bytes((small / "meta.npz").read_bytes())
     with pytest.raises(ValueError, match=r"s/meta.npz: describes 3 faces but .*s/depth holds 4 depth maps"):
         DepthMapDataset(root)
+
+
+# ---- apply ---------------------------------------------------------------------------------------------------------
+class Pairs(torch.utils.data.Dataset):
+    """Random depth maps with a colour function of depth: enough for a 1-step checkpoint."""
+
+    def __init__(self, n=16):
+        self.depth = torch.rand(n, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+
+    def __len__(self):
+        return len(self.depth)
+
+    def __getitem__(self, i):
+        d = self.depth[i]
+        return {"image": torch.cat([d, -d, d * d]) * 2 - 1, "depth": d, "mask": torch.ones_like(d), "index": i}
+
+
+@pytest.fixture(scope="module")
+def applied(tmp_path_factory, face_model):
+    """A 1-step checkpoint of each kind apply handles (plain: no z; cvae: z), and a 3-face depth set at its size."""
+    from frankenstein_utils.train import input_convention
+    from frankenstein_utils.training import TrainConfig, Trainer
+
+    root = tmp_path_factory.mktemp("apply")
+    ckpts = {}
+    for mode in ("l1", "cvae"):
+        c = TrainConfig(mode=mode, image_size=16, width=8, batch_size=8, steps=1, out_dir=str(root / mode),
+                        sample_every=0, checkpoint_every=1, log_every=1, encoder_width=8, z_dim=4,
+                        input_convention=input_convention(RC, "test"))
+        Trainer(c, {"paired": Pairs()}).fit(progress=False)
+        ckpts[mode] = str(root / mode / "checkpoint.pt")
+    depth_set = generate_depth_dataset(3, root / "set", render=RC, model=face_model, progress=False)
+    return ckpts, depth_set
+
+
+def copy_set(depth_set, dest):
+    shutil.copytree(depth_set, dest, ignore=shutil.ignore_patterns(".lock"))
+    return dest
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_apply_refuses_depth_pngs_of_other_modes_and_non_square_ones(tmp_path, applied, capsys):
+    """A 1-bit map used to give depths of at most 1/255, a palette map its indices as depths, a 48x32 map was
+    stretched to square: all exited 0. Now one line names the file, before anything is written; --on-error skip
+    skips and counts them. 16-bit and 8-bit greyscale maps stay accepted."""
+    from frankenstein_utils.apply import main
+
+    ckpt = applied[0]["l1"]
+    s = copy_set(applied[1], tmp_path / "set")
+    a = np.array(Image.open(s / "depth/000000.png"))
+    save_png(s / "depth/000000.png", (a >> 8).astype(np.uint8))  # 8-bit greyscale: the convention's other mode
+    for name, make, match in [
+            ("000001.png", lambda p: Image.fromarray(a > 0).save(p), "got 1-bit greyscale 16x16"),
+            ("000001.png", lambda p: Image.fromarray((a >> 8).astype(np.uint8)).convert("P").save(p),
+             "got 8-bit palette 16x16"),
+            ("000001.png", lambda p: save_png(p, np.zeros((32, 48), np.uint16)), "depth map is 48x32, not square"),
+            ("mask/000002.png", lambda p: Image.fromarray(a > 0).save(p), "mask must be an 8-bit greyscale PNG"),
+            ("000002.png", lambda p: save_png(p, np.zeros((16, 16, 3), np.uint8)), "got 8-bit RGB 16x16")]:
+        bad = tmp_path / "bad"
+        shutil.rmtree(bad, ignore_errors=True)
+        shutil.copytree(s, bad)
+        name = name if "/" in name else f"depth/{name}"
+        make(bad / name)
+        assert main(["--checkpoint", ckpt, "--input", str(bad / "depth"), "--output", str(tmp_path / "out")]) == 1
+        err = one_error_line(capsys)
+        assert f"bad/{name}: " in err and match in err, err
+        assert not (tmp_path / "out").exists()
+    assert main(["--checkpoint", ckpt, "--input", str(bad / "depth"), "--output", str(tmp_path / "out"),
+                 "--on-error", "skip"]) == 0
+    assert "skipped 1" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["000000.png", "000001.png"]
+
+
+def test_apply_refuses_a_generator_with_non_finite_parameters(tmp_path, applied, capsys):
+    """A checkpoint with NaN weights used to write black images and exit 0."""
+    from frankenstein_utils.apply import main
+
+    ck = torch.load(applied[0]["l1"], weights_only=True)
+    name = next(k for k, v in ck["nets"]["G"].items() if v.is_floating_point())
+    ck["nets"]["G"][name][...] = float("nan")
+    torch.save(ck, tmp_path / "nan.pt")
+    assert main(["--checkpoint", str(tmp_path / "nan.pt"), "--input", str(applied[1] / "depth"), "--output",
+                 str(tmp_path / "out")]) == 1
+    err = one_error_line(capsys)
+    assert "nan.pt: the generator has non-finite parameters" in err and name in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_apply_refuses_to_write_over_its_input(tmp_path, applied, capsys):
+    """--output equal to --input (by any path) used to replace the depth maps by faces, exit 0."""
+    from frankenstein_utils.apply import main
+
+    s = copy_set(applied[1], tmp_path / "set")
+    before = {p.name: p.read_bytes() for p in (s / "depth").glob("*.png")}
+    masks = {p.name: p.read_bytes() for p in (s / "mask").glob("*.png")}
+    (tmp_path / "link").symlink_to(s / "depth")
+    for out in (s / "depth", s / "depth" / ".", s / "mask" / ".." / "depth", tmp_path / "link", s / "mask"):
+        assert main(["--checkpoint", applied[0]["l1"], "--input", str(s / "depth"), "--output", str(out)]) == 1
+        err = one_error_line(capsys)
+        assert f"{out}: is the input" in err and "would overwrite" in err
+    assert {p.name: p.read_bytes() for p in (s / "depth").glob("*.png")} == before
+    assert {p.name: p.read_bytes() for p in (s / "mask").glob("*.png")} == masks
+
+
+def test_a_second_apply_into_one_output_fails_clearly(tmp_path, applied, capsys):
+    """Two applies into one folder used to both exit 0, one's images lost under the other's."""
+    from frankenstein_utils.apply import main
+
+    out = tmp_path / "out"
+    with FolderLock(out, "apply other.pt"):  # the first apply is still writing
+        assert main(["--checkpoint", applied[0]["l1"], "--input", str(applied[1] / "depth"), "--output",
+                     str(out)]) == 1
+        err = one_error_line(capsys)
+        assert f"{out}: another process is writing here (pid" in err and "apply other.pt" in err
+    assert not list(out.glob("*.png"))
+    assert main(["--checkpoint", applied[0]["l1"], "--input", str(applied[1] / "depth"), "--output", str(out)]) == 0
+
+
+def test_a_skipped_map_does_not_shift_the_others_z(tmp_path, applied, capsys):
+    """With --z-seed, z is drawn for every file in order (as apply's comment says): a skipped file used to pass its z
+    to the next file, which then got another face than in a run without the bad file."""
+    from frankenstein_utils.apply import main
+
+    ckpt = applied[0]["cvae"]
+    s = copy_set(applied[1], tmp_path / "set")
+    args = ["--checkpoint", ckpt, "--input", str(s / "depth"), "--z-seed", "3", "--on-error", "skip"]
+    assert main(args + ["--output", str(tmp_path / "all")]) == 0
+    (s / "depth/000001.png").write_bytes(b"not a png")
+    assert main(args + ["--output", str(tmp_path / "some")]) == 0
+    for name in ("000000.png", "000002.png"):
+        assert (tmp_path / "some" / name).read_bytes() == (tmp_path / "all" / name).read_bytes(), name
