@@ -3,7 +3,9 @@
 The flagship and the peers (pix2pix, BicycleGAN; ``frankenstein_utils/flagship.py``) run with their presets; the
 flagship row "as shipped" uses the shipped model's widths (24). images/s counts the batch drawn per stream per step
 (the flagship also generates as many faces from synthetic depth in the same step: "G images/step" says so).
-Compare the flagship at its own size with ``--size 64 --only "supervised U" "flagship (as shipped)"``.
+Compare the flagship at its own size with ``--size 64 --only "supervised U" "flagship (as shipped)"``, the buffers
+generator with the same recipe on depth alone with ``--size 64 --batch 16 --only "flagship (width 16)" "buffers (as
+shipped)"`` (the ratio column is then relative to the depth-only row).
 
 Each configuration runs the real training step (``Trainer``) on in-memory random data after warm-up steps; the
 ratio column is its rate relative to the first row (supervised U), measured in the same run. Peak memory: the
@@ -42,8 +44,13 @@ CONFIGS = [  # (label, TrainConfig overrides)
     ("bicyclegan", preset("bicyclegan")),
     ("flagship", preset("flagship")),
     ("flagship (as shipped)", preset("flagship", width=24, d_width=24, encoder_width=24)),
+    # the buffers generator as shipped (depth + colour + normals, 7 input channels) beside the same recipe on depth
+    ("flagship (width 16)", preset("flagship", width=16, d_width=16, encoder_width=16)),
+    ("buffers (as shipped)", preset("flagship", width=16, d_width=16, encoder_width=16, buffers="colour,normal",
+                                    appearance_k=40)),
 ]
-G_IMAGES_PER_STEP = {"flagship": 2, "flagship (as shipped)": 2}  # x batch: paired + synthetic branch
+G_IMAGES_PER_STEP = {"flagship": 2, "flagship (as shipped)": 2, "flagship (width 16)": 2,
+                     "buffers (as shipped)": 2}  # x batch: paired + synthetic branch
 
 
 class RandomData(Dataset):
@@ -51,12 +58,14 @@ class RandomData(Dataset):
         g = torch.Generator().manual_seed(0)
         self.img = torch.rand(n, 3, size, size, generator=g) * 2 - 1
         self.depth = torch.rand(n, 1, size, size, generator=g)
+        self.buffers = torch.rand(n, 6, size, size, generator=g)  # read only by a buffers run
 
     def __len__(self):
         return len(self.img)
 
     def __getitem__(self, i):
-        return {"image": self.img[i], "depth": self.depth[i], "mask": (self.depth[i] > 0.3).float(), "index": i}
+        return {"image": self.img[i], "depth": self.depth[i], "mask": (self.depth[i] > 0.3).float(), "index": i,
+                "buffers": self.buffers[i]}
 
 
 def peak_memory_mb(device) -> float:
@@ -66,8 +75,9 @@ def peak_memory_mb(device) -> float:
 
 
 def explorer_latency(n: int = 30) -> None:
-    """One slider update of ``FaceExplorer`` with the shipped generator's panel (render the depth at the model's
-    resolution + generate the face), median and 90th percentile over ``n`` updates with random shapes."""
+    """One slider update of ``FaceExplorer.with_pretrained`` with the default shipped generator (render the depth
+    at the model's resolution, for a buffers generator the appearance render and its buffers, + generate the face),
+    median and 90th percentile over ``n`` updates with random shapes."""
     import numpy as np
 
     from frankenstein_utils.facemodel import load_face_model
@@ -75,7 +85,7 @@ def explorer_latency(n: int = 30) -> None:
     from frankenstein_utils.widgets import FaceExplorer
 
     gen = load_pretrained()
-    ex = FaceExplorer(load_face_model(), render=gen.render, panels=[gen.panel()])
+    ex = FaceExplorer.with_pretrained(load_face_model())  # a buffers generator: with its appearance panel
     g = torch.Generator().manual_seed(0)
     ex.update(torch.zeros(15))  # warm-up
     ms = []

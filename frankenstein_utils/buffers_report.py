@@ -27,6 +27,7 @@ from .draws import normal
 from .fileio import atomic_write_bytes, png_bytes, update_json
 
 EDGE_TOLERANCE = 2.0  # grey levels: a ring this much darker than the test photos' own edge counts as a dark ring
+ROUGHNESS_TOLERANCE = 1.05  # an edge this much busier along the contour than the test photos' counts as a seam
 
 
 def _data(size: int = 64, cache_dir=None):
@@ -44,7 +45,8 @@ def picture_checks(images: torch.Tensor, mask: torch.Tensor) -> dict:
     from .flagship import checkerboard_score
 
     ring = M.edge_ring(images, mask)
-    return {"checkerboard": checkerboard_score(images), "edge_dip": ring["dip"], "edge_dip_ci": ring["dip_ci"]}
+    return {"checkerboard": checkerboard_score(images), "edge_dip": ring["dip"], "edge_dip_ci": ring["dip_ci"],
+            "edge_roughness": ring["roughness"], "edge_roughness_ci": ring["roughness_ci"]}
 
 
 # ---- the training curve ---------------------------------------------------------------------------------------------
@@ -112,7 +114,7 @@ def _score_snapshot(ctx, snap, start, n, seed, path):
           f"{pt['detection']:.3f}, code spread {pt['code_spread']:.3f}", flush=True)
 
 
-# ---- the comparison ---------------------------------------------------------------------------------------------------
+# ---- the comparison --------------------------------------------------------------------------------------------------
 def _net(source):
     """(network, appearance model, render, label) of a buffers checkpoint or shipped name."""
     from . import pretrained
@@ -271,7 +273,8 @@ def issue_targets(refs: dict, rows: dict, sweeps: dict, main: str, flagship: str
          ("(where blur 2 px lies: KID)", m["kid"], R("blur2")["kid"], None),
          ("diversity >= 90 % of the test photos'", m["diversity_share"], 0.9, m["diversity_share"] >= 0.9),
          ("spread over codes for a fixed input >= 50 % of real", m["code_spread"], 0.5, m["code_spread"] >= 0.5),
-         ("NME <= 1.5 x oracle (fitted landmarks)", m["nme"], 1.5 * R("test")["nme"], m["nme"] <= 1.5 * R("test")["nme"]),
+         ("NME <= 1.5 x oracle (fitted landmarks)", m["nme"], 1.5 * R("test")["nme"],
+          m["nme"] <= 1.5 * R("test")["nme"]),
          ("identity AUC >= 0.9 (appearance from shape)", m["identity_auc"], 0.9, m["identity_auc"] >= 0.9),
          ("(identity AUC, appearance free)", free["identity_auc"], 0.9, None),
          ("face detection >= 95 %", m["detection"], 0.95, m["detection"] >= 0.95),
@@ -282,6 +285,9 @@ def issue_targets(refs: dict, rows: dict, sweeps: dict, main: str, flagship: str
           m["checkerboard"] <= 2 * R("test")["checkerboard"]),
          (f"no dark ring: edge dip >= test photos' - {EDGE_TOLERANCE:g} grey levels", m["edge_dip"],
           R("test")["edge_dip"] - EDGE_TOLERANCE, m["edge_dip"] >= R("test")["edge_dip"] - EDGE_TOLERANCE),
+         (f"no dotted seam: edge roughness <= {ROUGHNESS_TOLERANCE:g} x test photos'", m["edge_roughness"],
+          ROUGHNESS_TOLERANCE * R("test")["edge_roughness"],
+          m["edge_roughness"] <= ROUGHNESS_TOLERANCE * R("test")["edge_roughness"]),
          ("sweep: detection >= 90 % at every point", worst_det, 0.9, worst_det >= 0.9),
          ("sweep: KID at +-3 sigma within 1.5 x the mean face's", sw["end_kid"]["kid"], 1.5 * sw["centre_kid"]["kid"],
           sw["end_kid"]["kid"] <= 1.5 * sw["centre_kid"]["kid"])]
@@ -301,7 +307,8 @@ def report_text(result: dict, ctx) -> str:
     tg = "\n".join(f"| {t['target']} | {fmt(t['measured'])} | {fmt(t['bound'])} | "
                    f"{'–' if t['met'] is None else ('yes' if t['met'] else '**no**')} |" for t in result["targets"])
     pics = "\n".join(f"| {k} | {r.get('checkerboard', float('nan')):.2e} | {r.get('edge_dip', float('nan')):.2f} "
-                     f"[{r['edge_dip_ci'][0]:.2f}, {r['edge_dip_ci'][1]:.2f}] |"
+                     f"[{r['edge_dip_ci'][0]:.2f}, {r['edge_dip_ci'][1]:.2f}] | {r['edge_roughness']:.3f} "
+                     f"[{r['edge_roughness_ci'][0]:.3f}, {r['edge_roughness_ci'][1]:.3f}] |"
                      for k, r in {**refs, **rows}.items() if "edge_dip" in r)
     from .sweep import format_table
 
@@ -317,8 +324,10 @@ def report_text(result: dict, ctx) -> str:
             f"## Ladders and controls\n\n{checks_md}\n\n## Table\n\n{table}\n\n## The picture itself\n\n"
             f"Checkerboard score (power on the Nyquist lines) and the ring at the mask edge (`metrics.edge_ring`: "
             f"grey level in the 2 px on both sides of the edge minus the bands beside it; negative = darker; the "
-            f"test photos with their own fitted masks are the reference).\n\n| row | checkerboard | edge dip (grey "
-            f"levels) |\n|---|---|---|\n{pics}\n\n## Sweeps over the explorer's range\n\n{sweeps}\n\nKID x 10^3 at "
+            f"test photos with their own fitted masks are the reference; edge roughness: grey-level change along the "
+            f"contour in that ring over the bands beside it, which dots strung along the edge raise).\n\n| row | "
+            f"checkerboard | edge dip (grey levels) | edge roughness |\n|---|---|---|---|\n{pics}\n\n"
+            f"## Sweeps over the explorer's range\n\n{sweeps}\n\nKID x 10^3 at "
             f"+-3 sigma (all 15 components, {main['end_kid']['n']} faces): {1e3 * main['end_kid']['kid']:.1f} +- "
             f"{1e3 * main['end_kid']['kid_se']:.1f}; the mean face with as many codes: "
             f"{1e3 * main['centre_kid']['kid']:.1f} +- {1e3 * main['centre_kid']['kid_se']:.1f}.\n\n"
@@ -360,7 +369,7 @@ if __name__ == "__main__":
     main()
 
 
-# ---- shipping -----------------------------------------------------------------------------------------------------------
+# ---- shipping --------------------------------------------------------------------------------------------------------
 def ship(checkpoint, compare_dir, command: str, name: str = "buffers", wall_s: float | None = None,
          machine_note: str = "", weights_dir=None) -> Path:
     """Ship a buffers checkpoint as ``weights/<name>.safetensors`` (float16 EMA generator and encoder, the latent
@@ -424,7 +433,7 @@ def card_text(name: str, card: dict, size: int, gen, compare_dir) -> str:
     cols = (("KID x 10^3", "kid", 1e3), ("NME", "nme", 1), ("detection", "detection", 1),
             ("diversity share", "diversity_share", 1), ("code spread", "code_spread", 1),
             ("identity AUC", "identity_auc", 1), ("near-copy share", "near_copy", 1),
-            ("checkerboard", "checkerboard", 1), ("edge dip", "edge_dip", 1))
+            ("checkerboard", "checkerboard", 1), ("edge dip", "edge_dip", 1), ("edge roughness", "edge_roughness", 1))
     fmt = lambda v, s: "–" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v * s:.3g}"
     table = "| row | " + " | ".join(c for c, _, _ in cols) + " |\n|---|" + "---|" * len(cols) + "\n"
     for label, r in {"test photos (reference)": ref["test"], "training photos blurred 1 px": ref["blur1"],
@@ -435,7 +444,7 @@ def card_text(name: str, card: dict, size: int, gen, compare_dir) -> str:
                    for t in card["comparison"]["targets"])
     curve = "\n".join(f"| {p['step']} | {p['wall_h']:.2f} | {1e3 * p['kid']:.1f} | {p['nme']:.3f} | "
                       f"{p['detection']:.3f} | {p['diversity_share']:.3f} | {p['code_spread']:.3f} | "
-                      f"{p['edge_dip']:.2f} |" for p in card["curve"])
+                      f"{p['edge_dip']:.2f} | {p.get('edge_roughness', float('nan')):.3f} |" for p in card["curve"])
     raw = card.get("raw_render_curve_line") or {}
     n_curve = card["curve"][0]["n"] if card["curve"] else "–"
     wall = f"{card['wall_s'] / 3600:.2f} h" if card.get("wall_s") else "see the curve"
@@ -476,8 +485,8 @@ Every 1,000 steps (snapshot), N = {n_curve} synthetic faces against all test pho
 (`python -m frankenstein_utils.buffers_report curve`); the raw render in the same context: KID x 10^3
 {1e3 * raw.get('kid', float('nan')):.1f}, NME {raw.get('nme', float('nan')):.3f}.
 
-| step | wall h | KID x 10^3 | NME | detection | diversity share | code spread | edge dip |
-|---|---|---|---|---|---|---|---|
+| step | wall h | KID x 10^3 | NME | detection | diversity share | code spread | edge dip | edge roughness |
+|---|---|---|---|---|---|---|---|---|
 {curve}
 
 ## Comparison at one N

@@ -454,14 +454,18 @@ def evaluate_generator(ctx: EvalContext, generate, z_dim: int = 0, images: torch
     out["diversity"] = M.mean_pairwise_feature_distance(ctx.feature_net, imgs)
     out["brightness_spread"] = M.brightness_spread(imgs, ctx.syn_mask)
     n = len(ctx.shape_depth)
-    out["shape_sensitivity"] = M.shape_sensitivity(generate, ctx.feature_net, ctx.shape_coeffs, ctx.shape_depth,
+    shape_params = face_params(ctx.shape_coeffs)  # frontal (poses None), neutral
+    out["shape_sensitivity"] = M.shape_sensitivity(lambda d, m_, z: call_generator(generate, d, m_, z, shape_params),
+                                                   ctx.feature_net, ctx.shape_coeffs, ctx.shape_depth,
                                                    ctx.shape_mask, torch.zeros(n, z_dim) if z_dim else None)
     out.update(identity(ctx, generate, z_dim))
     if z_dim:  # several samples of one depth map
         k, s = 8, 8
         d = ctx.syn_depth[:k].repeat_interleave(s, 0)
         m = ctx.syn_mask[:k].repeat_interleave(s, 0)
-        imgs = generate(d, m, normal(k * s, z_dim, generator=torch.Generator().manual_seed(ctx.seed + 1)))
+        params = None if ctx.syn_params is None else face_params(**ctx.syn_params, rows=np.repeat(np.arange(k), s))
+        z = normal(k * s, z_dim, generator=torch.Generator().manual_seed(ctx.seed + 1))
+        imgs = call_generator(generate, d, m, z, params)
         out["z_diversity"] = float(np.mean([M.mean_pairwise_feature_distance(ctx.feature_net, imgs[i * s:(i + 1) * s])
                                             for i in range(k)]))
     return out
@@ -762,7 +766,8 @@ def plot_realism_vs_nme(refs: dict, rows: dict, ax=None):
 
 def landmark_examples(ctx: EvalContext, generate, n: int = 6, z_dim: int = 0):
     """The first ``n`` synthetic inputs through ``generate``: (images, dlib landmarks, detected?) for the grid."""
-    imgs = generate(ctx.syn_depth[:n], ctx.syn_mask[:n])
+    params = None if ctx.syn_params is None else face_params(**ctx.syn_params, rows=np.arange(n))
+    imgs = call_generator(generate, ctx.syn_depth[:n], ctx.syn_mask[:n], None, params)
     faces = ctx.judges.analyse(imgs, embed=False, fallback_box=ctx.fallback_box, workers=ctx.workers)
     return imgs, faces.landmarks, faces.found
 

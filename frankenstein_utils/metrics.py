@@ -548,8 +548,12 @@ def edge_ring(images: torch.Tensor, mask: torch.Tensor, width: int = 2) -> dict:
         dip = mean_ring Y - (mean_inner_band Y + mean_outer_band Y) / 2.
 
     A seam the generator draws at the mask edge makes ``dip`` negative; an edge the photo itself has there (jaw
-    shadow, hair line) does too, so compare with real photos and their own fitted masks. Returns the mean ``dip``
-    over images with a 95 % interval, and ``per_image``."""
+    shadow, hair line) does too, so compare with real photos and their own fitted masks. A dotted or checkered
+    seam need not change the mean: ``roughness`` is the mean |dY/dt|, the grey-level change *along* the edge (t: the
+    tangent of the mask's contour, from the gradient of the mask blurred with sigma 3 px), in the ring over that in
+    the two bands. A photo's own edges (jaw line, hair line) run along the contour and change little along it; dots
+    strung along the edge change at every step. Returns the means of ``dip`` and ``roughness`` over images with
+    95 % intervals, and ``per_image`` dips."""
     y = (torch.as_tensor(images).float().mean(1, keepdim=True) + 1) * 127.5
     w = width
     ring = _grow(mask, w) & ~_grow(mask, -w)
@@ -558,5 +562,21 @@ def edge_ring(images: torch.Tensor, mask: torch.Tensor, width: int = 2) -> dict:
     mean_in = lambda sel: (y * sel).sum((1, 2, 3)) / sel.sum((1, 2, 3)).clamp_min(1)
     ok = (ring.sum((1, 2, 3)) > 0) & (inner.sum((1, 2, 3)) > 0) & (outer.sum((1, 2, 3)) > 0)
     dip = (mean_in(ring) - (mean_in(inner) + mean_in(outer)) / 2)[ok]
+    r = torch.arange(-9, 10, dtype=torch.float32)
+    k1 = torch.exp(-r ** 2 / 18)
+    k1 = k1 / k1.sum()
+    mb = F.conv2d(F.conv2d((mask > 0.5).float(), k1.view(1, 1, 1, -1), padding=(0, 9)), k1.view(1, 1, -1, 1),
+                  padding=(9, 0))
+    grad = lambda t: (F.pad(t[..., :, 2:] - t[..., :, :-2], (1, 1)) / 2, F.pad(t[..., 2:, :] - t[..., :-2, :],
+                                                                               (0, 0, 1, 1)) / 2)
+    mx, my = grad(mb)
+    norm = (mx ** 2 + my ** 2).sqrt().clamp_min(1e-8)
+    yx, yy = grad(y)
+    along = (yx * -my / norm + yy * mx / norm).abs()  # derivative along the contour's tangent (-n_y, n_x)
+    bands = inner | outer
+    mean_sel = lambda sel: (along * sel).sum((1, 2, 3)) / sel.sum((1, 2, 3)).clamp_min(1)
+    rough = (mean_sel(ring) / mean_sel(bands).clamp_min(1e-6))[ok]
     m, lo, hi = mean_ci(dip.double())
-    return {"dip": m, "dip_ci": [lo, hi], "n": int(ok.sum()), "per_image": dip.double().numpy()}
+    r, rlo, rhi = mean_ci(rough.double())
+    return {"dip": m, "dip_ci": [lo, hi], "roughness": r, "roughness_ci": [rlo, rhi], "n": int(ok.sum()),
+            "per_image": dip.double().numpy()}

@@ -288,3 +288,24 @@ def test_edge_ring_finds_a_dark_seam_and_not_a_plain_edge():
     bright[ring] += 0.2
     assert edge_ring(bright, m)["dip"] > edge_ring(step, m)["dip"] + 20
     assert edge_ring(seam, m)["n"] == 4 and edge_ring(seam, torch.zeros_like(m))["n"] == 0
+
+
+def test_edge_roughness_sees_a_dotted_seam_that_leaves_the_mean_alone():
+    from frankenstein_utils.metrics import _grow, edge_ring
+
+    m = torch.zeros(4, 1, 64, 64)
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    m[:, 0] = (((yy - 32) / 20) ** 2 + ((xx - 32) / 15) ** 2 <= 1).float()
+    g = torch.Generator().manual_seed(0)
+    base = m.expand(-1, 3, -1, -1) * 0.8 - 0.4 + 0.05 * torch.randn(4, 1, 64, 64, generator=g)  # a textured face
+    ring = (_grow(m, 1) & ~_grow(m, -1)).expand(-1, 3, -1, -1)
+    dots = base.clone()
+    checker = (((yy + xx) // 2) % 2 * 2 - 1).view(1, 1, 64, 64).expand_as(base)  # +-1 in 2-px blocks
+    dots[ring] += 0.3 * checker[ring]  # dark and bright dots along the edge: the mean barely moves
+    smooth = base.clone()
+    smooth[(_grow(m, 2) & ~_grow(m, -2)).expand(-1, 3, -1, -1)] -= 0.3  # an even dark band along the edge
+    r_base, r_dots, r_smooth = (edge_ring(x, m) for x in (base, dots, smooth))
+    assert abs(r_dots["dip"] - r_base["dip"]) < 5  # grey levels: the dots do not darken the ring on average
+    assert r_dots["roughness"] > 1.5 * r_base["roughness"]
+    assert r_smooth["roughness"] < 1.2 * r_base["roughness"]  # an edge-following line is not "rough"
+    assert r_smooth["dip"] < r_base["dip"] - 20
