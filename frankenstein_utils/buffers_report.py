@@ -41,12 +41,14 @@ def _data(size: int = 64, cache_dir=None):
 
 
 def picture_checks(images: torch.Tensor, mask: torch.Tensor) -> dict:
-    """Checkerboard score and edge ring (``metrics.edge_ring``'s dip, grey levels) of images with their masks."""
+    """Checkerboard score, edge ring (``metrics.edge_ring``: dip in grey levels, roughness along the contour) and
+    ``metrics.staircase_contrast`` (dots at the input mask's pixel corners) of images with their masks."""
     from .flagship import checkerboard_score
 
     ring = M.edge_ring(images, mask)
     return {"checkerboard": checkerboard_score(images), "edge_dip": ring["dip"], "edge_dip_ci": ring["dip_ci"],
-            "edge_roughness": ring["roughness"], "edge_roughness_ci": ring["roughness_ci"]}
+            "edge_roughness": ring["roughness"], "edge_roughness_ci": ring["roughness_ci"],
+            "staircase": M.staircase_contrast(images, mask)["ratio"]}
 
 
 # ---- the training curve ---------------------------------------------------------------------------------------------
@@ -308,7 +310,7 @@ def report_text(result: dict, ctx) -> str:
                    f"{'–' if t['met'] is None else ('yes' if t['met'] else '**no**')} |" for t in result["targets"])
     pics = "\n".join(f"| {k} | {r.get('checkerboard', float('nan')):.2e} | {r.get('edge_dip', float('nan')):.2f} "
                      f"[{r['edge_dip_ci'][0]:.2f}, {r['edge_dip_ci'][1]:.2f}] | {r['edge_roughness']:.3f} "
-                     f"[{r['edge_roughness_ci'][0]:.3f}, {r['edge_roughness_ci'][1]:.3f}] |"
+                     f"[{r['edge_roughness_ci'][0]:.3f}, {r['edge_roughness_ci'][1]:.3f}] | {r['staircase']:.3f} |"
                      for k, r in {**refs, **rows}.items() if "edge_dip" in r)
     from .sweep import format_table
 
@@ -325,8 +327,10 @@ def report_text(result: dict, ctx) -> str:
             f"Checkerboard score (power on the Nyquist lines) and the ring at the mask edge (`metrics.edge_ring`: "
             f"grey level in the 2 px on both sides of the edge minus the bands beside it; negative = darker; the "
             f"test photos with their own fitted masks are the reference; edge roughness: grey-level change along the "
-            f"contour in that ring over the bands beside it, which dots strung along the edge raise).\n\n| row | "
-            f"checkerboard | edge dip (grey levels) | edge roughness |\n|---|---|---|---|\n{pics}\n\n"
+            f"contour in that ring over the bands beside it, which dots strung along the edge raise; staircase: "
+            f"local contrast at the mask's pixel-staircase corners over the other edge pixels, `metrics."
+            f"staircase_contrast`: a network drawing its input's aliased edge scores above the photos).\n\n| row | "
+            f"checkerboard | edge dip (grey levels) | edge roughness | staircase |\n|---|---|---|---|---|\n{pics}\n\n"
             f"## Sweeps over the explorer's range\n\n{sweeps}\n\nKID x 10^3 at "
             f"+-3 sigma (all 15 components, {main['end_kid']['n']} faces): {1e3 * main['end_kid']['kid']:.1f} +- "
             f"{1e3 * main['end_kid']['kid_se']:.1f}; the mean face with as many codes: "
@@ -433,7 +437,8 @@ def card_text(name: str, card: dict, size: int, gen, compare_dir) -> str:
     cols = (("KID x 10^3", "kid", 1e3), ("NME", "nme", 1), ("detection", "detection", 1),
             ("diversity share", "diversity_share", 1), ("code spread", "code_spread", 1),
             ("identity AUC", "identity_auc", 1), ("near-copy share", "near_copy", 1),
-            ("checkerboard", "checkerboard", 1), ("edge dip", "edge_dip", 1), ("edge roughness", "edge_roughness", 1))
+            ("checkerboard", "checkerboard", 1), ("edge dip", "edge_dip", 1), ("edge roughness", "edge_roughness", 1),
+            ("staircase", "staircase", 1))
     fmt = lambda v, s: "–" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v * s:.3g}"
     table = "| row | " + " | ".join(c for c, _, _ in cols) + " |\n|---|" + "---|" * len(cols) + "\n"
     for label, r in {"test photos (reference)": ref["test"], "training photos blurred 1 px": ref["blur1"],
@@ -444,7 +449,8 @@ def card_text(name: str, card: dict, size: int, gen, compare_dir) -> str:
                    for t in card["comparison"]["targets"])
     curve = "\n".join(f"| {p['step']} | {p['wall_h']:.2f} | {1e3 * p['kid']:.1f} | {p['nme']:.3f} | "
                       f"{p['detection']:.3f} | {p['diversity_share']:.3f} | {p['code_spread']:.3f} | "
-                      f"{p['edge_dip']:.2f} | {p.get('edge_roughness', float('nan')):.3f} |" for p in card["curve"])
+                      f"{p['edge_dip']:.2f} | {p.get('edge_roughness', float('nan')):.3f} | "
+                      f"{p.get('staircase', float('nan')):.3f} |" for p in card["curve"])
     raw = card.get("raw_render_curve_line") or {}
     n_curve = card["curve"][0]["n"] if card["curve"] else "–"
     wall = f"{card['wall_s'] / 3600:.2f} h" if card.get("wall_s") else "see the curve"
@@ -485,8 +491,8 @@ Every 1,000 steps (snapshot), N = {n_curve} synthetic faces against all test pho
 (`python -m frankenstein_utils.buffers_report curve`); the raw render in the same context: KID x 10^3
 {1e3 * raw.get('kid', float('nan')):.1f}, NME {raw.get('nme', float('nan')):.3f}.
 
-| step | wall h | KID x 10^3 | NME | detection | diversity share | code spread | edge dip | edge roughness |
-|---|---|---|---|---|---|---|---|---|
+| step | wall h | KID x 10^3 | NME | detection | diversity share | code spread | edge dip | edge roughness | staircase |
+|---|---|---|---|---|---|---|---|---|---|
 {curve}
 
 ## Comparison at one N

@@ -580,3 +580,22 @@ def edge_ring(images: torch.Tensor, mask: torch.Tensor, width: int = 2) -> dict:
     r, rlo, rhi = mean_ci(rough.double())
     return {"dip": m, "dip_ci": [lo, hi], "roughness": r, "roughness_ci": [rlo, rhi], "n": int(ok.sum()),
             "per_image": dip.double().numpy()}
+
+
+def staircase_contrast(images: torch.Tensor, mask: torch.Tensor) -> dict:
+    """Whether a generator draws the input mask's pixel staircase: the mean local contrast (|Y - mean of its 8
+    neighbours|, grey levels) at the mask's convex staircase corners (face pixels with one face neighbour vertically
+    and one horizontally) over that at the other edge pixels. A photo knows nothing of a fitted mask's pixels
+    (about 1); a network that turns the aliased edge of its input into dots scores above it."""
+    y = (torch.as_tensor(images).float().mean(1, keepdim=True) + 1) * 127.5
+    mb = (mask > 0.5).float()
+    up, down = F.pad(mb, (0, 0, 1, 0))[..., :-1, :], F.pad(mb, (0, 0, 0, 1))[..., 1:, :]
+    left, right = F.pad(mb, (1, 0))[..., :-1], F.pad(mb, (0, 1))[..., 1:]
+    edge = (mb > 0) & (up + down + left + right < 4)
+    corner = edge & ((up + down) == 1) & ((left + right) == 1)
+    k = torch.ones(1, 1, 3, 3) / 8
+    k[0, 0, 1, 1] = 0
+    c = (y - F.conv2d(y, k, padding=1)).abs()
+    if not corner.any() or not (edge & ~corner).any():
+        return {"ratio": float("nan"), "corners": int(corner.sum())}
+    return {"ratio": float(c[corner].mean() / c[edge & ~corner].mean()), "corners": int(corner.sum())}

@@ -309,3 +309,27 @@ def test_edge_roughness_sees_a_dotted_seam_that_leaves_the_mean_alone():
     assert r_dots["roughness"] > 1.5 * r_base["roughness"]
     assert r_smooth["roughness"] < 1.2 * r_base["roughness"]  # an edge-following line is not "rough"
     assert r_smooth["dip"] < r_base["dip"] - 20
+
+
+def test_staircase_contrast_finds_dots_at_the_masks_corners():
+    from frankenstein_utils.metrics import staircase_contrast
+
+    m = torch.zeros(3, 1, 64, 64)
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    m[:, 0] = (((yy - 32) / 20) ** 2 + ((xx - 32) / 15) ** 2 <= 1).float()
+    g = torch.Generator().manual_seed(1)
+    photo = 0.1 * torch.randn(3, 3, 64, 64, generator=g)  # texture that knows nothing of the mask
+    r0 = staircase_contrast(photo, m)
+    assert 0.8 < r0["ratio"] < 1.25 and r0["corners"] > 30
+    mb = m > 0.5
+    up = torch.nn.functional.pad(mb, (0, 0, 1, 0))[..., :-1, :]
+    down = torch.nn.functional.pad(mb, (0, 0, 0, 1))[..., 1:, :]
+    left = torch.nn.functional.pad(mb, (1, 0))[..., :-1]
+    right = torch.nn.functional.pad(mb, (0, 1))[..., 1:]
+    corner = mb & (up.int() + down.int() == 1) & (left.int() + right.int() == 1)
+    dotted = photo.clone()
+    dotted[corner.expand(-1, 3, -1, -1)] -= 0.5  # a dark dot on every corner of the staircase
+    assert staircase_contrast(dotted, m)["ratio"] > 2 * r0["ratio"]
+    edge_line = photo.clone()
+    edge_line[(mb & ~(up & down & left & right)).expand(-1, 3, -1, -1)] -= 0.5  # the whole edge, not its corners
+    assert staircase_contrast(edge_line, m)["ratio"] < 1.5 * r0["ratio"]
