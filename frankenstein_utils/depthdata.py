@@ -213,7 +213,7 @@ def generate_depth_dataset(n: int, out_dir, seed: int = 0, *, n_components: int 
                 j = i - block.start
                 d_name, m_name, p_name = _names(i)
                 if write_ply:
-                    atomic_write_bytes(out / p_name, ply_bytes(verts[j], region.faces.numpy()))
+                    atomic_write_bytes(out / p_name, ply_bytes(verts[j], region.faces.numpy(), str(out / p_name)))
                 atomic_write_bytes(out / m_name, png_bytes(mask8[j]))
                 atomic_write_bytes(out / d_name, png_bytes(depth16[j]))
             bar.update(len(block))

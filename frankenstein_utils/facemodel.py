@@ -282,9 +282,31 @@ def read_obj(path, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ---- PLY ----------------------------------------------------------------------------------------------------------
-def ply_bytes(verts, faces) -> bytes:
-    verts = np.asarray(verts, dtype=np.float32)
-    faces = np.asarray(faces, dtype=np.int32)
+def check_mesh(verts, faces, where: str = "mesh") -> tuple[np.ndarray, np.ndarray]:
+    """Vertices (N, 3) float32 and triangles (T, 3) int32 of a mesh to write, or ``ValueError`` naming ``where``:
+    non-finite coordinates or a face index outside [0, N) would make a file that ``read_ply`` (and any viewer)
+    refuses or shows wrong."""
+    verts, faces = np.asarray(verts), np.asarray(faces)
+    if verts.ndim != 2 or verts.shape[1] != 3 or faces.ndim != 2 or faces.shape[1] != 3:
+        raise ValueError(f"{where}: need vertices (N, 3) and triangles (T, 3), got {verts.shape} and {faces.shape}")
+    verts = verts.astype(np.float32)
+    if not np.isfinite(verts).all():
+        bad = np.flatnonzero(~np.isfinite(verts).all(axis=1))
+        raise ValueError(f"{where}: {len(bad)} of {len(verts)} vertices have NaN or infinite coordinates (first: "
+                         f"vertex {bad[0]})")
+    if faces.size and not (faces.dtype.kind in "iu" or np.array_equal(faces, np.round(faces))):
+        raise ValueError(f"{where}: face indices must be whole numbers, got {faces.dtype} values such as "
+                         f"{faces[faces != np.round(faces)][0]}")
+    if faces.size and (faces.min() < 0 or faces.max() >= len(verts)):
+        raise ValueError(f"{where}: face indices out of range [0, {len(verts)}) (min {faces.min()}, max "
+                         f"{faces.max()})")
+    return verts, faces.astype(np.int32)
+
+
+def ply_bytes(verts, faces, where: str = "mesh") -> bytes:
+    """A triangle mesh as binary little-endian PLY; a mesh ``check_mesh`` refuses raises ``ValueError`` naming
+    ``where``."""
+    verts, faces = check_mesh(verts, faces, where)
     vert_el = np.empty(len(verts), dtype=[("x", "f4"), ("y", "f4"), ("z", "f4")])
     vert_el["x"], vert_el["y"], vert_el["z"] = verts.T
     face_el = np.empty(len(faces), dtype=[("vertex_indices", "i4", (3,))])
@@ -296,8 +318,9 @@ def ply_bytes(verts, faces) -> bytes:
 
 
 def write_ply(path, verts, faces) -> None:
-    """Write a triangle mesh as binary little-endian PLY (atomically)."""
-    atomic_write_bytes(path, ply_bytes(verts, faces))
+    """Write a triangle mesh as binary little-endian PLY (atomically); NaN or infinite vertices and face indices
+    out of range are refused (``ValueError`` naming ``path``) and nothing is written."""
+    atomic_write_bytes(path, ply_bytes(verts, faces, str(path)))
 
 
 def read_ply(path) -> tuple[np.ndarray, np.ndarray]:

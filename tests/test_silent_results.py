@@ -207,3 +207,25 @@ def test_a_skipped_map_does_not_shift_the_others_z(tmp_path, applied, capsys):
     assert main(args + ["--output", str(tmp_path / "some")]) == 0
     for name in ("000000.png", "000002.png"):
         assert (tmp_path / "some" / name).read_bytes() == (tmp_path / "all" / name).read_bytes(), name
+
+
+# ---- facemodel.write_ply -------------------------------------------------------------------------------------------
+def test_write_ply_refuses_nan_vertices_and_face_indices_out_of_range(tmp_path, face_model):
+    """write_ply used to write both (a file read_ply then refuses, or a viewer shows wrong); now nothing is
+    written and the error names the path and the problem. A valid mesh is written as before."""
+    from frankenstein_utils.facemodel import read_ply, write_ply
+
+    v = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], np.float32)
+    tri = np.array([[0, 1, 2]])
+    bad_v = v.copy()
+    bad_v[1, 2] = np.nan
+    for name, verts, faces, match in [("nan.ply", bad_v, tri, r"1 of 3 vertices have NaN or infinite .*vertex 1"),
+                                      ("inf.ply", v + np.inf, tri, "3 of 3 vertices have NaN or infinite"),
+                                      ("high.ply", v, np.array([[0, 1, 5]]), r"out of range \[0, 3\) .*max 5"),
+                                      ("negative.ply", v, np.array([[0, -1, 2]]), r"out of range \[0, 3\) \(min -1"),
+                                      ("quads.ply", v, np.array([[0, 1, 2, 0]]), r"triangles \(T, 3\)")]:
+        with pytest.raises(ValueError, match=match) as e:
+            write_ply(tmp_path / name, verts, faces)
+        assert str(e.value).startswith(str(tmp_path / name)) and not (tmp_path / name).exists()
+    write_ply(tmp_path / "ok.ply", v, tri)
+    assert np.array_equal(read_ply(tmp_path / "ok.ply")[0], v)
