@@ -124,11 +124,14 @@ def test_ply_validation_names_file(tmp_path, case, match):
         _write_raw_ply(p, "element vertex 3\nproperty float x\nproperty float y\nproperty float z\n"
                           "element face 1\nproperty list uchar float vertex_indices\n",
                        v.tobytes() + b"\x03" + tri.astype(np.float32).tobytes())
-    elif case == "out_of_range":
-        write_ply(p, v, np.array([[0, 1, 5]]))
-    elif case == "nan":
-        v[1, 2] = np.nan
-        write_ply(p, v, tri)
+    elif case in ("out_of_range", "nan"):  # files write_ply refuses to make: written raw
+        if case == "out_of_range":
+            tri = np.array([[0, 1, 5]], np.int32)
+        else:
+            v[1, 2] = np.nan
+        _write_raw_ply(p, "element vertex 3\nproperty float x\nproperty float y\nproperty float z\n"
+                          "element face 1\nproperty list uchar int vertex_indices\n",
+                       v.tobytes() + b"\x03" + tri.tobytes())
     elif case == "garbage":
         p.write_bytes(b"\x00\x01 not a ply at all")
     elif case == "truncated":
