@@ -2,10 +2,12 @@
 
 Each face is drawn from the face model (identity ~ N(0, I) over 15 components; pose and expression from the fitted
 training photos, or a pose jitter) and the appearance model (``--appearance from-shape`` or ``free``), rendered in
-the photos' framing, and turned into an image by ``--model``: ``raw`` (the appearance render over the mean training
-photo, no network: the default until a generator that reads appearance ships), any shipped model
-(``pretrained.available()``, e.g. ``study/U``), an exported shipped-model file or a training checkpoint whose
-inputs were rendered in that framing (``apply.load_generator``). Layout of ``DIR``::
+the photos' framing, and turned into an image by ``--model``: by default the shipped default generator
+(``pretrained.default_name()``: the buffers generator, which reads depth and the appearance render's buffers), ``raw``
+(the appearance render over the mean training photo, no network), any shipped model (``pretrained.available()``,
+e.g. ``study/U``), an exported shipped-model file or a training checkpoint whose inputs were rendered in that framing
+(``apply.load_generator``). A buffers generator sees the first k appearance components it was trained with (the
+``appearance`` PNGs and ``meta.npz`` then hold those k). Layout of ``DIR``::
 
     manifest.json        configuration, model, file layout, counts, the data terms
     meta.npz             per face: coeffs (n, 15), expressions (n, E), poses (n, 6), appearance (n, K) in sd units,
@@ -171,7 +173,8 @@ def _generate_faces(n, out, seed, model_name, appearance, pose, appearance_path,
     if not mpath.exists():  # the manifest is written after meta.npz: it marks meta.npz complete
         lms = model_landmarks(face_model, coeffs, render, poses, expressions).astype(np.float32)
         atomic_savez(out / "meta.npz", coeffs=coeffs.numpy(), expressions=expressions.numpy(), poses=poses.numpy(),
-                     appearance=a.numpy(), landmarks=lms)
+                     appearance=(a[:, :gen.appearance_k] if gen is not None and gen.buffer_names else a).numpy(),
+                     landmarks=lms)
         atomic_write_json(mpath, manifest)
 
     def done(i):
