@@ -76,6 +76,31 @@ def _parser(preset: str | None = None):
     return ap
 
 
+def device_problem(name: str) -> str:
+    """Why ``--device name`` cannot run on this machine ("" if it can): not a device name, or a CUDA device on a
+    PyTorch built without CUDA or a machine without that GPU (else the first tensor moved there raises)."""
+    if name == "auto":
+        return ""
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        return f"--device {name!r}: not a device name; use auto, cpu, cuda or cuda:N"
+    if dev.type == "cuda":
+        if torch.version.cuda is None:
+            return f"--device {name}: this PyTorch ({torch.__version__}) is built without CUDA; use --device cpu or auto"
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            return f"--device {name}: no CUDA GPU is available on this machine; use --device cpu or auto"
+        if dev.index is not None and dev.index >= n:
+            return f"--device {name}: this machine has {n} CUDA GPU(s), cuda:0 to cuda:{n - 1}"
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            return f"--device {name}: MPS is not available on this machine; use --device cpu or auto"
+    elif dev.type != "cpu":
+        return f"--device {name}: the trainer runs on cpu, cuda[:N], mps or auto"
+    return ""
+
+
 def parse_args(argv=None):
     """Options, with a preset's values as the defaults when ``--preset`` is given. Every check that needs no data
     runs here, before the paired set is built (which takes a while)."""
@@ -88,6 +113,9 @@ def parse_args(argv=None):
         ap.error(f"--limit must be >= 0 and --n-synthetic >= 1, got {a.limit} and {a.n_synthetic}")
     if not 0 <= a.synthetic_extended <= 1:
         ap.error(f"--synthetic-extended must be in [0, 1], got {a.synthetic_extended}")
+    problem = device_problem(a.device)
+    if problem:
+        ap.error(problem)
     try:
         cfg = TrainConfig(**{f.name: getattr(a, f.name) for f in fields(TrainConfig)
                              if f.name not in ("data", "image_size", "input_convention")}, image_size=a.size)

@@ -175,6 +175,26 @@ class TrainConfig:
             raise ValueError("buffers need appearance_k >= 1 (the appearance components they are rendered with)")
         if names and self.mode not in ("flagship", "l1", "cvae"):
             raise ValueError(f"buffers are read by modes flagship, l1 and cvae, not {self.mode!r}")
+        for k in ("max_loss", "max_param"):  # NaN or inf would switch the guard off
+            v = getattr(self, k)
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"{k} must be a finite number > 0 (the NaN guard's threshold), got {v}")
+        if self.mask_dilate < 0:
+            raise ValueError(f"mask_dilate must be >= 0 (pixels the face mask grows by), got {self.mask_dilate}")
+        if self.z_dim < 0 or (self.z_dim < 1 and _uses_code(self)):
+            raise ValueError(f"z_dim must be >= {1 if _uses_code(self) else 0}"
+                             + (f" for {_uses_code(self)} (it draws a code of z_dim numbers)" if _uses_code(self) else "")
+                             + f", got {self.z_dim}")
+        if self.mode == "flagship" and self.fs_scales < 1:
+            raise ValueError(f"fs_scales must be >= 1, got {self.fs_scales}")
+        problem = _size_problem(self)
+        if problem:
+            raise ValueError(problem)
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError, ValueError):
+                raise ValueError(f"device {self.device!r}: not a device name; use auto, cpu, cuda or cuda:N") from None
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -196,6 +216,58 @@ class TrainConfig:
         from .objectives import buffer_names
 
         return (2 if self.mask_input else 1) + 3 * len(buffer_names(self.buffers))
+
+
+def _uses_code(c: TrainConfig) -> str:
+    """What in config ``c`` draws a code of ``z_dim`` numbers ("" if nothing does): the appearance code of the cvae
+    modes, the flagship and BicycleGAN, or the noise of generator NU (which would silently take 8 for 0)."""
+    if c.mode in ("cvae", "cvae-gan", "flagship", "bicyclegan"):
+        return f"mode {c.mode!r}"
+    if c.generator == "NU" and c.mode in ("l1", "gan", "gan+recon", "l1+gan"):
+        return "generator 'NU'"
+    return ""
+
+
+def _size_problem(c: TrainConfig) -> str:
+    """Why the networks of config ``c`` cannot take ``c.image_size`` px images ("" if they can), from the convolution
+    arithmetic of ``models.py`` and ``flagship.py``, so a size that is too small fails here in one line instead of in
+    the first step, after the data is built. A 4x4 stride-2 conv halves a size, a 4x4 stride-1 conv with padding 1
+    takes 1 off it, and instance normalisation needs at least 2x2. Hence: the PatchGAN (3 layers) needs 12 px; the
+    4-layer PatchGAN of pix2pix, BicycleGAN and the flagship 24 px at each of its scales (each scale halves the
+    size); the U/V/NU generators (and the R net of gan+recon, the cross-encoder's codes) with instance norm 8 px
+    (their bottleneck is a quarter of the size); the small discriminator with instance norm 8 px."""
+    S, mode = c.image_size, c.mode
+    needs = []  # (smallest size, the network that needs it)
+    if mode == "flagship":
+        b = c.fs_bottleneck
+        n = S // b if b >= 2 and S % b == 0 else 0
+        if n < 2 or n & (n - 1):
+            return (f"mode 'flagship' needs image_size = fs_bottleneck (>= 2) x a power of 2 (>= 2), got image_size "
+                    f"{S} and fs_bottleneck {b}")
+        needs.append((24 * 2 ** (c.fs_scales - 1), f"its discriminator ({c.fs_scales} scale(s), 4-layer PatchGANs)"))
+    elif mode in ("pix2pix", "bicyclegan"):
+        if S & (S - 1):
+            return f"mode {mode!r} needs a power-of-2 image_size (its pix2pix U-Net), got {S}"
+        needs.append((24 if mode == "pix2pix" else 48, "its discriminator (" + (
+            "a 4-layer PatchGAN)" if mode == "pix2pix" else "2 scales, 4-layer PatchGANs)")))
+    else:
+        quarter_size = mode in ("gan+recon", "cross-encoder") or c.generator in ("U", "V", "NU")
+        if c.norm == "instance" and quarter_size:
+            needs.append((8, "the generator's instance normalisation at a quarter of the size"))
+        if mode in ADVERSARIAL and c.discriminator == "patch":
+            needs.append((12, "the PatchGAN discriminator (3 layers)"))
+        elif mode in ADVERSARIAL and c.d_norm == "instance":
+            needs.append((8, "the small discriminator's instance normalisation at a quarter of the size"))
+    floor, why = max(needs, default=(4, ""))
+    if S >= floor:
+        return ""
+    if mode == "flagship":  # the smallest size of the right form
+        smallest = c.fs_bottleneck * 2 ** max(1, math.ceil(math.log2(floor / c.fs_bottleneck)))
+    elif mode in ("pix2pix", "bicyclegan"):
+        smallest = 2 ** math.ceil(math.log2(floor))
+    else:
+        smallest = floor
+    return f"image_size {S} is too small for mode {mode!r}: {why} needs image_size >= {smallest}"
 
 
 # Named settings: ``preset_config("original", ...)`` or ``train --preset original``.

@@ -1,0 +1,121 @@
+"""Issue 23, points 4 and 5: values that gave silent wrong results, checks that came too late, and tracebacks where
+one line naming the file or option should be. Each test fails without its fix."""
+import math
+
+import pytest
+import torch
+
+from frankenstein_utils.training import TrainConfig, Trainer
+from test_training import ToyPairs
+
+
+def train_cli_error(monkeypatch, capsys, argv) -> str:
+    """``train.main(argv)``: must exit 2 with one ``error:`` line (argparse's usage above it), before any data is
+    built; returns that line."""
+    import frankenstein_utils.datasets as datasets
+    from frankenstein_utils import train
+
+    monkeypatch.setattr(datasets, "PairedFaceDataset", lambda *a, **k: pytest.fail("data built before checks"))
+    with pytest.raises(SystemExit) as e:
+        train.main(argv)
+    assert e.value.code == 2, argv
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    lines = [x for x in err.splitlines() if "error:" in x]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+# ---- point 4: silent wrong results ---------------------------------------------------------------------------------
+def test_nan_guard_thresholds_must_be_finite_and_positive(monkeypatch, capsys):
+    """``--max-param nan --max-loss nan`` switched the NaN guard off (every comparison with NaN is false)."""
+    line = train_cli_error(monkeypatch, capsys, ["--max-param", "nan", "--max-loss", "nan"])
+    assert "max_loss must be a finite number > 0" in line and "nan" in line
+    for k in ("max_loss", "max_param"):
+        for bad in (float("nan"), float("inf"), 0.0, -1.0):
+            with pytest.raises(ValueError, match=f"{k} must be a finite number > 0"):
+                TrainConfig(**{k: bad})
+    TrainConfig(max_loss=50.0, max_param=1e3)  # still fine
+
+
+def test_a_negative_mask_dilation_is_refused(monkeypatch, capsys):
+    """``--mask-dilate -1`` was taken as 0."""
+    line = train_cli_error(monkeypatch, capsys, ["--masked-l1", "true", "--mask-dilate", "-1"])
+    assert "mask_dilate must be >= 0" in line and "-1" in line
+    with pytest.raises(ValueError, match="mask_dilate must be >= 0"):
+        TrainConfig(mask_dilate=-2)
+    TrainConfig(mask_dilate=0)
+
+
+# ---- point 5: a traceback instead of a line ------------------------------------------------------------------------
+def test_device_that_this_machine_lacks_is_one_line(monkeypatch, capsys):
+    """``--device cuda`` on a CPU build raised "Torch not compiled with CUDA enabled" after the data was built."""
+    if torch.cuda.is_available():  # a GPU machine: a device index it does not have
+        dev = f"cuda:{torch.cuda.device_count()}"
+        want = "CUDA GPU(s)"
+    else:
+        dev = "cuda"
+        want = "without CUDA" if torch.version.cuda is None else "no CUDA GPU is available"
+    line = train_cli_error(monkeypatch, capsys, ["--device", dev])
+    assert f"--device {dev}" in line and want in line
+    line = train_cli_error(monkeypatch, capsys, ["--device", "gpu"])
+    assert "not a device name" in line
+    with pytest.raises(ValueError, match="device 'gpu': not a device name"):
+        TrainConfig(device="gpu")
+
+
+@pytest.mark.parametrize("z", ["0", "-1"])
+def test_a_code_of_no_dimensions_is_one_line(monkeypatch, capsys, z):
+    """``--mode cvae --z-dim 0`` crashed in the NaN guard (amax of an empty tensor), -1 in ``nn.Linear``."""
+    line = train_cli_error(monkeypatch, capsys, ["--mode", "cvae", "--z-dim", z])
+    assert f"z_dim must be >= 1 for mode 'cvae'" in line and f"got {z}" in line
+
+
+def test_every_mode_with_a_code_needs_one():
+    for mode in ("cvae", "cvae-gan", "flagship", "bicyclegan"):
+        with pytest.raises(ValueError, match=f"z_dim must be >= 1 for mode '{mode}'"):
+            TrainConfig(mode=mode, z_dim=0)
+    with pytest.raises(ValueError, match="z_dim must be >= 1 for generator 'NU'"):  # it silently took 8
+        TrainConfig(generator="NU", z_dim=0)
+    with pytest.raises(ValueError, match="z_dim must be >= 0"):
+        TrainConfig(z_dim=-1)
+    TrainConfig(mode="l1", generator="U", z_dim=0)  # no code: 0 is fine
+
+
+@pytest.mark.parametrize("size", ["4", "8"])
+def test_a_size_the_gan_networks_cannot_take_is_one_line(monkeypatch, capsys, size):
+    """``--mode gan --size 8`` crashed in the first step (the PatchGAN's output shrank to nothing), 4 in instance
+    norm; now TrainConfig knows each mode's smallest size."""
+    for mode in ("gan", "l1+gan", "cvae-gan", "gan+recon", "cross-encoder"):
+        line = train_cli_error(monkeypatch, capsys, ["--mode", mode, "--size", size])
+        assert f"image_size {size} is too small for mode '{mode}'" in line and "needs image_size >= 12" in line
+
+
+def test_smallest_sizes_per_mode():
+    """The floors (verified once against a training step over 841 combinations of mode, generator, norms,
+    discriminator and size); here the messages and the boundaries."""
+    refused = {("flagship", 32): ">= 64", ("bicyclegan", 32): ">= 64", ("pix2pix", 16): ">= 32",
+               ("l1", 4): ">= 8", ("cvae", 4): ">= 8"}
+    for (mode, size), want in refused.items():
+        with pytest.raises(ValueError, match=f"image_size {size} is too small for mode '{mode}'.*{want}"):
+            TrainConfig(mode=mode, image_size=size)
+    with pytest.raises(ValueError, match="fs_bottleneck"):
+        TrainConfig(mode="flagship", image_size=48)
+    with pytest.raises(ValueError, match="power-of-2"):
+        TrainConfig(mode="pix2pix", image_size=48)
+    for kw in (dict(mode="gan", image_size=12), dict(mode="gan", discriminator="small", image_size=8),
+               dict(mode="l1", image_size=8), dict(mode="l1", generator="F", image_size=4),
+               dict(mode="pix2pix", image_size=32), dict(mode="flagship", fs_scales=1, image_size=32),
+               dict(mode="bicyclegan", image_size=64), dict(mode="flagship", image_size=64)):
+        TrainConfig(**kw)
+
+
+@pytest.mark.parametrize("kw", [dict(mode="gan", image_size=12), dict(mode="l1", image_size=8),
+                                dict(mode="pix2pix", image_size=32)])
+def test_the_smallest_accepted_sizes_train(tmp_path, kw):
+    size = kw["image_size"]
+    c = TrainConfig(**kw, width=4, d_width=4, encoder_width=4, batch_size=4, steps=1, out_dir=str(tmp_path),
+                    sample_every=0, log_every=1)
+    d = ToyPairs(n=8, size=size)
+    losses = Trainer(c, {"paired": d, "synthetic": d, "real": d}).fit(progress=False)[-1]
+    assert all(math.isfinite(v) for k, v in losses.items() if k != "step")
