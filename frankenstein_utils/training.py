@@ -748,6 +748,7 @@ class Trainer:
             ck = read_checkpoint(path, self.device)
         except ValueError as e:
             raise ValueError(f"{e}{'' if 'convert' in str(e) else '; delete it to start over'}") from e
+        self._check_layout(path, ck)
         saved = ck["config"]
         mine = asdict(self.cfg)
         # keys missing from an older checkpoint take their defaults; settings of a switch that is off in both runs
@@ -759,15 +760,29 @@ class Trainer:
         if differ:
             raise ValueError(f"{path}: checkpoint was made with another configuration ({sorted(differ)}); "
                              f"use a new out_dir or the same settings (a resume may change {', '.join(RESUME_FREE)})")
+        if training and ck["step"] > self.cfg.steps:  # fit() would stop at once and say nothing
+            raise ValueError(f"{path}: the checkpoint is at step {ck['step']}, past this run's steps={self.cfg.steps}: "
+                             f"nothing would be trained; give steps > {ck['step']} (--steps) to go on from it, or use "
+                             f"a new out_dir")
         self.config_history = list(ck.get("config_history", []))
         changed = {k: [saved[k], mine[k]] for k in RESUME_FREE if k in saved and saved[k] != mine[k]}
         if changed and training:
             self.config_history.append({"step": ck["step"], "changed": changed})
         for k, v in ck["nets"].items():
-            self.nets[k].load_state_dict(v)
+            try:
+                self.nets[k].load_state_dict(v)
+            except RuntimeError as e:  # shapes or names differ: torch's message, on one line
+                detail = "; ".join(x.strip() for x in str(e).strip().splitlines()[1:] if x.strip()) or _first_line(e)
+                raise ValueError(f"{path}: network {k} of the checkpoint does not fit this configuration's {k} "
+                                 f"({detail[:400]})") from None
         for k, v in ck["opts"].items():
             lrs = [g["lr"] for g in self.opts[k].param_groups]  # this run's learning rates, not the saved ones
-            self.opts[k].load_state_dict(v)
+            try:
+                self.opts[k].load_state_dict(v)
+            except (ValueError, KeyError, TypeError, RuntimeError) as e:
+                raise ValueError(f"{path}: optimizer {k} of the checkpoint does not fit this configuration's "
+                                 f"networks ({type(e).__name__}: {_first_line(e)})") from None
+            self._check_optimizer_state(path, k)
             for g, lr in zip(self.opts[k].param_groups, lrs):
                 g["lr"] = lr
         self.step, self.history = ck["step"], ck["history"]
@@ -777,11 +792,52 @@ class Trainer:
         if hasattr(self.objective, "load_state"):
             self.objective.load_state(ck)
         self._ckpt_stamp = self._stamp()
-        torch.set_rng_state(ck["rng"]["torch"].cpu())
-        set_numpy_rng_state(ck["rng"]["numpy"])
-        random.setstate(ck["rng"]["python"])
-        if ck["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
+        try:
+            torch.set_rng_state(ck["rng"]["torch"].cpu())
+            set_numpy_rng_state(ck["rng"]["numpy"])
+            random.setstate(ck["rng"]["python"])
+            if ck["rng"]["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            raise ValueError(f"{path}: not a usable checkpoint: its random-number state cannot be restored "
+                             f"({type(e).__name__}: {_first_line(e)})") from None
+
+    def _check_layout(self, path, ck: dict):
+        """The entries a restore reads, each of the right kind, with this configuration's networks and optimizers: a
+        damaged or foreign checkpoint is refused in one line that names it, instead of a KeyError, or networks left
+        at their random initialisation without a word (a ``nets`` entry without one of them)."""
+        for k, kind in (("config", dict), ("nets", dict), ("opts", dict), ("step", int), ("history", list),
+                        ("rng", dict)):
+            v = ck.get(k)
+            if not isinstance(v, kind) or isinstance(v, bool):
+                got = "missing" if k not in ck else f"of type {type(v).__name__}"
+                raise ValueError(f"{path}: not a usable checkpoint: its {k!r} entry is {got} (expected "
+                                 f"{kind.__name__})")
+        if ck["step"] < 0:
+            raise ValueError(f"{path}: not a usable checkpoint: step {ck['step']}")
+        for k, mine in (("nets", self.nets), ("opts", self.opts)):
+            if set(ck[k]) != set(mine):
+                what = "networks" if k == "nets" else "optimizers"
+                raise ValueError(f"{path}: its {what} {sorted(ck[k])} are not this configuration's {sorted(mine)} "
+                                 f"(mode {self.cfg.mode!r}); a damaged checkpoint or one of another mode")
+            bad = [n for n, v in ck[k].items() if not isinstance(v, dict)]
+            if bad:
+                raise ValueError(f"{path}: not a usable checkpoint: {k}[{bad[0]!r}] is of type "
+                                 f"{type(ck[k][bad[0]]).__name__}, not a state dict")
+        missing = [k for k in ("torch", "numpy", "python", "cuda") if k not in ck["rng"]]
+        if missing:
+            raise ValueError(f"{path}: not a usable checkpoint: its random-number state lacks {missing}")
+
+    def _check_optimizer_state(self, path, name: str):
+        """Every per-parameter tensor of a loaded optimizer state (Adam's moments, RMSProp's averages) has its
+        parameter's shape: torch loads them by position and would fail only at the first step."""
+        opt = self.opts[name]
+        for i, p in enumerate(q for g in opt.param_groups for q in g["params"]):
+            for key, v in opt.state.get(p, {}).items():
+                if torch.is_tensor(v) and v.dim() > 0 and v.shape != p.shape:
+                    raise ValueError(f"{path}: optimizer {name} of the checkpoint does not fit this configuration's "
+                                     f"networks: {key} of parameter {i} has shape {tuple(v.shape)}, the parameter "
+                                     f"{tuple(p.shape)}")
 
 
 def load_run(path, device: str = "cpu") -> Trainer:

@@ -1,12 +1,13 @@
 """Issue 23, points 4 and 5: values that gave silent wrong results, checks that came too late, and tracebacks where
 one line naming the file or option should be. Each test fails without its fix."""
+import copy
 import math
 
 import pytest
 import torch
 
-from frankenstein_utils.training import TrainConfig, Trainer
-from test_training import ToyPairs
+from frankenstein_utils.training import TrainConfig, Trainer, load_run
+from test_training import ToyPairs, cfg
 
 
 def train_cli_error(monkeypatch, capsys, argv) -> str:
@@ -36,6 +37,21 @@ def test_nan_guard_thresholds_must_be_finite_and_positive(monkeypatch, capsys):
             with pytest.raises(ValueError, match=f"{k} must be a finite number > 0"):
                 TrainConfig(**{k: bad})
     TrainConfig(max_loss=50.0, max_param=1e3)  # still fine
+
+
+def test_a_resume_with_fewer_steps_than_the_checkpoint_is_refused(tmp_path):
+    """It exited 0 saying nothing (the loop never ran); now it names the checkpoint and both step counts."""
+    data = {"paired": ToyPairs()}
+    Trainer(cfg(tmp_path, steps=3), data).fit(progress=False)
+    with pytest.raises(ValueError) as e:
+        Trainer(cfg(tmp_path, steps=2), data)
+    msg = str(e.value)
+    assert str(tmp_path / "checkpoint.pt") in msg and "step 3" in msg and "steps=2" in msg, msg
+    assert "\n" not in msg
+    t = Trainer(cfg(tmp_path, steps=3), data)  # the finished run itself: nothing to do, no error
+    assert t.step == 3 and t.fit(progress=False)[-1]["step"] == 3
+    Trainer(cfg(tmp_path, steps=4), data).fit(progress=False)  # going on still works
+    assert load_run(tmp_path / "checkpoint.pt").step == 4
 
 
 def test_a_negative_mask_dilation_is_refused(monkeypatch, capsys):
@@ -68,7 +84,7 @@ def test_device_that_this_machine_lacks_is_one_line(monkeypatch, capsys):
 def test_a_code_of_no_dimensions_is_one_line(monkeypatch, capsys, z):
     """``--mode cvae --z-dim 0`` crashed in the NaN guard (amax of an empty tensor), -1 in ``nn.Linear``."""
     line = train_cli_error(monkeypatch, capsys, ["--mode", "cvae", "--z-dim", z])
-    assert f"z_dim must be >= 1 for mode 'cvae'" in line and f"got {z}" in line
+    assert "z_dim must be >= 1 for mode 'cvae'" in line and f"got {z}" in line
 
 
 def test_every_mode_with_a_code_needs_one():
@@ -119,3 +135,50 @@ def test_the_smallest_accepted_sizes_train(tmp_path, kw):
     d = ToyPairs(n=8, size=size)
     losses = Trainer(c, {"paired": d, "synthetic": d, "real": d}).fit(progress=False)[-1]
     assert all(math.isfinite(v) for k, v in losses.items() if k != "step")
+
+
+# ---- checkpoints: the file named in one line ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    Trainer(cfg(root, steps=1, mode="cvae"), {"paired": ToyPairs()}).fit(progress=False)
+    return root, torch.load(root / "checkpoint.pt", weights_only=True)
+
+
+def _first_key(d):
+    return next(iter(d))
+
+
+BROKEN = {
+    "no nets entry": (lambda c: c.pop("nets"), "not a training checkpoint"),
+    "a network missing": (lambda c: c["nets"].pop("E"), r"its networks \['G'\] are not this configuration's"),
+    "an unknown network": (lambda c: c["nets"].__setitem__("X", {}), r"its networks \['E', 'G', 'X'\]"),
+    "a wrongly shaped weight": (lambda c: c["nets"]["G"].__setitem__(_first_key(c["nets"]["G"]), torch.zeros(3, 3)),
+                                "network G of the checkpoint does not fit.*size mismatch"),
+    "a network that is no state dict": (lambda c: c["nets"].__setitem__("G", 3), r"nets\['G'\] is of type int"),
+    "no optimizers": (lambda c: c.pop("opts"), "its 'opts' entry is missing"),
+    "a wrongly shaped optimizer moment": (
+        lambda c: c["opts"]["G"]["state"][_first_key(c["opts"]["G"]["state"])].__setitem__("exp_avg", torch.zeros(2)),
+        "optimizer G of the checkpoint does not fit.*exp_avg"),
+    "no step": (lambda c: c.pop("step"), "its 'step' entry is missing"),
+    "no RNG state": (lambda c: c.pop("rng"), "its 'rng' entry is missing"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_a_damaged_checkpoint_is_named_in_one_line(tmp_path, saved_run, case):
+    """A checkpoint without ``nets`` or with a wrongly shaped tensor gave a KeyError or torch's multi-line
+    RuntimeError without the file's name (a missing network was left at its random initialisation silently)."""
+    root, ck = saved_run
+    damage, want = BROKEN[case]
+    ck = copy.deepcopy(ck)
+    damage(ck)
+    bad = tmp_path / "resume" / "checkpoint.pt"
+    bad.parent.mkdir()
+    torch.save(ck, bad)
+    for what, load in (("load_run", lambda: load_run(bad)),
+                       ("resume", lambda: Trainer(cfg(bad.parent, steps=2, mode="cvae"), {"paired": ToyPairs()}))):
+        with pytest.raises(ValueError, match=want) as e:
+            load()
+        msg = str(e.value)
+        assert msg.startswith(str(bad)) and "\n" not in msg, (what, msg)
