@@ -182,3 +182,100 @@ def test_a_damaged_checkpoint_is_named_in_one_line(tmp_path, saved_run, case):
             load()
         msg = str(e.value)
         assert msg.startswith(str(bad)) and "\n" not in msg, (what, msg)
+
+
+# ---- the notebook runner: every value checked before anything runs ---------------------------------------------------
+@pytest.fixture
+def runner(tmp_path, monkeypatch, capsys):
+    """``notebooks.main`` on a YAML text with the notebooks stubbed out: (exit code, stderr lines, notebooks run)."""
+    from frankenstein_utils import notebooks
+
+    ran = []
+    monkeypatch.setattr(notebooks, "execute", lambda nb, out, params: ran.append(nb.stem) or {})
+
+    def main(text, *extra):
+        path = tmp_path / "params.yaml"
+        path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text)
+        ran.clear()
+        rc = notebooks.main(["--params", str(path), "--out", str(tmp_path / "out"), *extra])
+        return rc, capsys.readouterr().err.strip().splitlines(), list(ran)
+    return main
+
+
+def _runs(tmp_path):
+    """RUN_ROOTS for notebook 04 and the matching OUT_DIRs of 02 and 03, all under ``tmp_path``."""
+    sup, exp = tmp_path / "sup", tmp_path / "exp"
+    return (f"02_supervised_baseline:\n  OUT_DIR: {sup}\n03_refinement_experiments:\n  OUT_DIR: {exp}\n"
+            f"04_evaluation:\n  RUN_ROOTS: {{supervised: {sup}, '': {exp}}}\n")
+
+
+REFUSED = {  # YAML, extra arguments, what the one line must say
+    "N: null": ("01_data_generation:\n  N: null\n", (), "parameter N is null, the notebook's default 5000 is a int"),
+    "N_SYNTH: 2.5": ("03_refinement_experiments:\n  N_SYNTH: 2.5\n", (), "parameter N_SYNTH = 2.5 is a float"),
+    "VARIANTS: [gan-lsgn]": ("03_refinement_experiments:\n  VARIANTS: [gan-lsgn]\n", (),
+                             "VARIANTS = ['gan-lsgn']: unknown variant 'gan-lsgn' (did you mean 'gan-lsgan'?)"),
+    "DEPTH_SOURCE: fited": ("02_supervised_baseline:\n  DEPTH_SOURCE: fited\n", (),
+                            "DEPTH_SOURCE = 'fited': unknown name 'fited' (did you mean 'fitted'?)"),
+    "a misspelt OVERRIDES variant": (
+        "03_refinement_experiments:\n  OVERRIDES: {gan-wgan-clp: {wgan_burst: 2}}\n", (),
+        "OVERRIDES = {'gan-wgan-clp': {'wgan_burst': 2}}: unknown variant 'gan-wgan-clp' (did you mean 'gan-wgan-clip'?)"),
+    "a misspelt OVERRIDES setting": ("03_refinement_experiments:\n  OVERRIDES: {gan-log: {wgan_brust: 2}}\n", (),
+                                     "unknown TrainConfig setting 'wgan_brust' (did you mean 'wgan_burst'?)"),
+    "an OVERRIDES value TrainConfig refuses": (
+        "03_refinement_experiments:\n  OVERRIDES: {gan-log: {n_critic: 0}}\n", (),
+        "model 'gan-log': n_critic must be >= 1, got 0 (set by OVERRIDES['gan-log']['n_critic'])"),
+    "Z_DIM 0 for cvae": ("02_supervised_baseline:\n  Z_DIM: 0\n", (), "model 'cvae': z_dim must be >= 1"),
+    "SIZE too small for the GANs": ("03_refinement_experiments:\n  SIZE: 8\n", (),
+                                    "model 'gan-log': image_size 8 is too small for mode 'gan'"),
+    "SHIPPED: flagshp": ("04_evaluation:\n  SHIPPED: flagshp\n", (), "SHIPPED = 'flagshp': unknown name 'flagshp'"),
+    "a duplicated key": ("01_data_generation:\n  N: 4\n  N: 5\n", (),
+                         "key 'N' is given twice in one mapping (lines 2 and 3)"),
+    "a bare --only": ("01_data_generation:\n  N: 4\n", ("--only",), "--only needs at least one notebook"),
+    "a binary file": (bytes(range(256)) * 4, (), "params.yaml: not a text file"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_runner_refuses_a_bad_value_before_anything_runs(runner, case):
+    """Each of these ran today (a misspelt OVERRIDES variant ignored, a duplicated key keeping the last value, a
+    bare --only running all four notebooks) or failed inside a notebook, one of them after 01 and 02 had run."""
+    text, extra, want = REFUSED[case]
+    rc, err, ran = runner(text, *extra)
+    assert rc == 2 and ran == [] and len(err) == 1, (rc, err, ran)
+    assert want in err[0] and "Traceback" not in err[0], err[0]
+
+
+def test_runner_refuses_a_compare_entry_that_names_no_run(runner, tmp_path):
+    """A misspelt COMPARE entry made notebook 04 compare the first two checkpoints it found, without a word. The
+    runner knows the run names beforehand: those on disk under RUN_ROOTS, and those 02 (MODELS) and 03 (VARIANTS)
+    will write into a RUN_ROOTS folder."""
+    base = _runs(tmp_path)
+    rc, err, ran = runner(base + "  COMPARE: [supervised/UU, cvae-gan]\n")
+    assert rc == 2 and ran == [] and len(err) == 1
+    assert "COMPARE entry 'supervised/UU' names no run (did you mean 'supervised/U'?)" in err[0], err
+    rc, err, ran = runner(base + "  COMPARE: [supervisd/U]\n")  # not even of the form of a run name
+    assert rc == 2 and "COMPARE entry 'supervisd/U' is no run name under RUN_ROOTS" in err[0], err
+    rc, err, ran = runner(base + "  COMPARE: []\n")  # empty: the same silent fallback
+    assert rc == 2 and "COMPARE = []: must name at least one run" in err[0], err
+    # made by 02 and 03 of this plan: fine
+    assert runner(base + "  COMPARE: [supervised/V, cvae-gan]\n")[0] == 0
+    # 04 alone: only what is on disk counts
+    rc, err, _ = runner(base + "  COMPARE: [cvae-gan]\n", "--only", "04_evaluation")
+    assert rc == 2 and "runs it will find: none" in err[0], err
+    (tmp_path / "exp" / "cvae-gan").mkdir(parents=True)
+    (tmp_path / "exp" / "cvae-gan" / "checkpoint.pt").write_bytes(b"")
+    assert runner(base + "  COMPARE: [cvae-gan]\n", "--only", "04_evaluation")[:3:2] == (0, ["04_evaluation"])
+
+
+def test_every_notebook_has_a_schema_in_step_with_its_parameters_cell():
+    """One declared schema per notebook, covering exactly the parameters its cell defines; the shipped parameter
+    files pass it."""
+    from frankenstein_utils import notebooks
+
+    paths = notebooks.notebook_paths()
+    assert sorted(notebooks.SCHEMAS) == [p.stem for p in paths]
+    for p in paths:
+        assert set(notebooks.SCHEMAS[p.stem].rules) == set(notebooks.notebook_parameters(p)), p.stem
+    for name in ("default", "tiny", "full"):
+        path = notebooks.NOTEBOOK_DIR / "params" / f"{name}.yaml"
+        assert len(notebooks.plan_runs(notebooks.load_params(path), None, path)) == len(paths)
