@@ -54,12 +54,28 @@ def make_env(python: str = "python3.11", where: Path | None = None) -> Path:
 
 def list_photos(folder) -> list[Path]:
     folder = Path(folder)
-    if not folder.is_dir():
+    if not folder.exists():
         raise FileNotFoundError(f"{folder}: photo folder does not exist")
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{folder}: not a folder; give the folder that holds the photos")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
         raise FileNotFoundError(f"{folder}: no photos ({', '.join(IMAGE_EXTENSIONS)})")
     return files
+
+
+def check_photos(files) -> None:
+    """Every file opens as an image (Pillow reads its header and checks its structure): a file that does not is
+    named before the detection starts, instead of failing inside it."""
+    from PIL import Image
+
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im.verify()
+        except Exception as e:
+            raise ValueError(f"{f}: not an image Pillow can read ({type(e).__name__}: {e}); remove it or convert "
+                             f"it") from None
 
 
 def detect(files) -> dict:
@@ -94,6 +110,8 @@ def build_landmarks(folder, out=None, python=None) -> Path:
     MediaPipe environment). The triangles of the shipped CelebA file are copied in when it is found."""
     folder = Path(folder)
     out = Path(out or folder / LANDMARKS_NAME)
+    files = list_photos(folder)  # a missing or empty folder or a non-image: one line, before MediaPipe starts
+    check_photos(files)
     try:
         import mediapipe  # noqa: F401
     except ImportError:
@@ -103,10 +121,18 @@ def build_landmarks(folder, out=None, python=None) -> Path:
                                f"`python -m frankenstein_utils.landmarks --make-env` (or set "
                                f"FRANKENSTEIN_MEDIAPIPE_PYTHON)") from None
         env = {**os.environ, "PYTHONPATH": str(_repo_root())}
-        subprocess.run([str(py), "-m", "frankenstein_utils.landmarks", "--detect-only", str(folder), "--out", str(out)],
-                       check=True, env=env)
+        r = subprocess.run([str(py), "-m", "frankenstein_utils.landmarks", "--detect-only", str(folder), "--out",
+                            str(out)], env=env, stderr=subprocess.PIPE, text=True)
+        if r.returncode:  # its own one-line error, not two nested tracebacks
+            lines = [x for x in r.stderr.splitlines() if x.strip()]
+            said = [x.split(ERROR_PREFIX, 1)[1] for x in lines if x.startswith(ERROR_PREFIX)]
+            if said:
+                raise ValueError(said[-1])
+            raise RuntimeError(f"{py}: the MediaPipe detection failed (exit {r.returncode})"
+                               + (f": {lines[-1]}" if lines else ""))
+        sys.stderr.write(r.stderr)
         return out
-    arrays = detect(list_photos(folder))
+    arrays = detect(files)
     try:
         from .paths import find_dataset
 
@@ -189,7 +215,10 @@ def fit_and_pair(folder, out, size: int = 64, landmarks_file=None, n_components:
     return summary
 
 
-def main(argv=None):
+ERROR_PREFIX = "landmarks: error: "
+
+
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="MediaPipe landmarks, face-model fit and (photo, depth) pairs for a "
                                              "folder of photos.")
     ap.add_argument("folder", nargs="?", help="folder of photos (.png/.jpg/...)")
@@ -199,20 +228,29 @@ def main(argv=None):
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--detect-only", action="store_true", help="only write the landmarks file")
     ap.add_argument("--make-env", action="store_true", help="create .venv-mediapipe with the pinned packages")
+    ap.add_argument("--debug", action="store_true", help="show the traceback of expected errors too")
     a = ap.parse_args(argv)
     if a.make_env:
         print(f"MediaPipe environment ready: {make_env()}")
-        return
+        return 0
     if not a.folder:
         ap.error("a photo folder is required")
-    lm = build_landmarks(a.folder, a.out)
-    d = np.load(lm)
-    print(f"{lm}: faces found in {int(d['found'].sum())} of {len(d['found'])} photos")
-    if a.detect_only:
-        return
-    summary = fit_and_pair(a.folder, a.pairs_out or Path(a.folder) / "pairs", a.size, lm)
+    try:
+        lm = build_landmarks(a.folder, a.out)
+        d = np.load(lm)
+        print(f"{lm}: faces found in {int(d['found'].sum())} of {len(d['found'])} photos")
+        if a.detect_only:
+            return 0
+        summary = fit_and_pair(a.folder, a.pairs_out or Path(a.folder) / "pairs", a.size, lm)
+    except (ValueError, OSError, RuntimeError) as e:  # a missing folder, a non-image, no face: one line
+        if a.debug:
+            raise
+        text = str(e).strip()
+        print(ERROR_PREFIX + (text.splitlines()[0] if text else type(e).__name__), file=sys.stderr)
+        return 1
     print(json.dumps(summary, indent=1))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -279,3 +279,95 @@ def test_every_notebook_has_a_schema_in_step_with_its_parameters_cell():
     for name in ("default", "tiny", "full"):
         path = notebooks.NOTEBOOK_DIR / "params" / f"{name}.yaml"
         assert len(notebooks.plan_runs(notebooks.load_params(path), None, path)) == len(paths)
+
+
+# ---- the landmarks command: one line instead of (two nested) tracebacks --------------------------------------------
+def _celeba_photo():
+    from frankenstein_utils.paths import find_dataset
+
+    root = find_dataset("celeba_10k", "landmarks_mediapipe.npz") / "images"
+    return next(iter(sorted(root.iterdir())))
+
+
+def _landmarks_main(capsys, *argv):
+    from frankenstein_utils import landmarks as L
+
+    rc = L.main([str(a) for a in argv])
+    err = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+    return rc, err
+
+
+def test_landmarks_command_names_a_bad_folder_or_photo_in_one_line(tmp_path, capsys, monkeypatch):
+    """A missing or empty folder or a non-image raised inside the MediaPipe process: its traceback, then the
+    CalledProcessError's. Now they are found before MediaPipe starts (no MediaPipe needed for this test)."""
+    monkeypatch.setenv("FRANKENSTEIN_MEDIAPIPE_PYTHON", str(tmp_path / "no-such-python"))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "read_me.txt").write_text("x")
+    (tmp_path / "mixed").mkdir()
+    (tmp_path / "mixed" / "a.jpg").symlink_to(_celeba_photo())
+    (tmp_path / "mixed" / "b.jpg").write_text("not a photo")
+    for folder, want in ((tmp_path / "missing", "photo folder does not exist"), (tmp_path / "empty", "no photos"),
+                         (tmp_path / "notes", "no photos"), (tmp_path / "mixed" / "a.jpg", "not a folder"),
+                         (tmp_path / "mixed", "b.jpg: not an image Pillow can read")):
+        rc, err = _landmarks_main(capsys, folder)
+        assert rc == 1 and len(err) == 1 and err[0].startswith("landmarks: error: "), (folder, err)
+        assert want in err[0] and str(folder) in err[0], err
+
+
+def test_landmarks_command_relays_the_detection_process_error_in_one_line(tmp_path, capsys, monkeypatch):
+    """An error inside the MediaPipe process (a photo that opens but does not decode) comes back as that
+    process's own line, not as its traceback followed by the CalledProcessError's."""
+    try:
+        import mediapipe  # noqa: F401
+        pytest.skip("mediapipe runs in this environment: there is no detection process")
+    except ImportError:
+        pass
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.jpg").symlink_to(_celeba_photo())
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho 'W0000 some log line' >&2\necho 'Traceback (most recent call last):' >&2\n"
+                    "echo 'landmarks: error: photos/a.jpg: cannot read image (OSError: truncated)' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("FRANKENSTEIN_MEDIAPIPE_PYTHON", str(fake))
+    rc, err = _landmarks_main(capsys, tmp_path / "photos")
+    assert rc == 1 and err == ["landmarks: error: photos/a.jpg: cannot read image (OSError: truncated)"], err
+    fake.write_text("#!/bin/sh\necho 'Segmentation fault' >&2\nexit 139\n")
+    rc, err = _landmarks_main(capsys, tmp_path / "photos")
+    assert rc == 1 and len(err) == 1 and "detection failed (exit 139): Segmentation fault" in err[0], err
+
+
+def test_landmarks_command_with_no_face_is_one_line(tmp_path, capsys, monkeypatch):
+    """No face in any photo raised ValueError out of main (a traceback)."""
+    import numpy as np
+
+    from frankenstein_utils import landmarks as L
+
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.jpg").symlink_to(_celeba_photo())
+
+    def no_faces(folder, out=None, python=None):  # what the detection writes for a photo without a face
+        path = tmp_path / "photos" / L.LANDMARKS_NAME
+        np.savez(path, names=np.array(["a.jpg"]), found=np.zeros(1, bool),
+                 landmarks=np.full((1, 468, 3), np.nan, np.float32), image_size=np.array([[178, 218]]))
+        return path
+    monkeypatch.setattr(L, "build_landmarks", no_faces)
+    rc, err = _landmarks_main(capsys, tmp_path / "photos")
+    assert rc == 1 and len(err) == 1 and "no face was detected in any photo" in err[0], err
+
+
+def test_landmarks_command_on_a_truncated_photo_with_mediapipe(tmp_path, capsys):
+    """The real detection process (where a MediaPipe environment exists): a JPEG cut short opens, so it passes the
+    check before the detection, and fails while decoding in the MediaPipe process: one line naming it."""
+    from frankenstein_utils import landmarks as L
+
+    try:
+        import mediapipe  # noqa: F401
+    except ImportError:
+        if not L.mediapipe_python().exists():
+            pytest.skip("no MediaPipe environment (python -m frankenstein_utils.landmarks --make-env)")
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cut.jpg").write_bytes(_celeba_photo().read_bytes()[:2000])
+    rc, err = _landmarks_main(capsys, tmp_path / "photos")
+    err = [x for x in err if x.startswith("landmarks: error: ")]
+    assert rc == 1 and len(err) == 1 and "cut.jpg: cannot read image" in err[0], err
