@@ -73,7 +73,6 @@ def curve(run_dir, n: int = 200, workers: int = 1, seed: int = 0, cache_dir=None
     model, train, test = _data(cache_dir=cache_dir)
     ctx = EV.build_context(model, train, test, n_synthetic=n, n_embed=n, n_ids=10, n_poses=5, judges_only=True,
                            cache_dir=cache_dir or "outputs/cache", workers=workers, seed=seed)
-    start = (run_dir / "tb").stat().st_mtime if (run_dir / "tb").exists() else snaps[0].stat().st_mtime
     if "raw_render" not in done:
         from .buffers import run_appearance
 
@@ -87,7 +86,7 @@ def curve(run_dir, n: int = 200, workers: int = 1, seed: int = 0, cache_dir=None
     last = time.time()
     while True:
         for snap in todo:
-            _score_snapshot(ctx, snap, start, n, seed, path)
+            _score_snapshot(ctx, snap, n, seed, path)
             last = time.time()
         if not follow or time.time() - last > 1800:
             break
@@ -98,7 +97,7 @@ def curve(run_dir, n: int = 200, workers: int = 1, seed: int = 0, cache_dir=None
     return [v for k, v in sorted(done.items()) if k.startswith("step_")]
 
 
-def _score_snapshot(ctx, snap, start, n, seed, path):
+def _score_snapshot(ctx, snap, n, seed, path):
     """One curve point (see ``curve``), added to ``path``."""
     from .training import load_run
 
@@ -107,7 +106,7 @@ def _score_snapshot(ctx, snap, start, n, seed, path):
     f = EV.generator_fn(run, seed)
     imgs = EV.call_generator(f, ctx.syn_depth, ctx.syn_mask, None, ctx.syn_params)
     fj = EV.face_judgement(ctx, imgs, ctx.syn_landmarks)
-    pt = {"step": run.step, "wall_h": (snap.stat().st_mtime - start) / 3600, "n": n, "kid": fj["kid"],
+    pt = {"step": run.step, "n": n, "kid": fj["kid"],
           "kid_se": fj["kid_se"], "nme": fj["nme"], "detection": fj["detection"],
           "diversity_share": fj["diversity_share"], "code_spread": EV.code_spread(ctx, f, f.z_dim),
           **picture_checks(imgs, ctx.syn_mask), "score_s": time.time() - t0}
@@ -406,7 +405,8 @@ def ship(checkpoint, compare_dir, command: str, name: str = "buffers", wall_s: f
         "data": run.cfg.data, "comparison": {k: cmp[k] for k in ("n", "rows", "targets", "source", "checks")},
         "references": {k: cmp["references"][EV.REFS[k]] for k in ("test", "blur1", "blur2", "train")},
         "sweep": {k: v["summary"] for k, v in cmp["sweeps"].items()},
-        "curve": [v for k, v in sorted(curve_pts.items()) if k.startswith("step_")],
+        "curve": [{**v, "written_utc": _utc(run_dir / "snapshots" / k)} for k, v in sorted(curve_pts.items())
+                  if k.startswith("step_")],
         "raw_render_curve_line": curve_pts.get("raw_render"),
         "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores"
                    f"{' (' + machine_note + ')' if machine_note else ''}, torch {torch.__version__}, no GPU"})
@@ -419,6 +419,14 @@ def ship(checkpoint, compare_dir, command: str, name: str = "buffers", wall_s: f
     atomic_write_bytes(folder / f"{name}_MODEL_CARD.md", card_text(name, card, size, gen, compare_dir).encode())
     P.record_checksum(path)
     return path
+
+
+def _utc(path) -> str | None:
+    from datetime import datetime, timezone
+
+    path = Path(path)
+    return datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).strftime("%Y-%m-%d %H:%M") if path.exists() \
+        else None
 
 
 def card_text(name: str, card: dict, size: int, gen, compare_dir) -> str:
@@ -439,7 +447,7 @@ def card_text(name: str, card: dict, size: int, gen, compare_dir) -> str:
             ("identity AUC", "identity_auc", 1), ("near-copy share", "near_copy", 1),
             ("checkerboard", "checkerboard", 1), ("edge dip", "edge_dip", 1), ("edge roughness", "edge_roughness", 1),
             ("staircase", "staircase", 1))
-    fmt = lambda v, s: "–" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v * s:.3g}"
+    fmt = lambda v, s: "–" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v * s:.4g}"
     table = "| row | " + " | ".join(c for c, _, _ in cols) + " |\n|---|" + "---|" * len(cols) + "\n"
     for label, r in {"test photos (reference)": ref["test"], "training photos blurred 1 px": ref["blur1"],
                      "training photos blurred 2 px": ref["blur2"], **rows}.items():
@@ -447,13 +455,13 @@ def card_text(name: str, card: dict, size: int, gen, compare_dir) -> str:
     tg = "\n".join(f"| {t['target']} | {fmt(t['measured'], 1)} | {fmt(t['bound'], 1)} | "
                    f"{'–' if t['met'] is None else ('yes' if t['met'] else '**no**')} |"
                    for t in card["comparison"]["targets"])
-    curve = "\n".join(f"| {p['step']} | {p['wall_h']:.2f} | {1e3 * p['kid']:.1f} | {p['nme']:.3f} | "
+    curve = "\n".join(f"| {p['step']} | {p.get('written_utc') or '–'} | {1e3 * p['kid']:.1f} | {p['nme']:.3f} | "
                       f"{p['detection']:.3f} | {p['diversity_share']:.3f} | {p['code_spread']:.3f} | "
                       f"{p['edge_dip']:.2f} | {p.get('edge_roughness', float('nan')):.3f} | "
                       f"{p.get('staircase', float('nan')):.3f} |" for p in card["curve"])
     raw = card.get("raw_render_curve_line") or {}
     n_curve = card["curve"][0]["n"] if card["curve"] else "–"
-    wall = f"{card['wall_s'] / 3600:.2f} h" if card.get("wall_s") else "see the curve"
+    wall = f"{card['wall_s'] / 3600:.2f} h" if card.get("wall_s") else "not recorded (see the snapshot times)"
     return f"""# Model card: {name} (face-model buffers -> face, {gen.cfg.image_size} px)
 
 ## What it is
@@ -491,7 +499,7 @@ Every 1,000 steps (snapshot), N = {n_curve} synthetic faces against all test pho
 (`python -m frankenstein_utils.buffers_report curve`); the raw render in the same context: KID x 10^3
 {1e3 * raw.get('kid', float('nan')):.1f}, NME {raw.get('nme', float('nan')):.3f}.
 
-| step | wall h | KID x 10^3 | NME | detection | diversity share | code spread | edge dip | edge roughness | staircase |
+| step | snapshot written (UTC) | KID x 10^3 | NME | detection | diversity share | code spread | edge dip | edge roughness | staircase |
 |---|---|---|---|---|---|---|---|---|---|
 {curve}
 

@@ -13,8 +13,9 @@ model's render, the shipped generator's face) when the package ships a generator
 
 The test drags sliders with the mouse and ticks the "appearance from shape" box, comparing element screenshots after
 each: a shape slider must change every image; an appearance slider (the appearance model's, found by its DOM class)
-and the switch the appearance render only; the generator's latent slider ("z dir 0"), when there is a generator, its
-face only; and no cell may end in an error. Screenshots and the server log go to outputs/browser/. The server and its
+and the switch the appearance render only (and the face too when the shipped generator reads the appearance model's
+buffers, as the default one does); the generator's latent slider ("z dir 0"), when there is a generator, its face
+only; and no cell may end in an error. Screenshots and the server log go to outputs/browser/. The server and its
 kernels are shut down whatever happens (REST shutdown, then the process group and every child process).
 """
 from __future__ import annotations
@@ -79,6 +80,14 @@ def shipped_generator() -> bool:
         return True
     except (ImportError, FileNotFoundError, ValueError):
         return False
+
+
+def reads_appearance() -> bool:
+    """Whether the default shipped generator reads the appearance model's buffers (its face follows the appearance
+    sliders as the appearance render does)."""
+    from frankenstein_utils.pretrained import load_pretrained
+
+    return bool(load_pretrained().cfg.buffers)
 
 
 def code_cell(source: str, cell_id: str) -> dict:
@@ -343,10 +352,14 @@ def test_sliders_move_depth_and_face_in_jupyterlab(lab):
             (OUT / "checks.json").write_text(json.dumps({
                 "changed_fraction": moved, "displayed_aspect_over_png_aspect": dict(zip(kinds, stretch))}, indent=1))
             assert all(x > 0.005 for x in moved["shape"].values()), f"shape slider: changed fractions {moved['shape']}"
+            # a generator that reads the appearance model's buffers follows the appearance controls too
+            reads = reads_appearance() and n > 2
             for name, which in (("appearance", "appearance"), ("from_shape", "appearance"), ("latent", "face")):
-                if name in moved:  # only its own image changes
-                    assert moved[name][which] > 0.005, f"{name}: the {which} image did not change ({moved[name]})"
-                    assert all(v == 0 for k, v in moved[name].items() if k != which), f"{name}: {moved[name]}"
+                if name in moved:  # only its own images change
+                    own = {which, "face"} if reads and name != "latent" else {which}
+                    for kind in own:
+                        assert moved[name][kind] > 0.005, f"{name}: the {kind} image did not change ({moved[name]})"
+                    assert all(v == 0 for k, v in moved[name].items() if k not in own), f"{name}: {moved[name]}"
             assert not error_outputs(page), f"error output after moving the sliders: {error_outputs(page)}"
             assert not page_errors, f"JavaScript errors in JupyterLab: {page_errors}"
         finally:

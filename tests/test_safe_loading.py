@@ -164,7 +164,8 @@ def test_shipped_weights_are_safetensors_with_recorded_checksums():
     assert not list(W.rglob("*.pt"))
     files = sorted(p for p in W.rglob("*.safetensors") if p.name != "appearance.safetensors")
     names = sorted(p.relative_to(W).with_suffix("").as_posix() for p in files)
-    assert "flagship" in names and len(names) == 25 and P.available() == names
+    # the depth-only flagship, the 24 study models and (once shipped) the buffers generator, the default
+    assert "flagship" in names and len(names) == 25 + ("buffers" in names) and P.available() == names
     index = dict(line.split()[::-1] for line in (W / P.CHECKSUMS).read_text().splitlines())
     assert sorted(index) == sorted(p.relative_to(W).as_posix() for p in files)
     assert sum(p.stat().st_size for p in W.rglob("*") if p.is_file()) <= 20_000_000
