@@ -24,7 +24,7 @@ import torch
 
 from .datasets import DEPTH_SOURCES, PairedConfig
 from .fileio import FolderBusyError
-from .training import PRESETS, NonFiniteLossError, TrainConfig, Trainer, input_convention
+from .training import PRESETS, NonFiniteLossError, TrainConfig, Trainer, device_problem, input_convention
 
 EXPECTED_ERRORS = (ValueError, OSError, FolderBusyError, NonFiniteLossError)  # reported in one line (--debug: all)
 
@@ -74,31 +74,6 @@ def _parser(preset: str | None = None):
     ap.add_argument("--dump-params", action="store_true", help="write each rank's final parameters (tests)")
     ap.add_argument("--debug", action="store_true", help="show the traceback of expected errors too")
     return ap
-
-
-def device_problem(name: str) -> str:
-    """Why ``--device name`` cannot run on this machine ("" if it can): not a device name, or a CUDA device on a
-    PyTorch built without CUDA or a machine without that GPU (else the first tensor moved there raises)."""
-    if name == "auto":
-        return ""
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, TypeError, ValueError):
-        return f"--device {name!r}: not a device name; use auto, cpu, cuda or cuda:N"
-    if dev.type == "cuda":
-        if torch.version.cuda is None:
-            return f"--device {name}: this PyTorch ({torch.__version__}) is built without CUDA; use --device cpu or auto"
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if n == 0:
-            return f"--device {name}: no CUDA GPU is available on this machine; use --device cpu or auto"
-        if dev.index is not None and dev.index >= n:
-            return f"--device {name}: this machine has {n} CUDA GPU(s), cuda:0 to cuda:{n - 1}"
-    elif dev.type == "mps":
-        if not torch.backends.mps.is_available():
-            return f"--device {name}: MPS is not available on this machine; use --device cpu or auto"
-    elif dev.type != "cpu":
-        return f"--device {name}: the trainer runs on cpu, cuda[:N], mps or auto"
-    return ""
 
 
 def parse_args(argv=None):

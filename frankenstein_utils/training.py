@@ -840,9 +840,38 @@ class Trainer:
                                      f"{tuple(p.shape)}")
 
 
+def device_problem(name: str, option: str = "--device") -> str:
+    """Why device ``name`` cannot be used on this machine ("" if it can): not a device name, or a CUDA device on a
+    PyTorch built without CUDA or a machine without that GPU (else the first tensor moved there raises).
+    ``option``: how the message names the setting."""
+    if name == "auto":
+        return ""
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        return f"{option} {name!r}: not a device name; use auto, cpu, cuda or cuda:N"
+    if dev.type == "cuda":
+        if torch.version.cuda is None:
+            return f"{option} {name}: this PyTorch ({torch.__version__}) is built without CUDA; use cpu or auto"
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            return f"{option} {name}: no CUDA GPU is available on this machine; use cpu or auto"
+        if dev.index is not None and dev.index >= n:
+            return f"{option} {name}: this machine has {n} CUDA GPU(s), cuda:0 to cuda:{n - 1}"
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            return f"{option} {name}: MPS is not available on this machine; use cpu or auto"
+    elif dev.type != "cpu":
+        return f"{option} {name}: training and loading run on cpu, cuda[:N], mps or auto"
+    return ""
+
+
 def load_run(path, device: str = "cpu") -> Trainer:
     """Rebuild a run (networks, optimizers, step, history) from its checkpoint file alone; loads on CPU by default."""
     path = Path(path)
+    problem = device_problem(device, "device")
+    if problem:  # before the checkpoint is blamed for it, or the first tensor moved there raises
+        raise ValueError(f"{path}: cannot be loaded on {problem}")
     ck = read_checkpoint(path)
     try:
         cfg = TrainConfig.from_dict({**ck["config"], "device": device})

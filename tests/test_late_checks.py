@@ -80,6 +80,22 @@ def test_device_that_this_machine_lacks_is_one_line(monkeypatch, capsys):
         TrainConfig(device="gpu")
 
 
+def test_apply_on_a_device_this_machine_lacks_is_one_line(tmp_path, saved_run, capsys):
+    """``apply --device cuda`` on a CPU build raised "Torch not compiled with CUDA enabled" from ``load_run``; now
+    ``load_run`` checks the device first (apply.py itself unchanged; a shipped model's name still goes through
+    ``pretrained.load_pretrained``, which this does not cover)."""
+    from frankenstein_utils import apply
+
+    root, _ = saved_run
+    dev = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
+    (tmp_path / "in").mkdir()
+    rc = apply.main(["--checkpoint", str(root / "checkpoint.pt"), "--input", str(tmp_path / "in"), "--output",
+                     str(tmp_path / "out"), "--device", dev])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and f"cannot be loaded on device {dev}:" in err[0], err
+    assert str(root / "checkpoint.pt") in err[0]
+
+
 @pytest.mark.parametrize("z", ["0", "-1"])
 def test_a_code_of_no_dimensions_is_one_line(monkeypatch, capsys, z):
     """``--mode cvae --z-dim 0`` crashed in the NaN guard (amax of an empty tensor), -1 in ``nn.Linear``."""
