@@ -221,11 +221,14 @@ def compare(source, out_dir="outputs/buffers/compare", n: int = 500, workers: in
                                            seed=seed), 5))
     targets = issue_targets(refs, rows, sweeps, main_name, f"depth-only {flagship} (shipped)",
                             "raw render (appearance from shape, no network)")
-    result = {"source": label, "n": n, "references": refs, "checks": checks, "rows": rows, "sweeps": sweeps,
+    result = {"source": label, "n": n, "seed": seed, "references": refs, "checks": checks, "rows": rows,
+              "sweeps": sweeps, "context": {"test_photos": len(ctx.test_faces.embeddings),
+                                            "identities": int(ctx.id_ids.max() + 1),
+                                            "poses": int(ctx.id_poses.max() + 1), "codes": int(ctx.id_codes.max() + 1)},
               "reference_sweep": reference_sweep, "targets": targets, "seconds": time.time() - t0,
               "row_seconds": timing, "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores"}
     atomic_write_bytes(out / "EVALUATION.json", json.dumps(EV.to_json(result), indent=1).encode())
-    atomic_write_bytes(out / "EVALUATION.md", report_text(result, ctx).encode())
+    atomic_write_bytes(out / "EVALUATION.md", report_text(result).encode())
     return result
 
 
@@ -300,8 +303,8 @@ def issue_targets(refs: dict, rows: dict, sweeps: dict, main: str, flagship: str
     return [{"target": a, "measured": b, "bound": c, "met": d} for a, b, c, d in t]
 
 
-def report_text(result: dict, ctx) -> str:
-    refs, rows, checks = result["references"], result["rows"], result["checks"]
+def report_text(result: dict) -> str:
+    refs, rows, checks, c = result["references"], result["rows"], result["checks"], result["context"]
     table = EV.results_table(refs, rows, checks)
     checks_md = "\n".join(f"- {k}: {'passed' if v['ok'] else '**FAILED**'} ({v['rule']})" for k, v in checks.items())
     fmt = lambda v: "–" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
@@ -318,10 +321,11 @@ def report_text(result: dict, ctx) -> str:
     main = next(iter(result["sweeps"].values()))
     return (f"# Buffers generator: the comparison at one N\n\nSource: {result['source']}. N = {result['n']} synthetic "
             f"faces per row (identity ~ N(0, I) over 15 components, pose and expression drawn from the training "
-            f"photos' fits), judged with dlib descriptors against all {len(ctx.test_faces.embeddings)} test photos; "
-            f"identity on {ctx.id_ids.max() + 1} identities x {ctx.id_poses.max() + 1} poses x "
-            f"{ctx.id_codes.max() + 1} codes. {result['seconds']:.0f} s on {result['machine']}. Reproduce: "
-            f"`python -m frankenstein_utils.buffers_report compare {result['source'].split(' ')[0]}`.\n\n"
+            f"photos' fits), judged with dlib descriptors against all {c['test_photos']} test photos; identity on "
+            f"{c['identities']} identities x {c['poses']} poses x {c['codes']} codes; evaluation seed "
+            f"{result['seed']}. {result['seconds']:.0f} s on {result['machine']}. Reproduce: `python -m "
+            f"frankenstein_utils.buffers_report compare {result['source'].split(' ')[0]} --n {result['n']} "
+            f"--seed {result['seed']}`.\n\n"
             f"## Ladders and controls\n\n{checks_md}\n\n## Table\n\n{table}\n\n## The picture itself\n\n"
             f"Checkerboard score (power on the Nyquist lines) and the ring at the mask edge (`metrics.edge_ring`: "
             f"grey level in the 2 px on both sides of the edge minus the bands beside it; negative = darker; the "
@@ -357,13 +361,14 @@ def main(argv=None):
     e.add_argument("--n", type=int, default=500)
     e.add_argument("--workers", type=int, default=2)
     e.add_argument("--flagship", default="flagship", help="the depth-only generator to compare with")
+    e.add_argument("--seed", type=int, default=0, help="the evaluation's seed (synthetic faces, codes, identities)")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     if a.cmd == "curve":
         for p in curve(a.run_dir, a.n, a.workers, follow=a.follow):
             print(json.dumps(p))
     elif a.cmd == "compare":
-        r = compare(a.source, a.out, a.n, a.workers, flagship=a.flagship)
+        r = compare(a.source, a.out, a.n, a.workers, seed=a.seed, flagship=a.flagship)
         for t in r["targets"]:
             print(t)
 
@@ -374,7 +379,7 @@ if __name__ == "__main__":
 
 # ---- shipping --------------------------------------------------------------------------------------------------------
 def ship(checkpoint, compare_dir, command: str, name: str = "buffers", wall_s: float | None = None,
-         machine_note: str = "", weights_dir=None) -> Path:
+         machine_note: str = "", weights_dir=None, note: str = "") -> Path:
     """Ship a buffers checkpoint as ``weights/<name>.safetensors`` (float16 EMA generator and encoder, the latent
     sliders' directions, settings, input convention, card numbers; reading it runs no code) with its model card:
     the comparison of ``compare_dir`` (which must be of this checkpoint), the run's curve, the command and the
@@ -402,7 +407,8 @@ def ship(checkpoint, compare_dir, command: str, name: str = "buffers", wall_s: f
     card = EV.to_json({
         "appearance_sha256": sha256_of(SHIPPED), "appearance_components": app_k, "step": run.step, "wall_s": wall_s,
         "command": command, "config": {k: v for k, v in asdict(run.cfg).items() if k != "data"},
-        "data": run.cfg.data, "comparison": {k: cmp[k] for k in ("n", "rows", "targets", "source", "checks")},
+        "data": run.cfg.data, "note": note,
+        "comparison": {k: cmp[k] for k in ("n", "seed", "rows", "targets", "source", "checks") if k in cmp},
         "references": {k: cmp["references"][EV.REFS[k]] for k in ("test", "blur1", "blur2", "train")},
         "sweep": {k: v["summary"] for k, v in cmp["sweeps"].items()},
         "curve": [{**v, "written_utc": _utc(run_dir / "snapshots" / k)} for k, v in sorted(curve_pts.items())
@@ -436,6 +442,7 @@ def card_text(name: str, card: dict, size: int, gen, compare_dir) -> str:
     from dataclasses import asdict
 
     cfg = card["config"]
+    syn = (cfg["input_convention"].get("buffers") or {}).get("synthetic") or {}
     base = asdict(TrainConfig())
     changed = {k: v for k, v in cfg.items() if k in base and base[k] != v and k not in ("out_dir", "input_convention")}
     n_g = sum(p.numel() for p in gen.nets["G"].parameters())
@@ -460,6 +467,12 @@ def card_text(name: str, card: dict, size: int, gen, compare_dir) -> str:
                       f"{p['edge_dip']:.2f} | {p.get('edge_roughness', float('nan')):.3f} | "
                       f"{p.get('staircase', float('nan')):.3f} |" for p in card["curve"])
     raw = card.get("raw_render_curve_line") or {}
+    chosen = ""
+    if card["curve"]:
+        best, last = min(card["curve"], key=lambda p: p["kid"]), card["curve"][-1]
+        chosen = (f"On the curve, the lowest KID x 10^3 is at step {best['step']:,} ({1e3 * best['kid']:.1f}), the "
+                  f"last point at step {last['step']:,} ({1e3 * last['kid']:.1f}); this file is step "
+                  f"{card['step']:,}.")
     n_curve = card["curve"][0]["n"] if card["curve"] else "–"
     wall = f"{card['wall_s'] / 3600:.2f} h" if card.get("wall_s") else "not recorded (see the snapshot times)"
     return f"""# Model card: {name} (face-model buffers -> face, {gen.cfg.image_size} px)
@@ -482,9 +495,9 @@ File: `{name}.safetensors` ({size / 2 ** 20:.2f} MiB, float16).
 
 {TERMS} Training pairs: every training photo of the paired set with its fitted face (depth exactly the paired set's)
 and its own projected appearance (the first {card['appearance_components']} coefficients of the MAP projection of its
-visible colours); unpaired inputs: face-model faces with appearance drawn from the model given their shape, a quarter
-of them spanning the explorer's range (one component to +-3.5 sigma, yaw to +-30 degrees). Recorded:
-`{json.dumps(cfg['input_convention'].get('buffers', {}).get('synthetic', {}))}`.
+visible colours); unpaired inputs: {syn.get('n', '?')} face-model faces with appearance drawn from the model
+({syn.get('mode', '?')}), {syn.get('extended', 0):.0%} of them spanning the explorer's range (one component to
++-3.5 sigma, yaw to +-30 degrees). Recorded: `{json.dumps(syn)}`.
 
 ## Training
 
@@ -499,13 +512,15 @@ Every 1,000 steps (snapshot), N = {n_curve} synthetic faces against all test pho
 (`python -m frankenstein_utils.buffers_report curve`); the raw render in the same context: KID x 10^3
 {1e3 * raw.get('kid', float('nan')):.1f}, NME {raw.get('nme', float('nan')):.3f}.
 
-| step | snapshot written (UTC) | KID x 10^3 | NME | detection | diversity share | code spread | edge dip | edge roughness | staircase |
+| step | snapshot (UTC) | KID x 10^3 | NME | detection | diversity | code spread | edge dip | edge rough. | staircase |
 |---|---|---|---|---|---|---|---|---|---|
 {curve}
 
-## Comparison at one N
+{('## How this snapshot was chosen' + chr(10) + chr(10) + card['note'] + ' ' + chosen + chr(10) + chr(10))
+   if card.get('note') else ''}## Comparison at one N
 
-N = {card['comparison']['n']} generated faces per row against all test photos, one evaluation context
+N = {card['comparison']['n']} generated faces per row against all test photos, one evaluation context (evaluation
+seed {card['comparison'].get('seed', 0)})
 (`python -m frankenstein_utils.buffers_report compare`, full table with intervals and controls in
 `{compare_dir}/EVALUATION.md`, not shipped). Edge dip: grey level along the mask edge minus the bands beside it
 (`metrics.edge_ring`; negative = a dark ring), to compare with the test photos' own.
