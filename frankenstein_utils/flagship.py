@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .losses import GANLoss, kl_divergence, l1_loss, reparameterize
-from .models import AppearanceEncoder, PatchDiscriminator, init_weights
+from .models import AppearanceEncoder, PatchDiscriminator, batch_stats_kept, init_weights
 from .objectives import batch_buffers, generator_input
 
 UPSAMPLES = ("resize", "transpose")
@@ -451,9 +451,13 @@ class FlagshipObjective(Objective):
             f_fake, _ = Dm.features(fake_p)
             terms["feature_matching"] = (c.feature_matching, paired_feature_matching(f_real, f_fake))
         if c.latent_weight > 0:  # BicycleGAN latent regression E(G(x, z)) = z on synthetic depth; trains G alone
-            _requires_grad([self.nets["E"]], False)
-            terms["latent"] = (c.latent_weight, l1_loss(E(fake_s)[0], z_r))
-            _requires_grad([self.nets["E"]], True)
+            # the raw module: under DDP a second call of the wrapped, frozen E would wait for its gradients; its
+            # BatchNorm statistics stay those of photos
+            Em = self.nets["E"]
+            _requires_grad([Em], False)
+            with batch_stats_kept(Em):
+                terms["latent"] = (c.latent_weight, l1_loss(Em(fake_s)[0], z_r))
+            _requires_grad([Em], True)
         t._check({k: v for k, (w, v) in terms.items()})
         self._update(sum(w * v for w, v in terms.values()), ["G", "E"], frozen=["D"])
         if "G_ema" in self.nets:
@@ -522,9 +526,11 @@ class BicycleGANObjective(Objective):
         g = {"g_adv": multiscale_gan_loss(self.gan, D(fake_enc), True, False),
              "g_adv2": multiscale_gan_loss(self.gan, D2(fake_rand), True, False),
              "l1": l1_loss(fake_enc, real_enc), "kl": kl_divergence(mu, logvar)}
-        _requires_grad([self.nets["E"]], False)  # latent regression trains G alone
-        lat = l1_loss(E(fake_rand)[0], z_r)
-        _requires_grad([self.nets["E"]], True)
+        Em = self.nets["E"]  # the raw module (DDP: see the flagship's step)
+        _requires_grad([Em], False)  # latent regression trains G alone
+        with batch_stats_kept(Em):
+            lat = l1_loss(Em(fake_rand)[0], z_r)
+        _requires_grad([Em], True)
         t._check({**g, "latent": lat})
         loss = g["g_adv"] + g["g_adv2"] + c.l1_weight * g["l1"] + c.kl_weight * g["kl"] + c.latent_weight * lat
         self._update(loss, ["G", "E"], frozen=["D", "D2"])

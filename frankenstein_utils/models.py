@@ -6,6 +6,8 @@ in the decoder: fed as constant extra channels it would be erased by the next in
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn as nn
 
@@ -135,6 +137,27 @@ class AppearanceEncoder(nn.Module):
     def forward(self, img):
         h = self.net(img)
         return self.mu(h), self.logvar(h).clamp(-10, 10)
+
+
+@contextmanager
+def batch_stats_kept(net: nn.Module):
+    """Inside the block ``net`` normalises with batch statistics as in training, but its BatchNorm running
+    statistics (mean, variance, batch count) come out as they went in: an encoder applied to generated images
+    (latent regression) must keep the statistics of the photos it encodes at test time."""
+    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    keys = ("running_mean", "running_var", "num_batches_tracked")
+    saved = [{k: getattr(m, k) for k in keys} for m in bns]
+    # the call updates copies: batch norm keeps its running-statistics tensors for the backward pass, so the
+    # originals are put back as they were (not written over in place, which autograd would refuse)
+    for m, d in zip(bns, saved):
+        for k in keys:
+            setattr(m, k, d[k].clone())
+    try:
+        yield net
+    finally:
+        for m, d in zip(bns, saved):
+            for k in keys:
+                setattr(m, k, d[k])
 
 
 def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:

@@ -14,7 +14,8 @@ from tqdm.auto import tqdm
 
 from .losses import (GANLoss, bottleneck_kl, clip_weights, dilate_mask, feature_matching_loss, gradient_penalty,
                      kl_divergence, l1_loss, reparameterize, wgan_critic_steps)
-from .models import AppearanceEncoder, ConvDecoder, ConvEncoder, Generator, define_discriminator, init_weights
+from .models import (AppearanceEncoder, ConvDecoder, ConvEncoder, Generator, batch_stats_kept, define_discriminator,
+                     init_weights)
 
 
 # Attribute buffers a generator may read beside depth (``facerender.render_face``'s keys, 3 channels each, [0, 1];
@@ -388,7 +389,8 @@ class CVAEGANObjective(AdversarialObjective):
         fake_s, bott = G(self.gin(syn), z_r, return_bottleneck=True)
         Em = self.nets["E"]  # the raw module: under DDP a frozen wrapped module would wait for gradients
         Em.requires_grad_(False)  # latent regression trains G only (BicycleGAN)
-        terms["latent"] = (c.latent_weight, l1_loss(Em(fake_s)[0].float(), z_r))
+        with batch_stats_kept(Em):  # E's BatchNorm statistics stay those of photos
+            terms["latent"] = (c.latent_weight, l1_loss(Em(fake_s)[0].float(), z_r))
         Em.requires_grad_(True)
         return torch.cat([fake_p, fake_s]), terms, bott
 

@@ -123,3 +123,27 @@ def test_a_nan_on_one_process_stops_both(tmp_path):
     r = spawn(tmp_path, steps=3, poison_rank=1)
     assert [x["status"] for x in r] == ["diverged", "diverged"]
     assert "loss 'd_real' = nan" in r[1]["message"] and "another process" in r[0]["message"]
+
+
+@pytest.mark.parametrize("mode", ["flagship", "bicyclegan"])
+def test_the_peers_with_an_encoder_train_under_torchrun(tmp_path, mode):
+    """The flagship and BicycleGAN call their encoder twice per step (photo codes, latent regression on fakes): under
+    DDP the second call went through the wrapped, frozen encoder and crashed ("Expected to mark a variable ready
+    only once"). Two processes now train and keep equal weights."""
+    from frankenstein_utils.paths import REPO_ROOT
+
+    args = ["--preset", mode, "--steps", "2", "--batch-size", "4", "--size", "64", "--width", "8", "--d-width", "8",
+            "--encoder-width", "8", "--limit", "64", "--n-synthetic", "8", "--checkpoint-every", "0",
+            "--sample-every", "0", "--dump-params", "--cache-dir", str(tmp_path / "cache"),
+            "--out-dir", str(tmp_path / "two")]
+    os.environ["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "frankenstein_utils.train", *args], tmp_path)
+    r0 = torch.load(tmp_path / "two" / "params_rank0.pt")
+    r1 = torch.load(tmp_path / "two" / "params_rank1.pt")
+    init = torch.load(tmp_path / "two" / "params_init_rank0.pt")
+    # BatchNorm running statistics are each process's own until the next forward broadcasts rank 0's
+    weights = lambda sd: [k for k in sd if "running_" not in k and "num_batches" not in k]
+    for net in ("G", "E"):
+        assert all(torch.equal(r0[net][k], r1[net][k]) for k in weights(r0[net])), f"{net} differs between the ranks"
+        assert any(not torch.equal(r0[net][k], init[net][k]) for k in weights(r0[net])), f"{net} did not train"

@@ -329,3 +329,31 @@ def test_checkerboard_score():
     smooth = torch.sin(xx / 5.0)[None, None].expand(4, 3, -1, -1)
     board = smooth + 0.3 * ((yy + xx) % 2 * 2 - 1)[None, None]
     assert checkerboard_score(smooth) < 1e-3 < 0.05 < checkerboard_score(board)
+
+
+@pytest.mark.parametrize("name", ["flagship"])
+def test_latent_regression_leaves_the_encoders_batch_statistics_to_photos(tmp_path, name):
+    """The encoder also encodes fakes (latent regression); its BatchNorm running statistics must only take in the
+    photos it encodes at test time (they took in every fake batch too: two batches per step)."""
+    import copy
+
+    t = Trainer(config(name, tmp_path, steps=2), streams())
+    E0 = copy.deepcopy(t.nets["E"])
+    photos = []
+    nxt = t._next
+
+    def spy(stream):
+        b = nxt(stream)
+        if stream == "paired":
+            photos.append(b["image"].clone())
+        return b
+    t._next = spy
+    t.fit(progress=False)
+    bns = [m for m in t.nets["E"].modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(int(m.num_batches_tracked) == 2 for m in bns)  # one photo batch per step
+    E0.train()
+    with torch.no_grad():
+        for p in photos:  # the statistics of the photos alone (the weights change too little to matter here)
+            E0(p)
+    for a, b in zip(bns, [m for m in E0.modules() if isinstance(m, torch.nn.BatchNorm2d)]):
+        torch.testing.assert_close(a.running_var, b.running_var, rtol=0.05, atol=1e-4)
