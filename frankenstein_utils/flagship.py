@@ -461,8 +461,10 @@ class FlagshipObjective(Objective):
         t._check({k: v for k, (w, v) in terms.items()})
         self._update(sum(w * v for w, v in terms.values()), ["G", "E"], frozen=["D"])
         if "G_ema" in self.nets:
-            # warm-up (as in StyleGAN2-ADA's ramp): early on the average must follow the fast-changing weights
-            decay = min(c.fs_ema, (1 + t.step) / (10 + t.step))
+            # warm-up (as in StyleGAN2-ADA's ramp): early on the average must follow the fast-changing weights; a run
+            # started from another (--init-from) counts that run's steps, its average being already settled
+            seen = t.step + sum(h.get("source_step", 0) for h in t.config_history if "init_from" in h)
+            decay = min(c.fs_ema, (1 + seen) / (10 + seen))
             ema_update(self.nets["G_ema"], self.nets["G"], decay)
         log.update({k: v for k, (w, v) in terms.items()})
         return {k: float(v.detach()) for k, v in log.items()}

@@ -357,3 +357,22 @@ def test_latent_regression_leaves_the_encoders_batch_statistics_to_photos(tmp_pa
             E0(p)
     for a, b in zip(bns, [m for m in E0.modules() if isinstance(m, torch.nn.BatchNorm2d)]):
         torch.testing.assert_close(a.running_var, b.running_var, rtol=0.05, atol=1e-4)
+
+
+def test_init_from_keeps_the_ema_warm_up_of_the_source(tmp_path, monkeypatch):
+    """``--init-from`` starts the step count at 0; the EMA's warm-up must count the source's steps too (it restarted
+    at decay 0.1, throwing the settled average away on the first steps of a fine-tune)."""
+    from frankenstein_utils import flagship as FS
+
+    src = Trainer(config("flagship", tmp_path / "src", steps=3), streams())
+    src.fit(progress=False)
+    decays = []
+    real = FS.ema_update
+    monkeypatch.setattr(FS, "ema_update", lambda ema, net, decay: (decays.append(decay), real(ema, net, decay)))
+    ft = Trainer(config("flagship", tmp_path / "ft", steps=1, init_from=str(tmp_path / "src" / "checkpoint.pt")),
+                 streams())
+    ft.fit(progress=False)
+    assert decays == [pytest.approx((1 + 3) / (10 + 3))]
+    fresh = Trainer(config("flagship", tmp_path / "fresh", steps=1), streams())
+    fresh.fit(progress=False)
+    assert decays[-1] == pytest.approx(1 / 10)  # a new run warms up from the start
