@@ -85,6 +85,14 @@ class FittedFaceParams:
         if self.poses.ndim != 2 or self.poses.shape[1] != 6 or len(self.expressions) != len(self.poses):
             raise ValueError(f"{self.source}: need poses (M, 6) and expressions (M, E) with the same M, got "
                              f"{self.poses.shape} and {self.expressions.shape}")
+        # blendshape weights live in [0, 1]; a weight of 50 gives an all-foreground depth map without a word
+        bad = ~np.isfinite(self.expressions) | (self.expressions < 0) | (self.expressions > 1)
+        if bad.any():
+            i, j = np.argwhere(bad)[0]
+            raise ValueError(f"{self.source}: expression weights must be finite and in [0, 1]; {int(bad.sum())} are "
+                             f"not (first: row {i}, weight {j} = {self.expressions[i, j]})")
+        if not np.isfinite(self.poses).all():
+            raise ValueError(f"{self.source}: poses hold NaN or infinite values")
 
     def describe(self) -> str:
         h = hashlib.sha256(self.poses.tobytes() + self.expressions.tobytes()).hexdigest()[:12]

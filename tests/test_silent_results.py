@@ -229,3 +229,25 @@ def test_write_ply_refuses_nan_vertices_and_face_indices_out_of_range(tmp_path, 
         assert str(e.value).startswith(str(tmp_path / name)) and not (tmp_path / name).exists()
     write_ply(tmp_path / "ok.ply", v, tri)
     assert np.array_equal(read_ply(tmp_path / "ok.ply")[0], v)
+
+
+def test_fitted_face_table_refuses_expression_weights_outside_0_1():
+    """A fitted table with an expression weight of 50 rendered all-foreground depth maps without a word (issue 23
+    point 4); weights must be finite and in [0, 1], poses finite."""
+    import numpy as np
+    import pytest
+
+    from frankenstein_utils.depthdata import FittedFaceParams
+
+    poses, expr = np.zeros((3, 6), np.float32), np.zeros((3, 53), np.float32)
+    FittedFaceParams(poses, expr, source="ok")
+    expr[1, 7] = 50.0
+    with pytest.raises(ValueError, match=r"table\.npz: expression weights must be finite and in \[0, 1\].*row 1"):
+        FittedFaceParams(poses, expr, source="table.npz")
+    expr[1, 7] = np.nan
+    with pytest.raises(ValueError, match="expression weights"):
+        FittedFaceParams(poses, expr, source="table.npz")
+    expr[1, 7] = 0.5
+    poses[2, 0] = np.inf
+    with pytest.raises(ValueError, match="poses hold NaN"):
+        FittedFaceParams(poses, expr, source="table.npz")
