@@ -170,8 +170,7 @@ def _run_roots(v) -> str:
 
 
 def _compare_form(v) -> str:
-    if not v:  # notebook 04 would silently compare the first two runs it finds
-        return "must name at least one run"
+    # [] compares no run (the shipped generators alone); each entry must name a run (check_compare)
     bad = [c for c in v if not isinstance(c, str) or not c.strip()]
     return f"entries must be run names (strings), got {bad[0]!r}" if bad else ""
 
@@ -291,7 +290,7 @@ SCHEMAS: dict[str, Schema] = {
                                      "SWEEP_CODES", "JUDGE_WORKERS")},
         "SIZE": _at_least(4), "SEED": _at_least(0), "LIMIT": _at_least(0), "SWEEP_COMPONENTS": _at_least(0),
         "RUN_ROOTS": Rule("{prefix: folder}", _run_roots), "SHIPPED": _one_of(lambda: SHIPPED),
-        "COMPARE": Rule("a list of run names", _compare_form), **_DIRS}, _builds_04),
+        "COMPARE": Rule("a list of run names ([] = none)", _compare_form), **_DIRS}, _builds_04),
 }
 
 
