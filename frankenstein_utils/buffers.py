@@ -93,7 +93,7 @@ def _render_rows(model, app, coeffs, appearance, render, poses, expressions, lig
     depth, bufs = [], []
     for s in tqdm(range(0, len(coeffs), batch_size), desc=desc, disable=not progress):
         sl = slice(s, s + batch_size)
-        b = render_face(model, app, coeffs[sl], appearance[sl], render, poses[sl],
+        b = render_face(model, app, coeffs[sl], appearance[sl], render, None if poses is None else poses[sl],
                         None if expressions is None else expressions[sl], None if lights is None else lights[sl],
                         normals=need_normals)
         depth.append(torch.round(b["depth"][:, 0] * DEPTH_SCALE).to(torch.int32))

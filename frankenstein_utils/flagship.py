@@ -86,11 +86,22 @@ class FlagshipGenerator(nn.Module):
     bottleneck unit sees the whole face. Two modulated blocks at the bottleneck, then per level: x2 upsampling
     (``resize``: nearest, the conv that follows does the rest -- no checkerboard, Odena et al. 2016; ``transpose``:
     a 4x4 stride-2 transposed conv), concat the encoder's activation of that size (``skips``), one modulated block.
-    z None -> 0 (the prior's mean)."""
+    z None -> 0 (the prior's mean).
+
+    ``input_blur`` = sigma > 0 (px): the input is first low-passed by a fixed Gaussian (radius ceil(2 sigma), edge
+    pixels repeated), so that the rasterizer's pixel staircase along the mask edge, which the network otherwise
+    copies into the photo as a dotted seam, reaches it softened (the kernel is derived from the setting, not stored)."""
 
     def __init__(self, in_ch=1, out_ch=3, width=32, z_dim=8, image_size=64, bottleneck=4, upsample="resize",
-                 modulation="spade", skips=True):
+                 modulation="spade", skips=True, input_blur=0.0):
         super().__init__()
+        if not (math.isfinite(input_blur) and input_blur >= 0):
+            raise ValueError(f"input_blur must be a finite sigma >= 0 in px, got {input_blur}")
+        self.input_blur = float(input_blur)
+        if input_blur > 0:
+            r = math.ceil(2 * input_blur)
+            g = torch.exp(-torch.arange(-r, r + 1, dtype=torch.float32) ** 2 / (2 * input_blur ** 2))
+            self.register_buffer("blur_kernel", g / g.sum(), persistent=False)
         n_down = int(round(math.log2(image_size / bottleneck))) if bottleneck > 0 else 0
         if n_down < 1 or 2 ** n_down * bottleneck != image_size:
             raise ValueError(f"bottleneck {bottleneck} px must be image_size {image_size} / a power of 2 (>= 2)")
@@ -112,9 +123,19 @@ class FlagshipGenerator(nn.Module):
         self.up = nn.ModuleList(blk(ch[i + 1] + (ch[i] if skips else 0), ch[i]) for i in levels)
         self.out = nn.Conv2d(ch[0], out_ch, 3, padding=1)
 
+    def low_pass(self, x):
+        """The separable Gaussian of ``input_blur`` over each channel (identity at 0)."""
+        if not self.input_blur:
+            return x
+        k, c = self.blur_kernel.to(x.dtype), x.shape[1]
+        r = (len(k) - 1) // 2
+        x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+        return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
     def forward(self, x, z=None):
         if z is None and self.z_dim:
             z = torch.zeros(len(x), self.z_dim, device=x.device, dtype=x.dtype)
+        x = self.low_pass(x)
         cond = x
         h = self.head(x)
         skips = [h]
@@ -175,7 +196,7 @@ class MultiScaleDiscriminator(nn.Module):
 
 def multiscale_gan_loss(gan: GANLoss, logits: list, real: bool, for_d: bool) -> torch.Tensor:
     """The GAN loss averaged over scales (each term is already a mean over its patches)."""
-    return sum(gan(o, real, for_d) for o in logits) / len(logits)
+    return sum(gan(o.float(), real, for_d) for o in logits) / len(logits)  # float32 losses under autocast
 
 
 # ---- objective pieces -----------------------------------------------------------------------------------------------
@@ -360,7 +381,7 @@ class Objective:
 
     def __init__(self, trainer):
         self.t, self.cfg = trainer, trainer.cfg
-        self.nets = {k: v.to(trainer.device) for k, v in self.networks(self.cfg).items()}
+        self.nets = trainer.place(self.networks(self.cfg))  # device, and NHWC on CUDA with channels_last
         self.gan = GANLoss(self.gan_loss(self.cfg))
 
     @property
@@ -409,7 +430,7 @@ class FlagshipObjective(Objective):
     @staticmethod
     def networks(c):
         G = FlagshipGenerator(c.in_channels, c.out_channels, c.width, c.z_dim, c.image_size, c.fs_bottleneck,
-                              c.fs_upsample, c.fs_modulation, c.fs_skips)
+                              c.fs_upsample, c.fs_modulation, c.fs_skips, c.fs_input_blur)
         nets = {"G": init_weights(G),
                 "E": init_weights(AppearanceEncoder(c.out_channels, c.z_dim, c.encoder_width)),
                 "D": init_weights(MultiScaleDiscriminator(c.out_channels, c.d_width, c.fs_scales, 3, "none",
@@ -423,41 +444,44 @@ class FlagshipObjective(Objective):
         G, E, D = t.tn["G"], t.tn["E"], t.tn["D"]
         p, s, r = t._next("paired"), t._next("synthetic"), t._next("real")
         aug = lambda x: diff_augment(x, c.fs_diffaug)
-        # one generator pass: cVAE branch (z = E(photo)) on pairs, cLR branch (z ~ N(0, I)) on face-model depth
-        mu, logvar = E(p["image"])
-        fake_p = G(self.gin(p), reparameterize(mu, logvar))
-        z_r = torch.randn(len(s["depth"]), c.z_dim, device=t.device)
-        fake_s = G(self.gin(s), z_r)
-        fake = torch.cat([fake_p, fake_s])
-        real = torch.cat([p["image"], r["image"]])
-        # D step
-        d_real, d_fake = D(aug(real)), D(aug(fake.detach()))
-        l_real = multiscale_gan_loss(self.gan, d_real, True, True)
-        l_fake = multiscale_gan_loss(self.gan, d_fake, False, True)
-        d_loss, log = l_real + l_fake, {"d_real": l_real, "d_fake": l_fake}
-        if c.fs_r1 > 0 and t.step % c.fs_r1_every == 0:  # lazy R1 (StyleGAN2): every k steps, k times the weight
-            r1 = r1_penalty(D, aug(real))
-            d_loss = d_loss + c.fs_r1 / 2 * c.fs_r1_every * r1
-            log["r1"] = r1
+        # forward passes and losses under bf16 autocast (--amp, on CUDA); backward and steps outside it
+        with t._autocast():
+            # one generator pass: cVAE branch (z = E(photo)) on pairs, cLR branch (z ~ N(0, I)) on face-model depth
+            mu, logvar = (v.float() for v in E(p["image"]))
+            fake_p = G(self.gin(p), reparameterize(mu, logvar)).float()
+            z_r = torch.randn(len(s["depth"]), c.z_dim, device=t.device)
+            fake_s = G(self.gin(s), z_r).float()
+            fake = torch.cat([fake_p, fake_s])
+            real = torch.cat([p["image"], r["image"]])
+            # D step
+            d_real, d_fake = D(aug(real)), D(aug(fake.detach()))
+            l_real = multiscale_gan_loss(self.gan, d_real, True, True)
+            l_fake = multiscale_gan_loss(self.gan, d_fake, False, True)
+            d_loss, log = l_real + l_fake, {"d_real": l_real, "d_fake": l_fake}
+            if c.fs_r1 > 0 and t.step % c.fs_r1_every == 0:  # lazy R1 (StyleGAN2): every k steps, k times the weight
+                r1 = r1_penalty(D, aug(real))
+                d_loss = d_loss + c.fs_r1 / 2 * c.fs_r1_every * r1
+                log["r1"] = r1
         t._check(log)
         self._update(d_loss, ["D"])
         # G (and E) step
         Dm = self.nets["D"]  # features() bypasses DDP; D is frozen in this step
-        adv = multiscale_gan_loss(self.gan, D(aug(fake)), True, False)
-        terms = {"g_adv": (c.gan_weight, adv), "l1": (c.l1_weight, l1_loss(fake_p, p["image"])),
-                 "kl": (c.kl_weight, kl_divergence(mu, logvar))}
-        if c.feature_matching > 0:  # pix2pixHD: the fake's D features vs its own photo's, on the paired half
-            f_real, _ = Dm.features(p["image"])
-            f_fake, _ = Dm.features(fake_p)
-            terms["feature_matching"] = (c.feature_matching, paired_feature_matching(f_real, f_fake))
-        if c.latent_weight > 0:  # BicycleGAN latent regression E(G(x, z)) = z on synthetic depth; trains G alone
-            # the raw module: under DDP a second call of the wrapped, frozen E would wait for its gradients; its
-            # BatchNorm statistics stay those of photos
-            Em = self.nets["E"]
-            _requires_grad([Em], False)
-            with batch_stats_kept(Em):
-                terms["latent"] = (c.latent_weight, l1_loss(Em(fake_s)[0], z_r))
-            _requires_grad([Em], True)
+        with t._autocast():
+            adv = multiscale_gan_loss(self.gan, D(aug(fake)), True, False)
+            terms = {"g_adv": (c.gan_weight, adv), "l1": (c.l1_weight, l1_loss(fake_p, p["image"])),
+                     "kl": (c.kl_weight, kl_divergence(mu, logvar))}
+            if c.feature_matching > 0:  # pix2pixHD: the fake's D features vs its own photo's, on the paired half
+                f_real, _ = Dm.features(p["image"])
+                f_fake, _ = Dm.features(fake_p)
+                terms["feature_matching"] = (c.feature_matching, paired_feature_matching(f_real, f_fake))
+            if c.latent_weight > 0:  # BicycleGAN latent regression E(G(x, z)) = z on synthetic depth; trains G alone
+                # the raw module: under DDP a second call of the wrapped, frozen E would wait for its gradients; its
+                # BatchNorm statistics stay those of photos
+                Em = self.nets["E"]
+                _requires_grad([Em], False)
+                with batch_stats_kept(Em):
+                    terms["latent"] = (c.latent_weight, l1_loss(Em(fake_s)[0].float(), z_r))
+                _requires_grad([Em], True)
         t._check({k: v for k, (w, v) in terms.items()})
         self._update(sum(w * v for w, v in terms.values()), ["G", "E"], frozen=["D"])
         if "G_ema" in self.nets:
@@ -483,14 +507,16 @@ class Pix2PixObjective(Objective):
         G, D = t.tn["G"], t.tn["D"]
         p = t._next("paired")
         x = self.gin(p)
-        fake = G(x)
-        # D: conditional, on (input, output) pairs; its loss halved (pix2pix: slows D relative to G)
-        l_real = self.gan(D(torch.cat([x, p["image"]], 1)), True, True)
-        l_fake = self.gan(D(torch.cat([x, fake.detach()], 1)), False, True)
+        with t._autocast():  # forward passes and losses (--amp on CUDA)
+            fake = G(x).float()
+            # D: conditional, on (input, output) pairs; its loss halved (pix2pix: slows D relative to G)
+            l_real = self.gan(D(torch.cat([x, p["image"]], 1)), True, True)
+            l_fake = self.gan(D(torch.cat([x, fake.detach()], 1)), False, True)
         t._check({"d_real": l_real, "d_fake": l_fake})
         self._update(0.5 * (l_real + l_fake), ["D"])
-        adv = self.gan(D(torch.cat([x, fake], 1)), True, False)
-        rec = l1_loss(fake, p["image"])
+        with t._autocast():
+            adv = self.gan(D(torch.cat([x, fake], 1)), True, False)
+            rec = l1_loss(fake, p["image"])
         t._check({"g_adv": adv, "l1": rec})
         self._update(adv + c.l1_weight * rec, ["G"], frozen=["D"])
         return {k: float(v.detach()) for k, v in {"d_real": l_real, "d_fake": l_fake, "g_adv": adv, "l1": rec}.items()}
@@ -514,25 +540,27 @@ class BicycleGANObjective(Objective):
         h = len(p["image"]) // 2
         x = self.gin(p)[:h]
         real_enc, real_rand = p["image"][:h], p["image"][h:2 * h]
-        mu, logvar = E(real_enc)
-        fake_enc = G(x, reparameterize(mu, logvar))  # cVAE-GAN
-        z_r = torch.randn(h, c.z_dim, device=t.device)
-        fake_rand = G(x, z_r)  # cLR-GAN
-        d = {}
-        d["d_real"] = multiscale_gan_loss(self.gan, D(real_enc), True, True)
-        d["d_fake"] = multiscale_gan_loss(self.gan, D(fake_enc.detach()), False, True)
-        d["d2_real"] = multiscale_gan_loss(self.gan, D2(real_rand), True, True)
-        d["d2_fake"] = multiscale_gan_loss(self.gan, D2(fake_rand.detach()), False, True)
+        with t._autocast():  # forward passes and losses (--amp on CUDA)
+            mu, logvar = (v.float() for v in E(real_enc))
+            fake_enc = G(x, reparameterize(mu, logvar)).float()  # cVAE-GAN
+            z_r = torch.randn(h, c.z_dim, device=t.device)
+            fake_rand = G(x, z_r).float()  # cLR-GAN
+            d = {}
+            d["d_real"] = multiscale_gan_loss(self.gan, D(real_enc), True, True)
+            d["d_fake"] = multiscale_gan_loss(self.gan, D(fake_enc.detach()), False, True)
+            d["d2_real"] = multiscale_gan_loss(self.gan, D2(real_rand), True, True)
+            d["d2_fake"] = multiscale_gan_loss(self.gan, D2(fake_rand.detach()), False, True)
         t._check(d)
         self._update(sum(d.values()), ["D", "D2"])
-        g = {"g_adv": multiscale_gan_loss(self.gan, D(fake_enc), True, False),
-             "g_adv2": multiscale_gan_loss(self.gan, D2(fake_rand), True, False),
-             "l1": l1_loss(fake_enc, real_enc), "kl": kl_divergence(mu, logvar)}
-        Em = self.nets["E"]  # the raw module (DDP: see the flagship's step)
-        _requires_grad([Em], False)  # latent regression trains G alone
-        with batch_stats_kept(Em):
-            lat = l1_loss(Em(fake_rand)[0], z_r)
-        _requires_grad([Em], True)
+        with t._autocast():
+            g = {"g_adv": multiscale_gan_loss(self.gan, D(fake_enc), True, False),
+                 "g_adv2": multiscale_gan_loss(self.gan, D2(fake_rand), True, False),
+                 "l1": l1_loss(fake_enc, real_enc), "kl": kl_divergence(mu, logvar)}
+            Em = self.nets["E"]  # the raw module (DDP: see the flagship's step)
+            _requires_grad([Em], False)  # latent regression trains G alone
+            with batch_stats_kept(Em):
+                lat = l1_loss(Em(fake_rand)[0].float(), z_r)
+            _requires_grad([Em], True)
         t._check({**g, "latent": lat})
         loss = g["g_adv"] + g["g_adv2"] + c.l1_weight * g["l1"] + c.kl_weight * g["kl"] + c.latent_weight * lat
         self._update(loss, ["G", "E"], frozen=["D", "D2"])

@@ -75,10 +75,7 @@ class Objective:
 
     def __init__(self, trainer):
         self.t, self.cfg = trainer, trainer.cfg
-        nets = {k: init_weights(v).to(trainer.device) for k, v in self.networks().items()}
-        if self.cfg.channels_last and trainer.device.type == "cuda":
-            nets = {k: v.to(memory_format=torch.channels_last) for k, v in nets.items()}
-        self.nets = nets
+        self.nets = trainer.place({k: init_weights(v) for k, v in self.networks().items()})
 
     def networks(self) -> dict:
         raise NotImplementedError
@@ -438,6 +435,11 @@ class CrossEncoderObjective(AdversarialObjective):
         enc.requires_grad_(True)
         params = list(enc.parameters()) + list(self.nets["DecP"].parameters()) + list(self.nets["DecD"].parameters())
         opt = torch.optim.Adam(params, lr=c.lr, betas=(c.beta1, c.beta2))
+        if t.world > 1:  # before DDP wraps anything: every process starts from rank 0's weights
+            import torch.distributed as dist
+
+            for p in params:
+                dist.broadcast(p.data, 0)
         for _ in tqdm(range(c.pretrain_steps), desc="cross-encoder pre-training", disable=not progress):
             real = t._next("real")["image"]
             d = t._next("synthetic")["depth"] * 2 - 1
@@ -448,6 +450,11 @@ class CrossEncoderObjective(AdversarialObjective):
             t._check({"pretrain_photo": rec_p, "pretrain_depth": rec_d})
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if t.world > 1:  # each process saw its slice of the batch: average the gradients, as DDP would
+                for p in params:
+                    if p.grad is not None:
+                        dist.all_reduce(p.grad)
+                        p.grad /= t.world
             opt.step()
             t.history.append({"step": 0, "pretrain_photo": float(rec_p.detach()),
                               "pretrain_depth": float(rec_d.detach())})

@@ -36,7 +36,8 @@ CONVERT = "python -m frankenstein_utils.training convert"
 # the settings that rebuild a generator and its encoder (the rest of a TrainConfig is about training)
 BUILD_KEYS = ("mode", "width", "d_width", "encoder_width", "z_dim", "image_size", "out_channels", "mask_input",
               "gan_loss", "spectral_norm", "fs_bottleneck", "fs_upsample", "fs_modulation", "fs_skips", "fs_scales",
-              "fs_ema", "generator", "norm", "flat_layers", "discriminator", "d_norm", "buffers", "appearance_k")
+              "fs_ema", "fs_input_blur", "generator", "norm", "flat_layers", "discriminator", "d_norm", "buffers",
+              "appearance_k")
 
 
 def build_networks(cfg) -> dict:
@@ -48,7 +49,8 @@ def build_networks(cfg) -> dict:
 
     if cfg.mode in OBJECTIVES:
         return OBJECTIVES[cfg.mode].networks(cfg)
-    return STUDY_OBJECTIVES[cfg.mode](SimpleNamespace(cfg=cfg, device=torch.device("cpu"))).nets
+    cpu = torch.device("cpu")
+    return STUDY_OBJECTIVES[cfg.mode](SimpleNamespace(cfg=cfg, device=cpu, place=lambda nets: nets)).nets
 
 
 class PretrainedGenerator:
@@ -371,7 +373,14 @@ def load_pretrained(name: str | None = None, device: str = "cpu") -> PretrainedG
     ``.pt`` of the older format), rebuilt from its file, float32, eval mode. Nothing in the file runs
     (``read_shipped``); a shipped file is checked against its recorded SHA-256 (a file elsewhere when its folder
     records one)."""
+    from .training import device_problem
+
     name = default_name() if name is None else name
+    problem = device_problem(str(device), "device")
+    if problem:  # before anything is read, or the first tensor moved there raises
+        raise ValueError(f"{name}: cannot be loaded on {problem}")
+    if str(device) == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     path = Path(name) if str(name).endswith((".safetensors", ".pt")) else WEIGHTS_DIR / f"{name}.safetensors"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no shipped model {name!r}; available: {available()}")

@@ -47,6 +47,10 @@ def _parser(preset: str | None = None):
             continue
         v = defaults[f.name]
         name = "--" + f.name.replace("_", "-")
+        if f.name in ("n_critic", "wgan_burst"):  # unset: the --gan-loss's own schedule (CRITIC_SCHEDULES)
+            ap.add_argument(name, type=int, default=None, help="default: that of --gan-loss (wgan, wgan-gp: 5 critic "
+                            "steps; wgan: a burst of 100 at the start and every 500th step)")
+            continue
         ap.add_argument(name, type=parse_bool if isinstance(v, bool) else type(v), default=v)
     ap.add_argument("--preset", choices=sorted(PRESETS), default=None,
                     help="named settings: 'original' (greyscale 128 px, RMSProp, D lr 1e-4, G lr 1e-3, batch 8), "

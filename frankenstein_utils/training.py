@@ -55,6 +55,10 @@ MODES = ("l1", "cvae", "gan", "gan+recon", "l1+gan", "cvae-gan", "cross-encoder"
 ADVERSARIAL = ("gan", "gan+recon", "l1+gan", "cvae-gan", "cross-encoder")
 MODES += tuple(OBJECTIVES)  # flagship / peers
 GAN_LOSSES = ("log", "lsgan", "wgan", "wgan-gp", "hinge")
+# (n_critic, wgan_burst) each loss gets unless set: WGAN (Arjovsky et al. 2017) trains the critic 5 times per
+# generator step, 100 times in the first 25 steps and every 500th; WGAN-GP (Gulrajani et al. 2017) 5 times, no burst.
+# The other losses take one D step (the burst is read by the wgan losses only).
+CRITIC_SCHEDULES = {"wgan": (5, 100), "wgan-gp": (5, 0), "default": (1, 100)}
 
 
 @dataclass
@@ -93,8 +97,11 @@ class TrainConfig:
     spectral_norm: bool = False
     d_lr: float = 0.0  # 0: same as lr
     gan_weight: float = 1.0
-    n_critic: int = 1  # critic steps per generator step (wgan: the schedule's base)
-    wgan_burst: int = 100  # wgan: critic steps at the start and periodically (original schedule); 0 = off
+    # critic steps per generator step; None = the loss's own (CRITIC_SCHEDULES: 5 for wgan and wgan-gp, else 1)
+    n_critic: int | None = None
+    # wgan: critic steps at the start and periodically (the original schedule); 0 = off; None = the loss's own
+    # (100 for wgan; 0 for wgan-gp, whose paper has no burst)
+    wgan_burst: int | None = None
     wgan_burst_until: int = 25
     wgan_burst_every: int = 500
     wgan_clip: float = 0.01
@@ -122,6 +129,7 @@ class TrainConfig:
     fs_r1_every: int = 4
     fs_diffaug: str = "color,translation,cutout"  # DiffAugment policy, "" = off
     fs_ema: float = 0.999  # EMA decay of G's weights (sampling uses the average), 0 = off
+    fs_input_blur: float = 0.0  # sigma (px) of a fixed Gaussian low-pass of G's input (softens the mask's staircase)
     # a checkpoint whose networks, optimizer moments and EMA start this run (a fine-tune, e.g. on other data); the
     # run's own step, data order and RNG start fresh; "" = random initialisation
     init_from: str = ""
@@ -144,6 +152,11 @@ class TrainConfig:
     data: dict = field(default_factory=dict)  # how the data was made (recorded, not interpreted)
 
     def __post_init__(self):
+        n_critic, burst = CRITIC_SCHEDULES.get(self.gan_loss, CRITIC_SCHEDULES["default"])
+        if self.n_critic is None:
+            self.n_critic = n_critic
+        if self.wgan_burst is None:
+            self.wgan_burst = burst
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; choose one of {MODES}")
         if self.optimizer not in ("adam", "rmsprop"):
@@ -508,6 +521,16 @@ class Trainer:
         on = self.cfg.amp and self.device.type == "cuda"
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=on)
 
+    @property
+    def memory_format(self):
+        """The networks' layout: NHWC (faster CUDA convolutions) when ``channels_last`` and on CUDA."""
+        on = self.cfg.channels_last and self.device.type == "cuda"
+        return torch.channels_last if on else torch.contiguous_format
+
+    def place(self, nets: dict) -> dict:
+        """Every objective's networks on this trainer's device, in its ``memory_format``."""
+        return {k: v.to(self.device).to(memory_format=self.memory_format) for k, v in nets.items()}
+
     def _mean_over_processes(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` averaged over all processes (the same on every one): decisions that depend on data are taken on it,
         so all processes take the same branch."""
@@ -722,9 +745,11 @@ class Trainer:
         """Start from another run's networks, optimizer moments and objective state (``cfg.init_from``), keeping
         this run's learning rates; recorded in ``config_history`` with the source's step and configuration."""
         ck = read_checkpoint(path, self.device)
-        nets, opts = ck["nets"], ck["opts"]
+        nets = ck["nets"]
         if set(nets) != set(self.nets):
             raise ValueError(f"{path}: its networks {sorted(nets)} are not this run's {sorted(self.nets)}")
+        self._check_layout(path, ck)  # a damaged source is named in one line, as a resume's checkpoint is
+        opts = ck["opts"]
         try:
             for k, v in nets.items():
                 self.nets[k].load_state_dict(v)
@@ -733,7 +758,12 @@ class Trainer:
                              f"({str(e).strip().splitlines()[0]})") from e
         for k, v in opts.items():
             lrs = [g["lr"] for g in self.opts[k].param_groups]
-            self.opts[k].load_state_dict(v)
+            try:
+                self.opts[k].load_state_dict(v)
+            except (ValueError, KeyError, TypeError) as e:
+                raise ValueError(f"{path}: optimizer {k} of the checkpoint does not fit this configuration's "
+                                 f"networks ({type(e).__name__}: {_first_line(e)})") from e
+            self._check_optimizer_state(path, k)
             for g, lr in zip(self.opts[k].param_groups, lrs):
                 g["lr"] = lr
         if hasattr(self.objective, "load_state"):

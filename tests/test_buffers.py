@@ -126,6 +126,13 @@ def test_buffer_generator_renders_what_training_saw_and_splits_its_code(small):
     z3[:, 0] += 2.0
     f(depth, (depth > 0).float(), z3, params=params)
     assert not torch.equal(net.calls[-1]["buffers"], call["buffers"])
+    # faces without poses are frontal and neutral (the evaluation's shape-sensitivity set): this crashed notebook 04
+    from frankenstein_utils.evaluation import face_params
+    from frankenstein_utils.facemodel import render_faces
+
+    frontal, _ = render_faces(model, syn.params["coeffs"], app.render_config())
+    f(frontal, None, z, params=face_params(syn.params["coeffs"]))
+    assert (net.calls[-1]["depth"][:, 0] - frontal).abs().max() <= 1 / B.DEPTH_SCALE
 
 
 def test_buffers_config_counts_channels_and_refuses_nonsense():

@@ -376,3 +376,54 @@ def test_init_from_keeps_the_ema_warm_up_of_the_source(tmp_path, monkeypatch):
     fresh = Trainer(config("flagship", tmp_path / "fresh", steps=1), streams())
     fresh.fit(progress=False)
     assert decays[-1] == pytest.approx(1 / 10)  # a new run warms up from the start
+
+
+@pytest.mark.parametrize("name", MODES)
+def test_amp_and_channels_last_reach_the_peers(tmp_path, monkeypatch, name):
+    """``--amp`` and ``--channels-last`` did nothing for the flagship, pix2pix and BicycleGAN (issue 23): their steps
+    ran outside the trainer's autocast and their networks kept the NCHW layout. This CPU build has no CUDA, so the
+    trainer's two switches are turned on here for the CPU (bf16 autocast, NHWC): every network of the mode must take
+    the layout, and G's forward passes in the step must run in bf16, while losses stay float32 and finite."""
+    monkeypatch.setattr(Trainer, "_autocast", lambda self: torch.autocast("cpu", dtype=torch.bfloat16))
+    monkeypatch.setattr(Trainer, "memory_format", property(lambda self: torch.channels_last))
+    t = Trainer(config(name, tmp_path, steps=1), streams())
+    convs = [m.weight for net in t.nets.values() for m in net.modules()
+             if isinstance(m, torch.nn.Conv2d) and m.weight.dim() == 4 and m.weight.shape[-1] > 1]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    dtypes = []
+    hook = t.nets["G"].register_forward_hook(lambda mod, inp, out: dtypes.append(out.dtype))
+    log = t.objective.step()
+    hook.remove()
+    assert dtypes and set(dtypes) == {torch.bfloat16}, dtypes
+    assert all(math.isfinite(v) for v in log.values()), log
+
+
+def test_input_blur_is_a_gaussian_low_pass_of_the_input_before_everything_else():
+    """``fs_input_blur`` = sigma: G sees its input convolved with a normalised Gaussian of that sigma (edge pixels
+    repeated), computed here independently in numpy; at 0 the generator is unchanged. A hard staircase edge (what
+    the rasterizer gives) comes out with a smaller largest step."""
+    import numpy as np
+
+    torch.manual_seed(0)
+    sharp = FlagshipGenerator(2, 3, 4, 4, 32, 4, input_blur=0.0)
+    soft = FlagshipGenerator(2, 3, 4, 4, 32, 4, input_blur=0.8)
+    soft.load_state_dict(sharp.state_dict())  # the kernel is not part of the state dict
+    x = torch.rand(2, 2, 32, 32) * 2 - 1
+    x[:, :, 10:20, 5:15] = 1.0  # a hard-edged block
+    r = 2
+    g = np.exp(-np.arange(-r, r + 1) ** 2 / (2 * 0.8 ** 2))
+    g /= g.sum()
+    xp = np.pad(x.numpy().astype(np.float64), ((0, 0), (0, 0), (r, r), (r, r)), mode="edge")
+    want = np.zeros(x.shape)
+    for i in range(2 * r + 1):
+        for j in range(2 * r + 1):
+            want += g[i] * g[j] * xp[:, :, i:i + 32, j:j + 32]
+    got = soft.low_pass(x)
+    assert np.abs(got.numpy() - want).max() < 1e-5
+    assert torch.equal(sharp.low_pass(x), x)
+    z = torch.randn(2, 4)
+    assert torch.allclose(soft(x, z), sharp(torch.from_numpy(want).float(), z), atol=1e-5)
+    steps = lambda t: (t[:, :, :, 1:] - t[:, :, :, :-1]).abs().amax()
+    assert steps(got) < 0.6 * steps(x)
+    with pytest.raises(ValueError, match="input_blur"):
+        FlagshipGenerator(2, 3, 4, 4, 32, 4, input_blur=float("nan"))

@@ -83,9 +83,8 @@ def test_device_that_this_machine_lacks_is_one_line(monkeypatch, capsys):
 
 
 def test_apply_on_a_device_this_machine_lacks_is_one_line(tmp_path, saved_run, capsys):
-    """``apply --device cuda`` on a CPU build raised "Torch not compiled with CUDA enabled" from ``load_run``; now
-    ``load_run`` checks the device first (apply.py itself unchanged; a shipped model's name still goes through
-    ``pretrained.load_pretrained``, which this does not cover)."""
+    """``apply --device cuda`` on a CPU build raised "Torch not compiled with CUDA enabled" from ``load_run`` (a
+    checkpoint) and from ``pretrained.load_pretrained`` (a shipped model's name); both check the device first."""
     from frankenstein_utils import apply
 
     root, _ = saved_run
@@ -96,6 +95,11 @@ def test_apply_on_a_device_this_machine_lacks_is_one_line(tmp_path, saved_run, c
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1 and f"cannot be loaded on device {dev}:" in err[0], err
     assert str(root / "checkpoint.pt") in err[0]
+    for name in ("flagship", "study/U"):  # a shipped model's name
+        rc = apply.main(["--model", name, "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+                         "--device", dev])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 1 and len(err) == 1 and f"{name}: cannot be loaded on device {dev}:" in err[0], err
 
 
 @pytest.mark.parametrize("z", ["0", "-1"])
@@ -392,3 +396,32 @@ def test_landmarks_command_on_a_truncated_photo_with_mediapipe(tmp_path, capsys)
     rc, err = _landmarks_main(capsys, tmp_path / "photos")
     err = [x for x in err if x.startswith("landmarks: error: ")]
     assert rc == 1 and len(err) == 1 and "cut.jpg: cannot read image" in err[0], err
+
+
+INIT_FROM_DAMAGE = {
+    "no optimizers": (lambda c: c.pop("opts"), "its 'opts' entry is missing"),
+    "optimizers of another mode": (lambda c: c["opts"].__setitem__("D", c["opts"]["G"]),
+                                   "its optimizers ['D', 'G'] are not this configuration's ['G']"),
+    "a network entry that is no state dict": (lambda c: c["nets"].__setitem__("G", 3), "nets['G'] is of type int"),
+    "an optimizer moment of another shape": (
+        lambda c: c["opts"]["G"]["state"][0].__setitem__("exp_avg", torch.zeros(3)),
+        "exp_avg of parameter 0 has shape (3,)"),
+    "a negative step": (lambda c: c.__setitem__("step", -4), "step -4"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INIT_FROM_DAMAGE))
+def test_init_from_a_damaged_checkpoint_is_one_line_naming_it(tmp_path, case):
+    """``--init-from`` read the source's entries without the layout checks a resume makes: a damaged source raised
+    KeyError / TypeError / RuntimeError (an optimizer moment of another shape only at the first step), without
+    naming the file. Now each is a ValueError naming it, before anything trains."""
+    src = Trainer(cfg(tmp_path / "src", steps=2), {"paired": ToyPairs(16)})
+    src.fit(progress=False)
+    ck = torch.load(tmp_path / "src" / "checkpoint.pt", weights_only=True)
+    damage, want = INIT_FROM_DAMAGE[case]
+    damage(ck)
+    bad = tmp_path / "damaged.pt"
+    torch.save(ck, bad)
+    with pytest.raises(ValueError) as e:
+        Trainer(cfg(tmp_path / "ft", steps=1, init_from=str(bad)), {"paired": ToyPairs(16)}).fit(progress=False)
+    assert str(bad) in str(e.value) and want in str(e.value) and "\n" not in str(e.value), e.value

@@ -85,6 +85,25 @@ def test_checkpoint_with_code_inside_is_refused_and_nothing_runs(evil_checkpoint
     assert not marker.exists()
 
 
+def test_apply_with_a_checkpoint_with_code_inside_exits_1_in_one_line_and_nothing_runs(evil_checkpoint, tmp_path,
+                                                                                         capsys):
+    """``apply --checkpoint`` is the command-line path a downloaded checkpoint takes: refused with exit code 1 and
+    one stderr line naming the file; the payload never runs and nothing is written."""
+    from frankenstein_utils.apply import main
+    from frankenstein_utils.fileio import save_png
+
+    evil, marker = evil_checkpoint
+    (tmp_path / "in").mkdir()
+    save_png(tmp_path / "in" / "000000.png", np.full((16, 16), 30000, np.uint16))
+    rc = main(["--checkpoint", str(evil), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1
+    assert len(err.splitlines()) == 1 and err.startswith("apply: error: ") and str(evil) in err, err
+    assert "python -m frankenstein_utils.training convert" in err
+    assert not marker.exists()
+    assert not list(tmp_path.glob("out/*.png"))
+
+
 def test_old_checkpoint_is_refused_with_the_convert_command_and_resumes_exactly_once_converted(tmp_path, capsys):
     """A checkpoint as written before (numpy's RNG state pickled as an array): refused with the command; converted
     knowingly (a warning says it runs the file), it resumes exactly."""

@@ -14,23 +14,44 @@ from frankenstein_utils.rasterize import RenderConfig
 RC = RenderConfig(resolution=16)
 
 
+def rgb16_png(path, size=16):
+    """A valid 16-bit RGB PNG (colour type 2): the set's depth size and bit depth, another colour type (Pillow
+    writes no 16-bit RGB)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\0" + np.full((size, 3), 30000, ">u2").tobytes() for _ in range(size))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", size, size, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
 def test_resume_redoes_valid_pngs_of_another_mode_or_size(tmp_path, face_model):
-    """A PNG that decodes but is not what the set writes (8-bit or palette depth, another size, an RGB or 16-bit
-    mask) is rendered again on resume, not kept."""
+    """A PNG that decodes but is not what the set writes (8-bit, palette or RGB depth, another size, an RGB or
+    16-bit mask) is rendered again on resume, not kept."""
+    from frankenstein_utils.fileio import png_is_complete
+
     kw = dict(seed=3, render=RC, model=face_model, progress=False, device="cpu")
-    ref = generate_depth_dataset(5, tmp_path / "ref", **kw)
-    out = generate_depth_dataset(5, tmp_path / "out", **kw)
+    ref = generate_depth_dataset(6, tmp_path / "ref", **kw)
+    out = generate_depth_dataset(6, tmp_path / "out", **kw)
     save_png(out / "depth/000000.png", np.full((16, 16), 200, np.uint8))  # 8-bit depth
     save_png(out / "depth/000001.png", np.full((8, 8), 30000, np.uint16))  # another resolution
     Image.fromarray(np.zeros((16, 16), np.uint8)).convert("P").save(out / "depth/000002.png")  # palette
     save_png(out / "mask/000003.png", np.zeros((16, 16, 3), np.uint8))  # RGB mask
     save_png(out / "mask/000004.png", np.zeros((16, 16), np.uint16))  # 16-bit mask
-    generate_depth_dataset(5, out, **kw)
+    rgb16_png(out / "depth/000005.png")  # RGB depth, 16-bit and 16x16 as the set's: only its colour type differs
+    h = png_header(out / "depth/000005.png")
+    assert (h.width, h.height, h.bit_depth, h.colour_type) == (16, 16, 16, 2)
+    assert png_is_complete(out / "depth/000005.png")  # it decodes
+    generate_depth_dataset(6, out, **kw)
     for sub in ("depth", "mask"):
-        for i in range(5):
+        for i in range(6):
             name = f"{sub}/{i:06d}.png"
             assert (out / name).read_bytes() == (ref / name).read_bytes(), name
     assert (png_header(out / "depth/000000.png").bit_depth, png_header(out / "mask/000003.png").colour_type) == (16, 0)
+    assert png_header(out / "depth/000005.png").colour_type == 0
 
 
 def test_resume_refuses_files_it_cannot_tie_to_the_configuration(tmp_path, face_model):
@@ -251,3 +272,44 @@ def test_fitted_face_table_refuses_expression_weights_outside_0_1():
     poses[2, 0] = np.inf
     with pytest.raises(ValueError, match="poses hold NaN"):
         FittedFaceParams(poses, expr, source="table.npz")
+
+
+# ---- cvae-gan: the encoder's BatchNorm statistics ------------------------------------------------------------------
+def test_cvae_gan_leaves_the_encoders_batch_statistics_to_photos(tmp_path):
+    """cvae-gan encodes photos (the cVAE branch) and fakes (latent regression, ``batch_stats_kept``): the encoder's
+    BatchNorm running statistics must be those of the photo batches alone (they took in each fake batch too,
+    skewing E(photo) at test time). Every BatchNorm's input is recorded and its statistics recomputed from the
+    photo calls: num_batches_tracked counts photo batches only, mean and variance match."""
+    from frankenstein_utils.training import TrainConfig, Trainer
+    from test_smoke import SMALL, streams
+
+    steps = 2
+    t = Trainer(TrainConfig(mode="cvae-gan", out_dir=str(tmp_path), steps=steps,
+                            **{**SMALL, "sample_every": 0, "checkpoint_every": 0}), streams())
+    E = t.nets["E"]
+    bns = [m for m in E.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(m.track_running_stats and m.momentum == 0.1 for m in bns)
+    init = [(m.running_mean.clone(), m.running_var.clone()) for m in bns]
+    photos, calls, seen = [], [], {i: [] for i in range(len(bns))}
+    nxt = t._next
+
+    def spy(stream):
+        b = nxt(stream)
+        if stream == "paired":
+            photos.append(b["image"])
+        return b
+    t._next = spy
+    E.register_forward_pre_hook(lambda mod, inp: calls.append(any(torch.equal(inp[0], p) for p in photos)))
+    for i, m in enumerate(bns):  # (is this E call on photos, the layer's input)
+        m.register_forward_pre_hook(lambda mod, inp, i=i: seen[i].append((calls[-1], inp[0].detach().clone())))
+    t.fit(progress=False)
+    assert calls.count(True) == steps and calls.count(False) == steps  # photo codes and latent regression, each step
+    for m, (mean, var), inputs in zip(bns, init, seen.values()):
+        assert int(m.num_batches_tracked) == steps
+        for is_photo, x in inputs:
+            if is_photo:
+                x = x.double()
+                mean = 0.9 * mean.double() + 0.1 * x.mean((0, 2, 3))
+                var = 0.9 * var.double() + 0.1 * x.var((0, 2, 3), unbiased=True)
+        torch.testing.assert_close(m.running_mean.double(), mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(m.running_var.double(), var, rtol=1e-5, atol=1e-6)

@@ -1,4 +1,5 @@
 import math
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -349,3 +350,31 @@ def test_wgan_gp_trains_with_objectives_that_score_paired_and_synthetic_fakes(tm
     for mode in ("l1+gan", "cvae-gan"):
         assert train.main(common + ["--mode", mode, "--out-dir", str(tmp_path / mode)]) == 0
         assert load_run(tmp_path / mode / "checkpoint.pt").step == 1
+
+
+def test_wgan_losses_from_the_command_line_get_their_papers_critic_schedules(tmp_path):
+    """``--gan-loss wgan`` / ``wgan-gp`` from the command line kept n_critic = 1 (one critic step per generator step,
+    against the papers' 5), and wgan-gp took the weight-clipping WGAN's burst of 100 critic steps (issue 23). Unset,
+    each loss now gets its own schedule; given explicitly, the user's value wins; a run does what its config says."""
+    from frankenstein_utils.losses import wgan_critic_steps
+    from frankenstein_utils.train import parse_args
+
+    base = ["--mode", "gan", "--out-dir", str(tmp_path / "r")]
+    got = {loss: parse_args(base + ["--gan-loss", loss])[1] for loss in ("wgan", "wgan-gp", "lsgan", "hinge")}
+    assert (got["wgan"].n_critic, got["wgan"].wgan_burst) == (5, 100)
+    assert (got["wgan-gp"].n_critic, got["wgan-gp"].wgan_burst) == (5, 0)
+    assert got["lsgan"].n_critic == got["hinge"].n_critic == 1
+    mine = parse_args(base + ["--gan-loss", "wgan-gp", "--n-critic", "2", "--wgan-burst", "7"])[1]
+    assert (mine.n_critic, mine.wgan_burst) == (2, 7)
+    # the Python API resolves the same way, and a saved config keeps the resolved numbers
+    c = TrainConfig(mode="gan", gan_loss="wgan-gp")
+    assert (c.n_critic, c.wgan_burst) == (5, 0) and TrainConfig.from_dict(asdict(c)) == c
+    # the critic steps a generator step takes: the burst only where the loss has one
+    assert [wgan_critic_steps(s, got["wgan"].n_critic, got["wgan"].wgan_burst) for s in (0, 30)] == [100, 5]
+    # and a run with the command line's wgan-gp config takes 5 critic steps per generator step
+    from test_smoke import streams
+
+    run_cfg = TrainConfig(**{**asdict(got["wgan-gp"]), "image_size": 16, "width": 8, "d_width": 8, "batch_size": 4,
+                             "steps": 1, "log_every": 1, "sample_every": 0, "checkpoint_every": 0})
+    hist = Trainer(run_cfg, streams()).fit(progress=False)
+    assert [row["d_steps"] for row in hist] == [5.0]
