@@ -83,21 +83,35 @@ class FaceBufferDataset(Dataset):
         return item
 
 
-def _render_rows(model, app, coeffs, appearance, render, poses, expressions, lights, names, batch_size=128,
-                 progress=False, desc=""):
-    from tqdm.auto import tqdm
-
+def render_buffers(model, app, coeffs, appearance, render, poses=None, expressions=None, lights=None,
+                   names=("colour", "normal")) -> dict:
+    """What a buffers generator reads for the faces ``coeffs`` (B, K) with appearance coefficients ``appearance``,
+    stored as training stores it: ``depth`` (B, 1, S, S) on the 16-bit grid, ``mask`` (B, 1, S, S), ``buffers``
+    (B, 3 n, S, S) the named buffers on the 8-bit grid; plus ``colour``, the unquantized colour render (for a
+    picture of it). Poses None: frontal; expressions None: neutral. The one place that renders a generator's input
+    (training sets, ``BufferGenerator``, the explorer, ``generate``)."""
     from .facerender import render_face
 
-    need_normals = "normal" in names or "shading" in names
+    names = list(names)
+    b = render_face(model, app, coeffs, appearance, render, poses, expressions, lights,
+                    normals="normal" in names or "shading" in names)
+    return {"depth": torch.round(b["depth"] * DEPTH_SCALE) / DEPTH_SCALE, "mask": b["mask"],
+            "buffers": buffer_stack(b, names), "colour": b["colour"]}
+
+
+def _render_rows(model, app, coeffs, appearance, render, poses, expressions, lights, names, batch_size=128,
+                 progress=False, desc=""):
+    """``render_buffers`` in batches, as stored integers: depth (N, S, S) int32 on the 16-bit grid, buffers uint8."""
+    from tqdm.auto import tqdm
+
     depth, bufs = [], []
     for s in tqdm(range(0, len(coeffs), batch_size), desc=desc, disable=not progress):
         sl = slice(s, s + batch_size)
-        b = render_face(model, app, coeffs[sl], appearance[sl], render, None if poses is None else poses[sl],
-                        None if expressions is None else expressions[sl], None if lights is None else lights[sl],
-                        normals=need_normals)
+        b = render_buffers(model, app, coeffs[sl], appearance[sl], render, None if poses is None else poses[sl],
+                           None if expressions is None else expressions[sl], None if lights is None else lights[sl],
+                           names)
         depth.append(torch.round(b["depth"][:, 0] * DEPTH_SCALE).to(torch.int32))
-        bufs.append(torch.round(buffer_stack(b, names) * 255).to(torch.uint8))
+        bufs.append(torch.round(b["buffers"] * 255).to(torch.uint8))
     return torch.cat(depth), torch.cat(bufs)
 
 

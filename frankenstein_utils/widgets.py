@@ -405,18 +405,17 @@ class BufferGeneratorPanel(GeneratorPanel):
                              f"{appearance.app.n_components}")
 
     def __call__(self, depth, mask, params):
-        from .buffers import DEPTH_SCALE, buffer_stack
+        from .buffers import render_buffers
 
         ap = self.appearance
         coeffs = params["coeffs"]
         a = ap.coefficients(coeffs)[:, :self.k]
         if a.shape[1] < self.k:  # free: the sliders' n values, the rest 0
             a = torch.cat([a, torch.zeros(1, self.k - a.shape[1])], 1)
-        buf = render_face(ap.model, ap.app, coeffs, a, ap.render, params.get("poses"), params.get("expressions"),
-                          ap.light, normals="normal" in self.names or "shading" in self.names)
-        d = torch.round(buf["depth"] * DEPTH_SCALE) / DEPTH_SCALE
+        buf = render_buffers(ap.model, ap.app, coeffs, a, ap.render, params.get("poses"), params.get("expressions"),
+                             ap.light, self.names)
         z = self.z()
-        img = self.run.generate(d, (d > 0).float(), z=z, buffers=buffer_stack(buf, self.names))[0]
+        img = self.run.generate(buf["depth"], (buf["depth"] > 0).float(), z=z, buffers=buf["buffers"])[0]
         return ((img.cpu() + 1) / 2).permute(1, 2, 0).squeeze(-1)
 
 
