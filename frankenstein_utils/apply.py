@@ -112,12 +112,6 @@ def folder_config(input_dir) -> tuple[dict | None, Path | None]:
     return None, None
 
 
-def folder_convention(input_dir) -> tuple[dict | None, Path | None]:
-    """The RenderConfig of a generated set holding ``input_dir`` (its ``config.json``), or (None, None)."""
-    cfg, where = folder_config(input_dir)
-    return (cfg["render"], where) if cfg else (None, None)
-
-
 def distribution_notes(expected: dict | None, found: dict) -> list[str]:
     """Where a set's faces are drawn otherwise than the checkpoint's synthetic training inputs (pose from the
     photos' fits or a jitter, fitted or neutral expressions): allowed (same convention), but said, since the

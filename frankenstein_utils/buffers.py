@@ -86,16 +86,17 @@ class FaceBufferDataset(Dataset):
 def render_buffers(model, app, coeffs, appearance, render, poses=None, expressions=None, lights=None,
                    names=("colour", "normal")) -> dict:
     """What a buffers generator reads for the faces ``coeffs`` (B, K) with appearance coefficients ``appearance``,
-    stored as training stores it: ``depth`` (B, 1, S, S) on the 16-bit grid, ``mask`` (B, 1, S, S), ``buffers``
-    (B, 3 n, S, S) the named buffers on the 8-bit grid; plus ``colour``, the unquantized colour render (for a
-    picture of it). Poses None: frontal; expressions None: neutral. The one place that renders a generator's input
-    (training sets, ``BufferGenerator``, the explorer, ``generate``)."""
+    stored as training stores it: ``depth`` (B, 1, S, S) on the 16-bit grid, ``mask`` (B, 1, S, S) = depth > 0,
+    ``buffers`` (B, 3 n, S, S) the named buffers on the 8-bit grid; plus ``colour``, the unquantized colour render
+    (for a picture of it). Poses None: frontal; expressions None: neutral. The one place that renders a generator's
+    input (training sets, ``BufferGenerator``, the explorer, ``generate``)."""
     from .facerender import render_face
 
     names = list(names)
     b = render_face(model, app, coeffs, appearance, render, poses, expressions, lights,
                     normals="normal" in names or "shading" in names)
-    return {"depth": torch.round(b["depth"] * DEPTH_SCALE) / DEPTH_SCALE, "mask": b["mask"],
+    depth = torch.round(b["depth"] * DEPTH_SCALE) / DEPTH_SCALE
+    return {"depth": depth, "mask": (depth > 0).float(),  # the mask a stored set gives (FaceBufferDataset)
             "buffers": buffer_stack(b, names), "colour": b["colour"]}
 
 

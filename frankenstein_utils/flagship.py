@@ -459,7 +459,8 @@ class FlagshipObjective(Objective):
             l_fake = multiscale_gan_loss(self.gan, d_fake, False, True)
             d_loss, log = l_real + l_fake, {"d_real": l_real, "d_fake": l_fake}
             if c.fs_r1 > 0 and t.step % c.fs_r1_every == 0:  # lazy R1 (StyleGAN2): every k steps, k times the weight
-                r1 = r1_penalty(D, aug(real))
+                with torch.autocast(t.device.type, enabled=False):  # a double backward: float32 (amp or not)
+                    r1 = r1_penalty(D, aug(real))
                 d_loss = d_loss + c.fs_r1 / 2 * c.fs_r1_every * r1
                 log["r1"] = r1
         t._check(log)

@@ -194,7 +194,7 @@ def _generate_faces(n, out, seed, model_name, appearance, pose, appearance_path,
                                 buffers=buf["buffers"]) + 1) / 2
         else:
             buf = render_face(face_model, app, coeffs[sl], a_sl, render, poses[sl], expressions[sl],
-                              None if lights is None else lights[sl])
+                              None if lights is None else lights[sl], normals=False)
         if gen is None:
             img = (composite(buf["colour"], buf["mask"], app.background) + 1) / 2
         elif not reads:

@@ -176,17 +176,9 @@ def features(net, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
 
 
 def frechet_distance(net: FeatureNet, real: torch.Tensor, fake: torch.Tensor) -> float:
-    """Frechet distance between Gaussians fitted to the features of two image sets (torchmetrics' FID with the
-    project's feature network): ||m_r - m_f||^2 + Tr(C_r + C_f - 2 (C_r C_f)^(1/2))."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
-
-    fid = FrechetInceptionDistance(feature=net.eval(), normalize=False)
-    with torch.no_grad():
-        for s in range(0, len(real), 256):
-            fid.update(real[s:s + 256], real=True)
-        for s in range(0, len(fake), 256):
-            fid.update(fake[s:s + 256], real=False)
-    return float(fid.compute())
+    """Frechet distance between Gaussians fitted to the project feature network's features of two image sets
+    (``frechet_distance_features``, the one implementation of the formula)."""
+    return frechet_distance_features(features(net, real).double().numpy(), features(net, fake).double().numpy())
 
 
 def kernel_distance(net: FeatureNet, real: torch.Tensor, fake: torch.Tensor, subset_size: int = 100,
@@ -300,12 +292,9 @@ def correspondence(estimator: nn.Module, images: torch.Tensor, depth: torch.Tens
 
 
 # ---- diversity, shape sensitivity, identity ---------------------------------------------------------------------------
-@torch.no_grad()
 def mean_pairwise_feature_distance(net: FeatureNet, images: torch.Tensor, max_n: int = 500) -> float:
-    f = features(net, images[:max_n]).double()
-    d = torch.cdist(f, f)
-    n = len(f)
-    return float(d.sum() / (n * (n - 1)))
+    """``mean_pairwise_distance`` of the feature network's features of the first ``max_n`` images."""
+    return mean_pairwise_distance(features(net, images[:max_n]).double().numpy())
 
 
 def brightness_spread(images: torch.Tensor, mask: torch.Tensor) -> float:

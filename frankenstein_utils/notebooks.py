@@ -347,8 +347,8 @@ def _resolve(d) -> Path:
 def check_compare(plan: list[tuple[Path, dict]], params_path="params") -> None:
     """Notebook 04's ``COMPARE`` entries must name runs it will find: on disk now under ``RUN_ROOTS``, or made by
     the notebooks of this plan that run before it (02's ``MODELS`` into its ``OUT_DIR``, 03's ``VARIANTS`` into its
-    ``OUT_DIR``, when a ``RUN_ROOTS`` folder is that ``OUT_DIR``). A misspelt entry would otherwise fall back, without
-    a word, to the first two runs found."""
+    ``OUT_DIR``, when a ``RUN_ROOTS`` folder is that ``OUT_DIR``). A misspelt entry once made the notebook fall back,
+    without a word, to the first two runs found; the notebook itself now stops on one, but only once it runs."""
     from .evaluation import discover_runs
 
     full = {nb.stem: {**notebook_parameters(nb), **params} for nb, params in plan}

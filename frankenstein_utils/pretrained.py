@@ -501,10 +501,6 @@ def write_card(path, title: str, sections: dict) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def load_card_numbers(name: str = "flagship") -> dict:
-    return json.loads(json.dumps(load_pretrained(name).card))
-
-
 # ---- export with a full evaluation (python -m frankenstein_utils.pretrained CHECKPOINT ...) ------------------------
 def evaluate_for_card(generate, model, train, test, n: int = 256, seed: int = 2024, z_dim: int = 8,
                       references: bool = True) -> dict:
@@ -972,20 +968,6 @@ def from_run(run, render: RenderConfig, pose: PoseJitter) -> PretrainedGenerator
     if "E" in run.nets:
         nets["E"] = run.nets["E"].eval()
     return PretrainedGenerator(nets, run.cfg, render, pose, {}, Path(run.out) / "checkpoint.pt")
-
-
-def curve_points(checkpoints, model, render: RenderConfig, pose: PoseJitter, start_time: float,
-                 train=None) -> list[dict]:
-    """``card_numbers`` of each checkpoint (a training curve by the card's measure), with its step and the wall
-    time since ``start_time`` (the file's modification time)."""
-    from .training import load_run
-
-    pts = []
-    for ck in checkpoints:
-        run = load_run(ck)
-        r = card_numbers(from_run(run, render, pose), model, train=train)
-        pts.append({"checkpoint": str(ck), "step": run.step, "wall_s": Path(ck).stat().st_mtime - start_time, **r})
-    return pts
 
 
 def export_study(params_path, params: dict, names=None, machine_note: str = "", weights_dir=None) -> dict:

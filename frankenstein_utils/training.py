@@ -34,7 +34,7 @@ import random
 import time
 import zlib
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -152,11 +152,13 @@ class TrainConfig:
     data: dict = field(default_factory=dict)  # how the data was made (recorded, not interpreted)
 
     def __post_init__(self):
-        n_critic, burst = CRITIC_SCHEDULES.get(self.gan_loss, CRITIC_SCHEDULES["default"])
-        if self.n_critic is None:
-            self.n_critic = n_critic
-        if self.wgan_burst is None:
-            self.wgan_burst = burst
+        for k, v in critic_schedule(self.mode, self.gan_loss).items():
+            if getattr(self, k) is None:
+                setattr(self, k, v)
+        if not (math.isfinite(self.fs_input_blur) and self.fs_input_blur >= 0):
+            raise ValueError(f"fs_input_blur must be a finite sigma >= 0 in px, got {self.fs_input_blur}")
+        if self.fs_input_blur and self.mode != "flagship":
+            raise ValueError(f"fs_input_blur is read by mode flagship only, not {self.mode!r}")
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; choose one of {MODES}")
         if self.optimizer not in ("adam", "rmsprop"):
@@ -229,6 +231,14 @@ class TrainConfig:
         from .objectives import buffer_names
 
         return (2 if self.mask_input else 1) + 3 * len(buffer_names(self.buffers))
+
+
+def critic_schedule(mode: str, gan_loss: str) -> dict:
+    """{n_critic, wgan_burst} a config of ``mode`` and ``gan_loss`` gets unless given: the loss's own schedule where
+    the mode takes D steps by it (the flagship and its peers take one D step whatever the loss)."""
+    sched = CRITIC_SCHEDULES.get(gan_loss, CRITIC_SCHEDULES["default"]) if mode in ADVERSARIAL \
+        else CRITIC_SCHEDULES["default"]
+    return dict(zip(("n_critic", "wgan_burst"), sched))
 
 
 def _uses_code(c: TrainConfig) -> str:
@@ -785,8 +795,19 @@ class Trainer:
         # do not matter (the adaptive schedule's thresholds changed default when it became the original's)
         unused = {k for k in ("adaptive_low", "adaptive_high", "adaptive_max_d")
                   if not saved.get("adaptive") and not mine["adaptive"]}
+        # a setting newer than the checkpoint: the run was made with its default (the behaviour before it existed)
+        defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+        saved = {**{k: v for k, v in defaults.items() if v is not None}, **saved}
         differ = {k for k in mine if k not in RESUME_FREE + RESUME_FREE_SILENT and k not in unused and k in saved
                   and saved[k] != mine[k]}
+        # a critic schedule at the loss's default (the command line's, unless given): the run keeps its own (runs
+        # started before the losses had their schedules stored n_critic 1 for wgan); said in config_history
+        kept = {k: [saved[k], v] for k, v in critic_schedule(self.cfg.mode, self.cfg.gan_loss).items()
+                if k in differ and mine[k] == v}
+        for k in kept:
+            setattr(self.cfg, k, saved[k])
+            mine[k] = saved[k]
+        differ -= set(kept)
         if differ:
             raise ValueError(f"{path}: checkpoint was made with another configuration ({sorted(differ)}); "
                              f"use a new out_dir or the same settings (a resume may change {', '.join(RESUME_FREE)})")
@@ -795,6 +816,8 @@ class Trainer:
                              f"nothing would be trained; give steps > {ck['step']} (--steps) to go on from it, or use "
                              f"a new out_dir")
         self.config_history = list(ck.get("config_history", []))
+        if kept and training:
+            self.config_history.append({"step": ck["step"], "kept_from_checkpoint": kept})
         changed = {k: [saved[k], mine[k]] for k in RESUME_FREE if k in saved and saved[k] != mine[k]}
         if changed and training:
             self.config_history.append({"step": ck["step"], "changed": changed})

@@ -390,11 +390,17 @@ def test_amp_and_channels_last_reach_the_peers(tmp_path, monkeypatch, name):
     convs = [m.weight for net in t.nets.values() for m in net.modules()
              if isinstance(m, torch.nn.Conv2d) and m.weight.dim() == 4 and m.weight.shape[-1] > 1]
     assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
-    dtypes = []
-    hook = t.nets["G"].register_forward_hook(lambda mod, inp, out: dtypes.append(out.dtype))
+    dtypes, d_dtypes = [], []
+    hooks = [t.nets["G"].register_forward_hook(lambda mod, inp, out: dtypes.append(out.dtype))]
+    hooks += [m.register_forward_hook(lambda mod, inp, out: d_dtypes.append(out.dtype))
+              for k in t.nets if k.startswith("D") for m in t.nets[k].modules() if isinstance(m, torch.nn.Conv2d)]
     log = t.objective.step()
-    hook.remove()
+    for h in hooks:
+        h.remove()
     assert dtypes and set(dtypes) == {torch.bfloat16}, dtypes
+    # every D call runs in bf16 too (D's step and G's), but the lazy R1 double backward, which stays float32
+    r1 = name == "flagship" and "r1" in log
+    assert d_dtypes and set(d_dtypes) == ({torch.bfloat16, torch.float32} if r1 else {torch.bfloat16}), set(d_dtypes)
     assert all(math.isfinite(v) for v in log.values()), log
 
 
@@ -427,3 +433,16 @@ def test_input_blur_is_a_gaussian_low_pass_of_the_input_before_everything_else()
     assert steps(got) < 0.6 * steps(x)
     with pytest.raises(ValueError, match="input_blur"):
         FlagshipGenerator(2, 3, 4, 4, 32, 4, input_blur=float("nan"))
+    for bad in (dict(mode="flagship", fs_input_blur=-1.0), dict(mode="l1", fs_input_blur=0.5)):
+        with pytest.raises(ValueError, match="fs_input_blur"):
+            TrainConfig(**bad)
+
+
+def test_input_blur_survives_shipping(tmp_path):
+    """A shipped flagship keeps its input blur: the setting is among the ones that rebuild its generator."""
+    from frankenstein_utils.pretrained import generator_from_blob, shipped_blob
+    from frankenstein_utils.rasterize import PoseJitter, RenderConfig
+
+    t = Trainer(config("flagship", tmp_path, steps=1, fs_input_blur=0.7), streams())
+    gen = generator_from_blob(shipped_blob(t, RenderConfig(resolution=64), PoseJitter(), {}), tmp_path / "x.safetensors")
+    assert gen.cfg.fs_input_blur == 0.7 and gen.nets["G"].input_blur == 0.7

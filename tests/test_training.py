@@ -378,3 +378,39 @@ def test_wgan_losses_from_the_command_line_get_their_papers_critic_schedules(tmp
                              "steps": 1, "log_every": 1, "sample_every": 0, "checkpoint_every": 0})
     hist = Trainer(run_cfg, streams()).fit(progress=False)
     assert [row["d_steps"] for row in hist] == [5.0]
+
+
+def test_resume_of_a_run_older_than_a_setting(tmp_path):
+    """Resuming compares every setting with the checkpoint's. A wgan-gp run saved before the losses' critic schedules
+    (n_critic 1, burst 100, as the command line stored them) resumes with its own schedule when the user gives none,
+    and is refused when the user asks for another; a setting the checkpoint predates counts as its default, so
+    turning on a new option (here the generator's input blur) mid-run is refused, not silently taken."""
+    from test_smoke import streams
+
+    small = dict(mode="gan", gan_loss="wgan-gp", image_size=16, width=8, d_width=8, batch_size=4, log_every=1,
+                 sample_every=0, checkpoint_every=1)
+    t = Trainer(TrainConfig(**small, steps=1, out_dir=str(tmp_path / "wgan")), streams())
+    t.fit(progress=False)
+    path = tmp_path / "wgan" / "checkpoint.pt"
+    ck = torch.load(path, weights_only=True)
+    # what the command line stored before the schedules was n_critic 1, burst 100; a smaller burst keeps this short
+    ck["config"].update(n_critic=1, wgan_burst=7)
+    torch.save(ck, path)
+    again = Trainer(TrainConfig(**small, steps=2, out_dir=str(tmp_path / "wgan")), streams())
+    assert again.step == 1 and (again.cfg.n_critic, again.cfg.wgan_burst) == (1, 7)
+    assert {"step": 1, "kept_from_checkpoint": {"n_critic": [1, 5], "wgan_burst": [7, 0]}} in again.config_history
+    assert [row["d_steps"] for row in again.fit(progress=False)][-1] == 7.0  # its burst of the first 25 steps
+    with pytest.raises(ValueError, match="n_critic"):
+        Trainer(TrainConfig(**small, steps=3, n_critic=3, out_dir=str(tmp_path / "wgan")), streams())
+
+    from test_flagship import SMALL as FS, streams as fs_streams
+
+    fcfg = lambda **kw: TrainConfig(**{**FS, "mode": "flagship", "out_dir": str(tmp_path / "fs"), **kw})
+    Trainer(fcfg(steps=1), fs_streams()).fit(progress=False)
+    path = tmp_path / "fs" / "checkpoint.pt"
+    ck = torch.load(path, weights_only=True)
+    del ck["config"]["fs_input_blur"]  # a checkpoint made before the setting existed
+    torch.save(ck, path)
+    assert Trainer(fcfg(steps=2), fs_streams()).step == 1
+    with pytest.raises(ValueError, match="fs_input_blur"):
+        Trainer(fcfg(steps=2, fs_input_blur=1.0), fs_streams())
