@@ -189,3 +189,20 @@ def test_every_study_model_of_the_parameter_file_is_shipped_and_recomputes_its_c
         text = (WEIGHTS_DIR / "study" / f"{name}_MODEL_CARD.md").read_text()
         assert "non-commercial" in text and f"--models '{name}'" in text, name
         assert card_mismatches(card_numbers(g, face_model, train=train), card["small_set"]) == [], name
+
+
+def test_flagship_card_marks_its_small_sample_sections_superseded():
+    """The flagship card's export-time sections (face-FD at 128 / 64 samples, the same-pose identity AUC) are
+    history: every one says so and names the section with the one-N measures, and the shipped card is in step."""
+    from frankenstein_utils.pretrained import EVALUATION_SECTION, card_sections, load_pretrained
+
+    gen = load_pretrained("flagship")
+    curve = [{"step": 1, "wall_s": 1.0, "face_fd": 0.3, "nme": 0.05, "detection": 1.0}]
+    study = {"flagship": {"steps": 250, "face_fd": 0.3, "nme": 0.05, "detection": 1.0, "diversity": 0.4,
+                          "checkerboard": 1e-4, "wall_s": 50.0}}
+    sec = card_sections(gen.card, gen.path.stat().st_size, gen, curve, study)
+    old = [k for k in sec if k.startswith(("Evaluation", "Training curve", "Ablations"))]
+    assert len(old) == 3 and all("superseded" in k for k in old), list(sec)
+    assert all(EVALUATION_SECTION in sec[k] for k in old)
+    text = (WEIGHTS_DIR / "flagship_MODEL_CARD.md").read_text()
+    assert all(f"## {k}\n" in text for k in old) and f"## {EVALUATION_SECTION}" in text
