@@ -396,9 +396,9 @@ def set_numpy_rng_state(st: dict) -> None:
 
 # Settings a resumed run may change (recorded in the checkpoint's ``config_history``); any other difference is
 # another run and is refused.
-RESUME_FREE = ("steps", "lr", "d_lr", "max_loss", "max_param")
-RESUME_FREE_SILENT = ("out_dir", "device", "num_workers", "checkpoint_every", "sample_every", "log_every", "amp",
-                      "channels_last", "compile")
+RESUME_FREE = ("steps", "lr", "d_lr", "max_loss", "max_param",
+               "amp", "channels_last")  # numerics on CUDA (bf16, layout): a change is said, not refused
+RESUME_FREE_SILENT = ("out_dir", "device", "num_workers", "checkpoint_every", "sample_every", "log_every", "compile")
 
 
 class NonFiniteLossError(RuntimeError):

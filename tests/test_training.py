@@ -181,6 +181,10 @@ def test_nan_guard_checks_parameters_and_a_resume_may_change_optimisation(tmp_pa
     assert run.step == 6 and run.cfg.lr == 1e-3
     assert run.config_history == [{"step": 3, "changed": {"steps": [3, 6], "lr": [2e-3, 1e-3],
                                                           "max_loss": [1e4, 50.0]}}]
+    # bf16 autocast and the memory layout change a CUDA run's numerics: switching them on resume is recorded too
+    Trainer(cfg(tmp_path, steps=7, lr=1e-3, max_loss=50.0, amp=False, channels_last=False), data).fit(progress=False)
+    assert load_run(tmp_path / "checkpoint.pt").config_history[-1] == {
+        "step": 6, "changed": {"steps": [6, 7], "amp": [True, False], "channels_last": [True, False]}}
     assert all(torch.isfinite(p).all() for n in run.nets.values() for p in n.parameters())
 
 
