@@ -31,10 +31,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .depthdata import DEPTH_SCALE
 from .draws import normal
 from .objectives import BUFFERS, buffer_names
-
-DEPTH_SCALE = 65535.0
 
 
 def buffer_stack(buf: dict, names) -> torch.Tensor:

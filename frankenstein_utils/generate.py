@@ -43,9 +43,9 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .appearance import MODES, TERMS, load_appearance
+from .buffers import render_buffers
 from .depthdata import DEPTH_SCALE, DepthSetConfig, sample_face_params
 from .draws import normal
-from .buffers import render_buffers
 from .facerender import appearance_coefficients, composite, model_landmarks, render_face
 from .fileio import atomic_savez, atomic_write_bytes, atomic_write_json, holds_folder_lock, load_npz, load_png, \
     png_is_complete
@@ -187,19 +187,18 @@ def _generate_faces(n, out, seed, model_name, appearance, pose, appearance_path,
         reads = [] if gen is None else gen.buffer_names
         # a buffers generator sees the first k appearance components, as it was trained (and the files show them)
         a_sl = a[sl, :gen.appearance_k] if reads else a[sl]
+        z = None if zg is None else zg[sl]
         if reads:  # what the network reads, rendered and stored as in training
             buf = render_buffers(face_model, app, coeffs[sl], a_sl, render, poses[sl], expressions[sl],
                                  None if lights is None else lights[sl], reads)
-            img = (gen.generate(buf["depth"], buf["mask"], z=None if zg is None else zg[sl],
-                                buffers=buf["buffers"]) + 1) / 2
+            img = (gen.generate(buf["depth"], buf["mask"], z=z, buffers=buf["buffers"]) + 1) / 2
         else:
             buf = render_face(face_model, app, coeffs[sl], a_sl, render, poses[sl], expressions[sl],
                               None if lights is None else lights[sl], normals=False)
-        if gen is None:
-            img = (composite(buf["colour"], buf["mask"], app.background) + 1) / 2
-        elif not reads:
-            img = (gen.generate(buf["depth"], buf["mask"], z=None if zg is None else zg[sl]) + 1) / 2
-            img = img.expand(-1, 3, -1, -1) if img.shape[1] == 1 else img
+            if gen is None:  # the raw render
+                img = (composite(buf["colour"], buf["mask"], app.background) + 1) / 2
+            else:  # a depth-only generator
+                img = ((gen.generate(buf["depth"], buf["mask"], z=z) + 1) / 2).expand(-1, 3, -1, -1)
         arrays = {"image": _to8(img), "appearance": _to8(buf["colour"] * buf["mask"]),
                   "depth": torch.round(buf["depth"][:, 0] * DEPTH_SCALE).to(torch.int32).numpy().astype(np.uint16),
                   "mask": buf["mask"][:, 0].numpy().astype(np.uint8) * 255}

@@ -415,7 +415,7 @@ class BufferGeneratorPanel(GeneratorPanel):
         buf = render_buffers(ap.model, ap.app, coeffs, a, ap.render, params.get("poses"), params.get("expressions"),
                              ap.light, self.names)
         z = self.z()
-        img = self.run.generate(buf["depth"], (buf["depth"] > 0).float(), z=z, buffers=buf["buffers"])[0]
+        img = self.run.generate(buf["depth"], buf["mask"], z=z, buffers=buf["buffers"])[0]
         return ((img.cpu() + 1) / 2).permute(1, 2, 0).squeeze(-1)
 
 
