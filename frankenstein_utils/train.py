@@ -15,6 +15,7 @@ the same checkpoint. NCCL on GPUs, gloo on CPUs.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import traceback
@@ -137,13 +138,28 @@ def buffers_appearance(a, cfg: TrainConfig, paired):
 
 def run(a, cfg: TrainConfig) -> int:
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        import torch.distributed as dist
+    if world == 1:
+        return _run(a, cfg, world)
+    import torch.distributed as dist
 
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group(backend)
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group(backend)
+    try:
+        code = _run(a, cfg, world)
+        # Every process waits until all have written their files, then the process group goes down while the
+        # interpreter is whole: _run's trainer and its DDP wrappers (which hold the group) are gone by now
+        # (gc.collect for their cycles). A group left to interpreter exit let one rank abort after a finished run
+        # ("terminate called without an active exception", SIGABRT) while rank 0 still saved its checkpoint.
+        dist.barrier()
+        return code
+    finally:
+        gc.collect()
+        dist.destroy_process_group()
+
+
+def _run(a, cfg: TrainConfig, world: int) -> int:
     from .datasets import PairedFaceDataset
     from .facemodel import load_face_model
 
@@ -190,8 +206,6 @@ def run(a, cfg: TrainConfig) -> int:
     if a.dump_params:
         os.makedirs(cfg.out_dir, exist_ok=True)
         torch.save({k: v.state_dict() for k, v in t.nets.items()}, os.path.join(cfg.out_dir, f"params_rank{rank}.pt"))
-    if world > 1:
-        torch.distributed.destroy_process_group()
     return 0
 
 

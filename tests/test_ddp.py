@@ -207,3 +207,59 @@ def test_every_other_mode_trains_under_torchrun(tmp_path, case):
     if case == "cross-encoder":  # the generator's decoder trained after it started from the pre-trained photo decoder
         dec = {k[len("dec."):]: v for k, v in r0["G"].items() if k.startswith("dec.")}
         assert any(not torch.equal(dec[k], r0["DecP"][k]) for k in weights(dec))
+
+
+# ---- teardown: the process group goes down after every process is done and no DDP wrapper holds it -----------------
+def _teardown_worker(rank, port, out, cache):
+    import gc
+    import json
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from frankenstein_utils import train
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE="2")
+    torch.set_num_threads(1)
+    seen = {"barriers_after_fit": 0}
+    real_destroy, real_barrier = dist.destroy_process_group, dist.barrier
+
+    def barrier(*a, **k):
+        real_barrier(*a, **k)
+        seen["barriers_after_fit"] += (out / "two" / f"params_rank{rank}.pt").exists()
+
+    def destroy(*a, **k):
+        seen["ddp_alive"] = sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects())
+        seen["checkpoint_written"] = (out / "two" / "checkpoint.pt").exists()
+        real_destroy(*a, **k)
+
+    dist.destroy_process_group, dist.barrier = destroy, barrier
+    code = train.main([*ARGS, "--out-dir", str(out / "two"), "--cache-dir", cache])
+    (out / f"teardown{rank}.json").write_text(json.dumps({"code": code, **seen}))
+
+
+def test_processes_tear_down_after_all_are_done_and_without_live_wrappers(tmp_path):
+    """A torchrun run whose processes had all finished failed in CI: rank 1 aborted at exit ("terminate called
+    without an active exception", SIGABRT) while rank 0 still wrote its checkpoint. The process group went down
+    while the trainer's DDP wrappers, which hold it, were alive (the group object lived on to interpreter exit),
+    and without waiting for the others. Now: a barrier once this process's files are written, then the group goes
+    down with no wrapper left."""
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    from frankenstein_utils.paths import REPO_ROOT
+
+    os.environ["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    mp.spawn(_teardown_worker, args=(port, tmp_path, str(tmp_path / "cache")), nprocs=2, join=True)
+    for rank in (0, 1):
+        seen = json.loads((tmp_path / f"teardown{rank}.json").read_text())
+        assert seen["code"] == 0, seen
+        assert seen["ddp_alive"] == 0, f"rank {rank}: the group went down under {seen['ddp_alive']} live DDP wrappers"
+        assert seen["barriers_after_fit"] >= 1, f"rank {rank} did not wait for the others before tearing down"
+        assert seen["checkpoint_written"], f"rank {rank} tore down before rank 0 had written its checkpoint"
