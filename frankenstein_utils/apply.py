@@ -157,6 +157,7 @@ class Generator:
         # a buffers generator also reads the appearance model's buffers (``generate`` renders them; ``apply`` cannot)
         self.buffer_names = buffer_names(getattr(net.cfg, "buffers", ""))
         self.appearance_k = getattr(net.cfg, "appearance_k", 0)
+        self.buffers_supersample = getattr(net.cfg, "buffers_supersample", 1)
 
     @torch.no_grad()
     def generate(self, depth, mask, z=None, buffers=None):

@@ -83,24 +83,34 @@ class FaceBufferDataset(Dataset):
 
 
 def render_buffers(model, app, coeffs, appearance, render, poses=None, expressions=None, lights=None,
-                   names=("colour", "normal")) -> dict:
+                   names=("colour", "normal"), supersample: int = 1) -> dict:
     """What a buffers generator reads for the faces ``coeffs`` (B, K) with appearance coefficients ``appearance``,
     stored as training stores it: ``depth`` (B, 1, S, S) on the 16-bit grid, ``mask`` (B, 1, S, S) = depth > 0,
     ``buffers`` (B, 3 n, S, S) the named buffers on the 8-bit grid; plus ``colour``, the unquantized colour render
     (for a picture of it). Poses None: frontal; expressions None: neutral. The one place that renders a generator's
-    input (training sets, ``BufferGenerator``, the explorer, ``generate``)."""
+    input (training sets, ``BufferGenerator``, the explorer, ``generate``).
+
+    ``supersample`` s > 1: rendered at s S and every buffer and the depth averaged over each s x s block (pixel
+    centres at i + 0.5, so the blocks are the S-pixel grid's pixels). A pixel the face covers in part then holds
+    coverage x value against the background's 0: the edge is anti-aliased instead of a point-sampled staircase, and
+    the mask (depth > 0) holds every pixel the face touches."""
+    from dataclasses import replace
+
     from .facerender import render_face
 
     names = list(names)
-    b = render_face(model, app, coeffs, appearance, render, poses, expressions, lights,
-                    normals="normal" in names or "shading" in names)
+    s = int(supersample)
+    b = render_face(model, app, coeffs, appearance, replace(render, resolution=render.resolution * s) if s > 1
+                    else render, poses, expressions, lights, normals="normal" in names or "shading" in names)
+    if s > 1:
+        b = {k: torch.nn.functional.avg_pool2d(v, s) for k, v in b.items()}
     depth = torch.round(b["depth"] * DEPTH_SCALE) / DEPTH_SCALE
     return {"depth": depth, "mask": (depth > 0).float(),  # the mask a stored set gives (FaceBufferDataset)
             "buffers": buffer_stack(b, names), "colour": b["colour"]}
 
 
 def _render_rows(model, app, coeffs, appearance, render, poses, expressions, lights, names, batch_size=128,
-                 progress=False, desc=""):
+                 progress=False, desc="", supersample: int = 1):
     """``render_buffers`` in batches, as stored integers: depth (N, S, S) int32 on the 16-bit grid, buffers uint8."""
     from tqdm.auto import tqdm
 
@@ -109,7 +119,7 @@ def _render_rows(model, app, coeffs, appearance, render, poses, expressions, lig
         sl = slice(s, s + batch_size)
         b = render_buffers(model, app, coeffs[sl], appearance[sl], render, None if poses is None else poses[sl],
                            None if expressions is None else expressions[sl], None if lights is None else lights[sl],
-                           names)
+                           names, supersample)
         depth.append(torch.round(b["depth"][:, 0] * DEPTH_SCALE).to(torch.int32))
         bufs.append(torch.round(b["buffers"] * 255).to(torch.uint8))
     return torch.cat(depth), torch.cat(bufs)
@@ -138,10 +148,11 @@ def app_fingerprint(app) -> str:
 
 
 def paired_buffer_set(paired, app, model, k: int, names="colour,normal", cache_dir=None,
-                      progress: bool = True) -> FaceBufferDataset:
-    """The paired set's photos with their fitted depth (the paired set's own) and their buffers rendered from the
-    fit with the photo's projected appearance (``app.photo_coeffs[:, :k]``; an SH model: the photo's estimated
-    light). Cached in ``cache_dir`` under a name holding the paired set, appearance model, k and buffers."""
+                      progress: bool = True, supersample: int = 1) -> FaceBufferDataset:
+    """The paired set's photos with their fitted depth (the paired set's own; with ``supersample`` > 1 rendered
+    from the same fit, anti-aliased like the buffers) and their buffers rendered from the fit with the photo's
+    projected appearance (``app.photo_coeffs[:, :k]``; an SH model: the photo's estimated light). Cached in
+    ``cache_dir`` under a name holding the paired set, appearance model, k, buffers and supersampling."""
     from .fileio import atomic_savez, load_npz
     from .paths import REPO_ROOT
 
@@ -161,15 +172,20 @@ def paired_buffer_set(paired, app, model, k: int, names="colour,normal", cache_d
     if render.to_dict() != app.render_config().to_dict():
         raise ValueError("the appearance model was built in another framing than the paired set's")
     idx = np.asarray(paired.indices)
-    key = _key(paired.cache_path.name, paired.split, app_fingerprint(app), k, names)
+    key = _key(paired.cache_path.name, paired.split, app_fingerprint(app), k, names,
+               *([supersample] if supersample > 1 else []))  # point-sampled sets keep their cache names
     cache = Path(cache_dir) if cache_dir else REPO_ROOT / "outputs" / "cache"
     path = cache / f"buffers_paired_{key}.npz"
     meta = {"kind": "paired", "paired": paired.cache_path.name, "split": paired.split, "k": k, "buffers": names,
             "appearance": app_fingerprint(app), "light": app.config.light,
-            "appearance_source": "photo_coeffs (MAP projection of each photo's visible colours), first k"}
+            "appearance_source": "photo_coeffs (MAP projection of each photo's visible colours), first k",
+            **({"supersample": supersample} if supersample > 1 else {})}  # as recorded before it existed
+    depth = paired.depth.to(torch.int32)
     if path.exists():
         d = load_npz(path)
         buffers = torch.from_numpy(d["buffers"])
+        if supersample > 1:
+            depth = torch.from_numpy(d["depth"])
     else:
         fit = paired.fit
         coeffs = torch.as_tensor(fit["coeffs"][idx], dtype=torch.float32)
@@ -181,11 +197,13 @@ def paired_buffer_set(paired, app, model, k: int, names="colour,normal", cache_d
             if paired.split != "train" or len(app.lights) != len(idx):
                 raise ValueError("an SH model's paired buffers exist for its training photos only (split 'train')")
             lights = app.lights
-        _, bufs = _render_rows(model, app, coeffs, a, render, poses, expr, lights, names, progress=progress,
-                               desc="paired buffers")
-        buffers = bufs
-        atomic_savez(path, buffers=bufs.numpy(), meta=np.array(json.dumps(meta)))
-    return FaceBufferDataset(paired.depth.to(torch.int32), buffers, paired.images, idx, meta,
+        rendered, buffers = _render_rows(model, app, coeffs, a, render, poses, expr, lights, names,
+                                         progress=progress, desc="paired buffers", supersample=supersample)
+        if supersample > 1:
+            depth = rendered
+        atomic_savez(path, buffers=buffers.numpy(), meta=np.array(json.dumps(meta)),
+                     **({"depth": depth.numpy()} if supersample > 1 else {}))
+    return FaceBufferDataset(depth, buffers, paired.images, idx, meta,
                              params={"appearance": torch.as_tensor(app.photo_coeffs[idx, :k], dtype=torch.float32)})
 
 
@@ -207,7 +225,8 @@ def extended_params(model, render, n: int, generator: torch.Generator, n_compone
 
 
 def synthetic_buffer_set(n: int, app, model, k: int, names="colour,normal", render=None, table=None, seed: int = 0,
-                         mode: str = "from-shape", extended: float = 0.25, progress: bool = True) -> FaceBufferDataset:
+                         mode: str = "from-shape", extended: float = 0.25, progress: bool = True,
+                         supersample: int = 1) -> FaceBufferDataset:
     """``n`` face-model faces with drawn appearance: identity N(0, I) over 15 components, pose and expression rows of
     the fitted photos (``table``, default the appearance model's), appearance coefficients from ``mode``
     (``AppearanceModel.coefficients``, the first ``k``); the first ``round(extended n)`` faces span the explorer's
@@ -227,8 +246,9 @@ def synthetic_buffer_set(n: int, app, model, k: int, names="colour,normal", rend
     a = app.coefficients(z, mode, coeffs)[:, :k]
     lights = app.sample_light(n, generator=g)
     depth, bufs = _render_rows(model, app, coeffs, a, render, poses, expr, lights, names, progress=progress,
-                               desc="synthetic buffers")
+                               desc="synthetic buffers", supersample=supersample)
     meta = {"kind": "synthetic", "n": n, "seed": seed, "k": k, "buffers": names, "mode": mode, "extended": extended,
+            **({"supersample": supersample} if supersample > 1 else {}),
             "appearance": app_fingerprint(app), "light": app.config.light, "table": table.describe(),
             "identity": "N(0, I) over 15 (extended rows: one component U(-3.5, 3.5), others N(0, I/4), yaw "
                         "U(-30, 30) about the eyes)"}
@@ -260,6 +280,7 @@ class BufferGenerator:
             raise ValueError("this network reads no buffers (a depth-only generator)")
         self.net, self.model, self.app, self.render, self.mode, self.seed = net, model, app, render, mode, seed
         self.names, self.k = buffer_names(cfg.buffers), cfg.appearance_k
+        self.supersample = cfg.buffers_supersample
         if self.k > app.n_components:
             raise ValueError(f"the network reads {self.k} appearance components; the model has {app.n_components}")
         self.code_dim = cfg.z_dim if cfg.mode in ("flagship", "cvae") else 0
@@ -272,7 +293,8 @@ class BufferGenerator:
         coeffs = torch.as_tensor(params["coeffs"], dtype=torch.float32)
         a = truncated_coefficients(self.app, z[:, :self.k], coeffs, self.mode, self.k)
         depth, bufs = _render_rows(self.model, self.app, coeffs, a, self.render, params.get("poses"),
-                                   params.get("expressions"), lights, self.names, self.batch_size)
+                                   params.get("expressions"), lights, self.names, self.batch_size,
+                                   supersample=self.supersample)
         return depth.float()[:, None] / DEPTH_SCALE, bufs.float() / 255
 
     @torch.no_grad()

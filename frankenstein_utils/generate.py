@@ -190,7 +190,7 @@ def _generate_faces(n, out, seed, model_name, appearance, pose, appearance_path,
         z = None if zg is None else zg[sl]
         if reads:  # what the network reads, rendered and stored as in training
             buf = render_buffers(face_model, app, coeffs[sl], a_sl, render, poses[sl], expressions[sl],
-                                 None if lights is None else lights[sl], reads)
+                                 None if lights is None else lights[sl], reads, gen.buffers_supersample)
             img = (gen.generate(buf["depth"], buf["mask"], z=z, buffers=buf["buffers"]) + 1) / 2
         else:
             buf = render_face(face_model, app, coeffs[sl], a_sl, render, poses[sl], expressions[sl],

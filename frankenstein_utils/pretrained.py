@@ -37,7 +37,7 @@ CONVERT = "python -m frankenstein_utils.training convert"
 BUILD_KEYS = ("mode", "width", "d_width", "encoder_width", "z_dim", "image_size", "out_channels", "mask_input",
               "gan_loss", "spectral_norm", "fs_bottleneck", "fs_upsample", "fs_modulation", "fs_skips", "fs_scales",
               "fs_ema", "fs_input_blur", "generator", "norm", "flat_layers", "discriminator", "d_norm", "buffers",
-              "appearance_k")
+              "appearance_k", "buffers_supersample")
 
 
 def build_networks(cfg) -> dict:

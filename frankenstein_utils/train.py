@@ -177,7 +177,7 @@ def _run(a, cfg: TrainConfig, world: int) -> int:
 
         app = buffers_appearance(a, cfg, train)
         paired_buffers = paired_buffer_set(train, app, model, cfg.appearance_k, cfg.buffers, a.cache_dir,
-                                           progress=rank == 0)
+                                           progress=rank == 0, supersample=cfg.buffers_supersample)
     if world > 1 and rank == 0:
         torch.distributed.barrier()
     data = {"paired": paired_buffers or train, "real": train}
@@ -188,7 +188,8 @@ def _run(a, cfg: TrainConfig, world: int) -> int:
         if cfg.mode not in ("l1", "cvae"):
             data["synthetic"] = synthetic_buffer_set(a.n_synthetic, app, model, cfg.appearance_k, cfg.buffers,
                                                      train.render_config(model), train.face_params(), cfg.seed,
-                                                     a.synthetic_appearance, a.synthetic_extended, progress=rank == 0)
+                                                     a.synthetic_appearance, a.synthetic_extended, progress=rank == 0,
+                                                     supersample=cfg.buffers_supersample)
     elif cfg.mode not in ("l1", "cvae"):
         data["synthetic"] = syn.materialize()
     cfg.data = {"paired": vars(pcfg), "n_synthetic": a.n_synthetic}

@@ -76,6 +76,9 @@ class TrainConfig:
     # "colour,normal"), rendered from the face model's appearance half with ``appearance_k`` components; "" = depth only
     buffers: str = ""
     appearance_k: int = 0
+    # the buffers (and depth) rendered at this many times the size and averaged down (s x s box), so the face's
+    # edge is anti-aliased like a photo's, not a point-sampled staircase; 1 = point-sampled, the paired set's depth
+    buffers_supersample: int = 1
     image_size: int = 64
     out_channels: int = 3
     batch_size: int = 16
@@ -190,6 +193,9 @@ class TrainConfig:
             raise ValueError("buffers need appearance_k >= 1 (the appearance components they are rendered with)")
         if names and self.mode not in ("flagship", "l1", "cvae"):
             raise ValueError(f"buffers are read by modes flagship, l1 and cvae, not {self.mode!r}")
+        if not 1 <= self.buffers_supersample <= 4 or (self.buffers_supersample > 1 and not names):
+            raise ValueError(f"buffers_supersample must be 1-4 (render s times the size, average s x s), and > 1 "
+                             f"only with buffers; got {self.buffers_supersample}")
         for k in ("max_loss", "max_param"):  # NaN or inf would switch the guard off
             v = getattr(self, k)
             if not (math.isfinite(v) and v > 0):

@@ -413,7 +413,7 @@ class BufferGeneratorPanel(GeneratorPanel):
         if a.shape[1] < self.k:  # free: the sliders' n values, the rest 0
             a = torch.cat([a, torch.zeros(1, self.k - a.shape[1])], 1)
         buf = render_buffers(ap.model, ap.app, coeffs, a, ap.render, params.get("poses"), params.get("expressions"),
-                             ap.light, self.names)
+                             ap.light, self.names, self.run.cfg.buffers_supersample)
         z = self.z()
         img = self.run.generate(buf["depth"], buf["mask"], z=z, buffers=buf["buffers"])[0]
         return ((img.cpu() + 1) / 2).permute(1, 2, 0).squeeze(-1)

@@ -135,6 +135,67 @@ def test_buffer_generator_renders_what_training_saw_and_splits_its_code(small):
     assert (net.calls[-1]["depth"][:, 0] - frontal).abs().max() <= 1 / B.DEPTH_SCALE
 
 
+def test_supersampled_buffers_anti_alias_the_edge_everywhere_a_generator_reads_them(small):
+    """buffers_supersample s: rendered at s x the size and averaged over s x s blocks. The point-sampled edge is a
+    staircase: every face pixel holds depth >= fg_floor and its full colour; anti-aliased, a pixel the face covers
+    in part holds coverage x value. Training sets and BufferGenerator must render it the same way."""
+    app, model, train = small["app"], small["model"], small["train"]
+    render = app.render_config()
+    syn1 = B.synthetic_buffer_set(8, app, model, 4, "colour,normal", seed=2, extended=0.0, progress=False)
+    syn2 = B.synthetic_buffer_set(8, app, model, 4, "colour,normal", seed=2, extended=0.0, progress=False,
+                                  supersample=2)
+    assert syn2.meta["supersample"] == 2 and "supersample" not in syn1.meta
+    d1, d2 = syn1.depth.float() / B.DEPTH_SCALE, syn2.depth.float() / B.DEPTH_SCALE
+    F = torch.nn.functional
+
+    def edge_and_inner(ds):
+        m = (ds.depth > 0).float()[:, None]
+        return (m > 0) & (F.max_pool2d(1 - m, 3, 1, 1) > 0), -F.max_pool2d(-m, 7, 1, 3) > 0
+
+    def edge_share(ds, values):
+        """Mean over the mask's edge pixels of ``values`` (B, 1, S, S) relative to the face's inside."""
+        edge, inner = edge_and_inner(ds)
+        inside = (values * inner).sum((2, 3), keepdim=True) / inner.sum((2, 3), keepdim=True)
+        return float((values / inside)[edge].mean())
+
+    colour = lambda ds: ds.buffers[:, :3].float().mean(1, keepdim=True) / 255
+    # point-sampled, an edge pixel holds the face's full colour and depth (measured 0.83 of the inside's colour:
+    # the baked light is darker at the sides); anti-aliased, about half the pixel is face (measured 0.60 at s = 2,
+    # 0.50 at s = 4). A nearest-pixel downsampling keeps the first.
+    assert edge_share(syn2, colour(syn2)) < 0.85 * edge_share(syn1, colour(syn1))
+    assert edge_share(syn2, d2[:, None]) < 0.85 * edge_share(syn1, d1[:, None])
+    # the mask holds every pixel the face touches: a superset of the point-sampled one
+    assert ((d1 > 0) & ~(d2 > 0)).sum() == 0 and (d2 > 0).sum() > (d1 > 0).sum()
+    # inside, the averaged values stay those of the face (no darkening away from the edge)
+    _, inner = edge_and_inner(syn1)
+    assert (colour(syn1) - colour(syn2)).abs()[inner].mean() < 0.03
+    # the generator of the evaluation renders exactly what the training set stores
+    net = _Recorder(TrainConfig(mode="flagship", buffers="colour,normal", appearance_k=4, z_dim=8,
+                                buffers_supersample=2))
+    f = B.BufferGenerator(net, model, app, render)
+    params = {n: syn2.params[n] for n in ("coeffs", "poses", "expressions")}
+    z = torch.cat([B.normal(8, app.n_components, generator=torch.Generator().manual_seed(0))[:, :0],
+                   torch.zeros(8, 4 + 8)], 1)
+    a = B.truncated_coefficients(app, z[:, :4], params["coeffs"], "from-shape", 4)
+    want = B.render_buffers(model, app, params["coeffs"], a, render, params["poses"], params["expressions"], None,
+                            ["colour", "normal"], supersample=2)
+    f(d2[:, None], None, z, params=params)
+    torch.testing.assert_close(net.calls[-1]["buffers"], want["buffers"], atol=0, rtol=0)
+    torch.testing.assert_close(net.calls[-1]["depth"], want["depth"], atol=0, rtol=0)
+    # the paired set renders its depth from the fit too (the paired set's own depth is point-sampled), cached apart
+    p1 = B.paired_buffer_set(train, app, model, 4, "colour", small["cache"], progress=False)
+    p2 = B.paired_buffer_set(train, app, model, 4, "colour", small["cache"], progress=False, supersample=2)
+    assert torch.equal(p1.depth, train.depth.to(torch.int32)) and not torch.equal(p2.depth, p1.depth)
+    assert p2.meta["supersample"] == 2
+    again = B.paired_buffer_set(train, app, model, 4, "colour", small["cache"], progress=False, supersample=2)
+    assert torch.equal(again.depth, p2.depth) and torch.equal(again.buffers, p2.buffers)
+    assert edge_share(p2, p2.depth.float()[:, None]) < 0.85 * edge_share(p1, p1.depth.float()[:, None])
+    with pytest.raises(ValueError, match="buffers_supersample"):
+        TrainConfig(mode="flagship", buffers="", buffers_supersample=2)
+    with pytest.raises(ValueError, match="buffers_supersample"):
+        TrainConfig(mode="flagship", buffers="colour", appearance_k=4, buffers_supersample=0)
+
+
 def test_buffers_config_counts_channels_and_refuses_nonsense():
     assert TrainConfig(mode="flagship", buffers="colour,normal", appearance_k=10).in_channels == 7
     assert TrainConfig(mode="flagship", buffers="colour", appearance_k=10, mask_input=True).in_channels == 5
