@@ -602,7 +602,7 @@ def preset(name: str, **overrides) -> dict:
 
 
 # ---- the ablation and peer study (short runs at one equal budget) ---------------------------------------------------
-def study_data(size: int = 64, n_synthetic: int = 2000, seed: int = 0, cache_dir="outputs/cache"):
+def study_data(size: int = 64, n_synthetic: int = 2000, seed: int = 0, cache_dir="outputs/cache", limit=None):
     """The streams every study run trains on (as ``train.py`` builds them): paired CelebA (depth of the fitted face
     model), the same training photos as unpaired reals, face-model depth with the paired set's framing, pose and
     expression drawn from the photos' fits (``train.synthetic``)."""
@@ -610,40 +610,52 @@ def study_data(size: int = 64, n_synthetic: int = 2000, seed: int = 0, cache_dir
     from .facemodel import load_face_model
 
     model = load_face_model()
-    train = PairedFaceDataset("train", PairedConfig(size=size), cache_dir=cache_dir, model=model, progress=False)
+    train = PairedFaceDataset("train", PairedConfig(size=size, limit=limit), cache_dir=cache_dir, model=model,
+                              progress=False)
     syn = train.synthetic(n_synthetic, seed=seed, model=model).materialize()
     return model, train, {"paired": train, "real": train, "synthetic": syn}
 
 
-def run_study(out_dir, names: list[str], steps: int, n_eval: int = 128, progress: bool = False, rescore: bool = False,
+def run_study(out_dir, names: list[str], steps: int, n_eval: int = 500, progress: bool = False, rescore: bool = False,
+              workers: int = 1, n_test: int | None = None, cache_dir="outputs/cache", limit: int | None = None,
               **common) -> dict:
     """Train each named run (``flagship``, an ``ABLATIONS`` key, ``pix2pix``, ``bicyclegan``) for ``steps`` with the
-    ``common`` settings, then score it with ``pretrained.face_scores`` on ``n_eval`` fixed synthetic inputs
-    (z ~ N(0, I)) against as many test photos, plus the checkerboard score. Results (and wall times) go to
-    ``out_dir/results.json`` after every run; finished runs are not redone (``rescore``: their checkpoints are
-    scored again)."""
-    import json
+    ``common`` settings, then score it with the evaluation's dlib judges at one N (``evaluation.build_context``,
+    judges only): ``n_eval`` synthetic inputs from the fitted distribution with z ~ N(0, I), against all test photos
+    (``n_test``: the first that many, for a quick check only): KID x 10^3 on descriptors (the headline, unbiased at
+    any N) with its standard error, NME against the face model's landmarks, detection, diversity share, and the
+    checkerboard score beside the test photos'. Results (and wall times) go to ``out_dir/results.json`` after every
+    run; finished runs are not redone (``rescore``: their checkpoints are scored again). ``limit``: the first that
+    many photos only (a smoke test)."""
     import time
     from pathlib import Path
 
+    from . import evaluation as EV
+    from .datasets import PairedConfig, PairedFaceDataset
     from .fileio import update_json
-    from .pretrained import face_scores, fixed_inputs, reference_photos
     from .training import TrainConfig, Trainer
 
     out = Path(out_dir)
     res_path = out / "results.json"
     results = json.loads(res_path.read_text()) if res_path.exists() else {}
-    model, train, data = study_data(common.get("image_size", 64))
-    render, pose = train.render_config(model), train.pose_jitter(model)
-    d, m, lm, z = fixed_inputs(model, render, pose, n_eval, train=train)
-    ref = reference_photos(n_eval, common.get("image_size", 64))
-    ref_cb = checkerboard_score(ref)
+    size = common.get("image_size", 64)
+    model, train, data = study_data(size, cache_dir=cache_dir, limit=limit)
+    test = PairedFaceDataset("test", PairedConfig(size=size, limit=limit), cache_dir=cache_dir, model=model,
+                             progress=False)
+    ctx = EV.build_context(model, train, test, n_synthetic=n_eval, n_embed=n_eval, n_ids=2, n_poses=2,
+                           judges_only=True, n_test=n_test, workers=workers, cache_dir=cache_dir)
+    ref_cb = checkerboard_score(ctx.real_test)
+
     def score(tr):
-        imgs = torch.cat([tr.generate(d[s:s + 32], m[s:s + 32], z=z[s:s + 32, :tr.cfg.z_dim] if "E" in tr.nets
-                                      else None) for s in range(0, n_eval, 32)])
-        return {**face_scores(imgs, lm, ref), "checkerboard": checkerboard_score(imgs), "reference_checkerboard": ref_cb,
-                "inputs": "train.synthetic: identity N(0, I) over 15 components, pose and expression drawn from the "
-                          "photos' fits"}
+        f = EV.generator_fn(tr)
+        imgs = EV.call_generator(f, ctx.syn_depth, ctx.syn_mask, None, ctx.syn_params)
+        fj = EV.face_judgement(ctx, imgs, ctx.syn_landmarks)
+        return {"kid": 1e3 * fj["kid"], "kid_se": 1e3 * fj["kid_se"], "nme": fj["nme"],
+                "detection": fj["detection"], "diversity_share": fj["diversity_share"],
+                "checkerboard": checkerboard_score(imgs), "reference_checkerboard": ref_cb, "n": len(imgs),
+                "n_reference": fj["n_reference"],
+                "inputs": "evaluation.build_context: identity N(0, I) over 15 components, pose and expression drawn "
+                          "from the training photos' fits, z ~ N(0, I)"}
 
     for name in names:
         run_dir = out / name.replace(" ", "_").replace("/", "-").replace("(", "").replace(")", "")
@@ -668,15 +680,37 @@ def run_study(out_dir, names: list[str], steps: int, n_eval: int = 128, progress
     return results
 
 
-if __name__ == "__main__":  # python -m frankenstein_utils.flagship OUT STEPS [--rescore] NAME [NAME ...] (study runs)
+STUDY_SMALL = dict(image_size=64, width=8, d_width=8, encoder_width=8, batch_size=8, checkpoint_every=100,
+                   sample_every=100, log_every=10)  # the short equal budget of the flagship card's ablation
+
+
+def main(argv=None):
+    """python -m frankenstein_utils.flagship OUT --steps 250 [--names NAME ...]: the flagship's ablations and peers
+    at one short budget (``STUDY_SMALL``), each scored at one N (``run_study``)."""
+    import argparse
+
+    names = ["flagship", *ABLATIONS, "pix2pix", "bicyclegan"]
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("out", help="folder of the runs and results.json (resumes: finished runs are kept)")
+    ap.add_argument("--steps", type=int, default=250)
+    ap.add_argument("--names", nargs="+", default=names, metavar="NAME",
+                    help=f"runs to train (default: all): {', '.join(repr(n) for n in names)}")
+    ap.add_argument("--n-eval", type=int, default=500, help="generated faces scored per run (one N for all)")
+    ap.add_argument("--workers", type=int, default=1, help="processes for the dlib judges")
+    ap.add_argument("--rescore", action="store_true", help="score finished runs' checkpoints again")
+    a = ap.parse_args(argv)
+    bad = [n for n in a.names if n not in names]
+    if bad:
+        ap.error(f"unknown run(s) {bad}; choose from {names}")
+    torch.set_num_threads(1)
+    res = run_study(a.out, a.names, a.steps, n_eval=a.n_eval, rescore=a.rescore, workers=a.workers, **STUDY_SMALL)
+    print(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
     import sys
 
-    torch.set_num_threads(1)
-    out, steps, names = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-    rescore = "--rescore" in names
-    names = [n for n in names if n != "--rescore"]
-    small = dict(image_size=64, width=8, d_width=8, encoder_width=8, batch_size=8, checkpoint_every=100,
-                 sample_every=100, log_every=10)
     from frankenstein_utils import flagship as F  # the registered module, not __main__'s copy
 
-    print(json.dumps(F.run_study(out, names, steps, rescore=rescore, **small), indent=1))
+    sys.exit(F.main())

@@ -446,3 +446,33 @@ def test_input_blur_survives_shipping(tmp_path):
     t = Trainer(config("flagship", tmp_path, steps=1, fs_input_blur=0.7), streams())
     gen = generator_from_blob(shipped_blob(t, RenderConfig(resolution=64), PoseJitter(), {}), tmp_path / "x.safetensors")
     assert gen.cfg.fs_input_blur == 0.7 and gen.nets["G"].input_blur == 0.7
+
+
+def test_ablation_study_scores_every_run_at_one_n_on_kid(tmp_path):
+    """flagship.run_study (the card's ablations and peers) scores at one stated N with KID on descriptors against
+    every test photo (issue 20: face-FD at 128 was mostly small-sample bias), resumes without retraining, and its
+    command line has --help and refuses an unknown run in one line."""
+    import json
+    import subprocess
+    import sys
+
+    from frankenstein_utils import flagship as F
+
+    common = dict(F.STUDY_SMALL, batch_size=4, checkpoint_every=0, sample_every=0)
+    res = F.run_study(tmp_path / "study", ["flagship", "-R1"], steps=1, n_eval=6, cache_dir=tmp_path / "cache",
+                      limit=200, **common)
+    assert sorted(res) == ["-R1", "flagship"]
+    for r in res.values():
+        assert r["n"] == 6 and r["n_reference"] > 5 and r["steps"] == 1
+        assert r["kid"] > 0 and r["kid_se"] >= 0 and 0 <= r["detection"] <= 1
+        assert "face_fd" not in r  # the small-N measure is gone from the table
+    assert res["-R1"]["final_losses"].get("r1", 0.0) == 0.0 < res["flagship"]["final_losses"]["r1"]
+    on_disk = json.loads((tmp_path / "study" / "results.json").read_text())
+    assert on_disk["flagship"]["kid"] == res["flagship"]["kid"]
+    again = F.run_study(tmp_path / "study", ["flagship"], steps=1, n_eval=6, cache_dir=tmp_path / "cache",
+                        limit=200, **common)  # finished: read back, not retrained
+    assert again["flagship"]["wall_s"] == res["flagship"]["wall_s"]
+    cli = [sys.executable, "-m", "frankenstein_utils.flagship"]
+    assert "--n-eval" in subprocess.run([*cli, "--help"], capture_output=True, text=True).stdout
+    bad = subprocess.run([*cli, str(tmp_path / "x"), "--names", "no such run"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown run" in bad.stderr.strip().splitlines()[-1]
