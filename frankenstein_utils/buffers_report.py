@@ -474,6 +474,14 @@ def card_text(name: str, card: dict, size: int, gen, compare_dir) -> str:
                   f"last point at step {last['step']:,} ({1e3 * last['kid']:.1f}); this file is step "
                   f"{card['step']:,}.")
     n_curve = card["curve"][0]["n"] if card["curve"] else "–"
+    steps = [p["step"] for p in card["curve"]]
+    every = f"{min(b - a for a, b in zip(steps, steps[1:])):,}" if len(steps) > 1 else "–"
+    ss = cfg.get("buffers_supersample", 1)
+    aa = (f" The buffers and the depth are rendered at {ss} x the size and averaged over {ss} x {ss} blocks "
+          f"(`--buffers-supersample {ss}`): the face's edge is anti-aliased, not a point-sampled staircase.") \
+        if ss > 1 else ""
+    depth_src = ("depth rendered from the same fit and anti-aliased like the buffers" if ss > 1 else
+                 "depth exactly the paired set's")
     wall = f"{card['wall_s'] / 3600:.2f} h" if card.get("wall_s") else "not recorded (see the snapshot times)"
     return f"""# Model card: {name} (face-model buffers -> face, {gen.cfg.image_size} px)
 
@@ -487,13 +495,13 @@ resize upsampling, bottleneck {cfg['fs_bottleneck']} px), the EMA of its weights
 ({n_e:,} parameters; the latent sliders' directions are its codes of 2,000 training photos). It is
 `load_pretrained()`'s default; `python -m frankenstein_utils.generate` and `FaceExplorer.with_pretrained` use it.
 It reads the shipped appearance model (`appearance.safetensors`, SHA-256 `{card['appearance_sha256']}`, checked when
-loaded): `pretrained.generator_fn` renders the buffers from a face's parameters (`buffers.BufferGenerator`).
+loaded): `pretrained.generator_fn` renders the buffers from a face's parameters (`buffers.BufferGenerator`).{aa}
 
 File: `{name}.safetensors` ({size / 2 ** 20:.2f} MiB, float16).
 
 ## Data and terms
 
-{TERMS} Training pairs: every training photo of the paired set with its fitted face (depth exactly the paired set's)
+{TERMS} Training pairs: every training photo of the paired set with its fitted face ({depth_src})
 and its own projected appearance (the first {card['appearance_components']} coefficients of the MAP projection of its
 visible colours); unpaired inputs: {syn.get('n', '?')} face-model faces with appearance drawn from the model
 ({syn.get('mode', '?')}), {syn.get('extended', 0):.0%} of them spanning the explorer's range (one component to
@@ -508,7 +516,7 @@ visible colours); unpaired inputs: {syn.get('n', '?')} face-model faces with app
 
 ## Curve
 
-Every 1,000 steps (snapshot), N = {n_curve} synthetic faces against all test photos
+Every {every} steps (snapshot), N = {n_curve} synthetic faces against all test photos
 (`python -m frankenstein_utils.buffers_report curve`); the raw render in the same context: KID x 10^3
 {1e3 * raw.get('kid', float('nan')):.1f}, NME {raw.get('nme', float('nan')):.3f}.
 

@@ -338,3 +338,32 @@ def test_shipped_buffers_generator_loads_reads_the_shipped_appearance_and_refuse
     (tmp_path / "cmp2" / "EVALUATION.json").write_text(json.dumps({"source": "elsewhere.pt (step 9)"}))
     with pytest.raises(ValueError, match="not of"):
         R.ship(ck, tmp_path / "cmp2", "x", weights_dir=tmp_path / "w2")
+
+
+def test_a_shipped_supersampled_generator_keeps_its_rendering(tiny_run, small, tmp_path):
+    """buffers_supersample travels with the shipped file (it decides how the generator's inputs are rendered): the
+    loaded generator, its BufferGenerator and its card say the same; a file shipped before it existed reads 1."""
+    from frankenstein_utils import buffers_report as R
+    from frankenstein_utils import pretrained as P
+    from frankenstein_utils.training import load_run
+
+    run = load_run(tiny_run / "checkpoint.pt")
+    render = small["app"].render_config()
+    pose = small["train"].pose_jitter(small["model"])
+    old = P.generator_from_blob(P.shipped_blob(run, render, pose, {}), tmp_path / "old.safetensors")
+    assert old.cfg.buffers_supersample == 1
+    run.cfg.buffers_supersample = 2
+    blob = P.shipped_blob(run, render, pose, {})
+    assert blob["config"]["buffers_supersample"] == 2
+    gen = P.generator_from_blob(blob, tmp_path / "new.safetensors")
+    assert gen.cfg.buffers_supersample == 2
+    assert B.BufferGenerator(gen, small["model"], small["app"], render).supersample == 2
+    del blob["config"]["buffers_supersample"]  # as written before the setting existed
+    assert P.generator_from_blob(blob, tmp_path / "older.safetensors").cfg.buffers_supersample == 1
+    from dataclasses import asdict
+
+    card = {"config": asdict(gen.cfg), "appearance_components": 5, "appearance_sha256": "x", "step": 2,
+            "wall_s": None, "command": "c", "machine": "m", "curve": [], "comparison": {"n": 3, "rows": {},
+            "targets": []}, "references": {k: {} for k in ("test", "blur1", "blur2", "train")}}
+    text = R.card_text("buffers", card, 1, gen, "cmp")
+    assert "anti-aliased" in text and "--buffers-supersample 2" in text and "exactly the paired set's" not in text
