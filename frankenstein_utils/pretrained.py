@@ -636,16 +636,58 @@ def evaluate_shipped(names=None, workers: int = 2, out_md=None, **context_kw) ->
                    f"{fmt('diversity_share')} | {fmt('code_spread')} | {fmt('identity_spread')} | "
                    f"{fmt('identity_auc')} [{row['identity_auc_ci'][0]:.3f}, {row['identity_auc_ci'][1]:.3f}] | "
                    f"{fmt('identity_mean_shape')}{'' if row.get('identity_mean_shape_ok') else ' (outside 0.4-0.6)'} |\n")
-        body = md.read_text()
-        head = f"## {EVALUATION_SECTION}"
-        if head in body:
-            start = body.index(head)
-            nxt = body.find("\n## ", start + len(head))
-            body = body[:start] + section + (body[nxt + 1:] if nxt >= 0 else "")
-        else:
-            body = body.rstrip("\n") + "\n\n" + section
-        atomic_write_bytes(md, body.encode())
+        replace_card_section(md, EVALUATION_SECTION, section)
     return {"references": refs, "checks": checks, "rows": rows}
+
+
+def replace_card_section(md, heading: str, section: str) -> None:
+    """Put ``section`` (markdown starting with ``## heading``) in place of that section of the card ``md``, or at
+    its end where it has none; the rest of the card is kept as it is."""
+    md = Path(md)
+    body = md.read_text()
+    head = f"## {heading}\n"
+    if head in body:
+        start = body.index(head)
+        nxt = body.find("\n## ", start + len(head))
+        body = body[:start] + section.rstrip("\n") + "\n" + (body[nxt:] if nxt >= 0 else "")
+    else:
+        body = body.rstrip("\n") + "\n\n" + section
+    atomic_write_bytes(md, body.encode())
+
+
+ABLATION_SECTION = "Ablations and peers at one N (short equal budget)"
+
+
+def ablation_section(results: dict, command: str) -> str:
+    """The flagship card's section for ``flagship.run_study`` results scored at one N (KID on descriptors), every
+    number from ``results``; rows in order of KID."""
+    first = next(iter(results.values()))
+    n, n_ref, steps = first["n"], first["n_reference"], first["steps"]
+    if any((r["n"], r["n_reference"], r["steps"]) != (n, n_ref, steps) for r in results.values()):
+        raise ValueError("the ablation's runs were scored at different N or trained for different steps")
+    rows = "\n".join(
+        f"| {k} | {r['kid']:.1f} ± {r['kid_se']:.1f} | {r['nme']:.3f} | {r['detection']:.3f} | "
+        f"{r['diversity_share']:.3f} | {r['checkerboard']:.1e} | {r['wall_s']:.0f} |"
+        for k, r in sorted(results.items(), key=lambda kv: kv[1]["kid"]))
+    return (f"## {ABLATION_SECTION}\n\nEach run: {steps} steps, batch 8, width 8 (a budget far below this model's), "
+            f"one seed, retrained and scored by `flagship.run_study` (`{command}`): N = {n} generated faces "
+            f"({first['inputs']}) against all {n_ref} test photos. KID x 10^3 on dlib descriptors (± its standard "
+            f"error over subsets), NME against the face model's landmarks, detection, diversity share (of the test "
+            f"photos'), checkerboard (test photos: {first['reference_checkerboard']:.1e}). It replaces the section "
+            f"headed \"Ablations and peers (short equal budget; superseded measure)\".\n\n"
+            f"| run | KID x 10^3 | NME | detection | diversity share | checkerboard | wall s |\n"
+            f"|---|---|---|---|---|---|---|\n{rows}\n")
+
+
+def ship_ablation(results_path, command: str, name: str = "flagship", weights_dir=None) -> dict:
+    """Store ``flagship.run_study``'s one-N results (``results_path``) in the shipped ``name``'s card
+    (``ablation_n``) and write them as its MODEL_CARD.md's section ``ABLATION_SECTION``. Returns the results."""
+    results = json.loads(Path(results_path).read_text())
+    section = ablation_section(results, command)
+    folder = Path(weights_dir) if weights_dir else WEIGHTS_DIR
+    update_card(folder / f"{name}.safetensors", ablation_n={"command": command, "results": results})
+    replace_card_section(folder / f"{name}_MODEL_CARD.md", ABLATION_SECTION, section)
+    return results
 
 
 SWEEP_SECTION = "Sweeps over the explorer's range"
@@ -787,10 +829,21 @@ def main(argv=None):
         torch.set_num_threads(1)
         evaluate_shipped(argv[1:] or None)
         return
+    if argv[:1] == ["ablation"]:  # python -m frankenstein_utils.pretrained ablation RESULTS --command "..."
+        ab = argparse.ArgumentParser(prog="python -m frankenstein_utils.pretrained ablation",
+                                     description=ship_ablation.__doc__)
+        ab.add_argument("results", help="results.json of python -m frankenstein_utils.flagship OUT")
+        ab.add_argument("--command", required=True, help="the command that trained and scored it")
+        ab.add_argument("--name", default="flagship")
+        b = ab.parse_args(argv[1:])
+        ship_ablation(b.results, b.command, b.name)
+        return
     ap = argparse.ArgumentParser(epilog="python -m frankenstein_utils.pretrained rescore [NAME ...]: recompute the "
                                         "small-set numbers of shipped models (after a change of the scoring); "
                                         "python -m frankenstein_utils.pretrained evaluate [NAME ...]: every shipped "
-                                        "model and every control at N = 500 (weights/EVALUATION.md)")
+                                        "model and every control at N = 500 (weights/EVALUATION.md); "
+                                        "python -m frankenstein_utils.pretrained ablation RESULTS --command ...: "
+                                        "the flagship card's ablation at one N")
     ap.add_argument("checkpoint")
     ap.add_argument("--name", default="flagship")
     ap.add_argument("--wall-s", type=float, required=True, help="training wall time (from the run's log)")

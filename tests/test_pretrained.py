@@ -206,3 +206,39 @@ def test_flagship_card_marks_its_small_sample_sections_superseded():
     assert all(EVALUATION_SECTION in sec[k] for k in old)
     text = (WEIGHTS_DIR / "flagship_MODEL_CARD.md").read_text()
     assert all(f"## {k}\n" in text for k in old) and f"## {EVALUATION_SECTION}" in text
+
+
+def test_flagship_card_takes_the_ablation_at_one_n(tmp_path):
+    """``pretrained.ship_ablation`` writes ``flagship.run_study``'s one-N results into a shipped card (its stored
+    numbers and its MODEL_CARD.md section, rows by KID) and keeps every other section; a second write replaces the
+    section; results of mixed N are refused."""
+    import json
+    import shutil
+
+    from frankenstein_utils.pretrained import ABLATION_SECTION, read_shipped, ship_ablation
+
+    for f in ("flagship.safetensors", "flagship_MODEL_CARD.md"):
+        shutil.copy(WEIGHTS_DIR / f, tmp_path / f)
+    before = (tmp_path / "flagship_MODEL_CARD.md").read_text()
+    row = lambda kid, se: {"kid": kid, "kid_se": se, "nme": 0.06, "detection": 0.9, "diversity_share": 0.5,
+                           "checkerboard": 2e-4, "reference_checkerboard": 4e-4, "wall_s": 60.0, "n": 500,
+                           "n_reference": 497, "steps": 250, "inputs": "the inputs"}
+    res = {"flagship": row(900.0, 30.0), "-R1": row(700.0, 25.0), "pix2pix": row(1500.0, 40.0)}
+    (tmp_path / "results.json").write_text(json.dumps(res))
+    ship_ablation(tmp_path / "results.json", "the command", weights_dir=tmp_path)
+    text = (tmp_path / "flagship_MODEL_CARD.md").read_text()
+    sec = text[text.index(f"## {ABLATION_SECTION}"):]
+    assert "N = 500" in sec and "497 test photos" in sec and "250 steps" in sec and "the command" in sec
+    assert sec.index("| -R1 | 700.0 ± 25.0") < sec.index("| flagship | 900.0 ± 30.0") < sec.index("| pix2pix |")
+    for line in before.splitlines():  # nothing else of the card is lost (the file's checksum line is rewritten)
+        assert line in text or "SHA-256" in line
+    assert read_shipped(tmp_path / "flagship.safetensors")["card"]["ablation_n"]["results"]["-R1"]["kid"] == 700.0
+    res["-R1"]["kid"] = 650.0
+    (tmp_path / "results.json").write_text(json.dumps(res))
+    ship_ablation(tmp_path / "results.json", "the command", weights_dir=tmp_path)
+    text = (tmp_path / "flagship_MODEL_CARD.md").read_text()
+    assert text.count(f"## {ABLATION_SECTION}") == 1 and "| -R1 | 650.0" in text and "| -R1 | 700.0" not in text
+    res["pix2pix"]["n"] = 128
+    (tmp_path / "results.json").write_text(json.dumps(res))
+    with pytest.raises(ValueError, match="different N"):
+        ship_ablation(tmp_path / "results.json", "the command", weights_dir=tmp_path)
