@@ -183,6 +183,10 @@ def paired_buffer_set(paired, app, model, k: int, names="colour,normal", cache_d
     depth = paired.depth.to(torch.int32)
     if path.exists():
         d = load_npz(path)
+        want = ("buffers", "depth") if supersample > 1 else ("buffers",)
+        if any(k not in d for k in want) or any(len(d[k]) != len(idx) for k in want):
+            raise ValueError(f"{path}: a paired buffer cache without {' and '.join(want)} for its {len(idx)} photos "
+                             f"(damaged or from another version); delete it to rebuild")
         buffers = torch.from_numpy(d["buffers"])
         if supersample > 1:
             depth = torch.from_numpy(d["depth"])

@@ -190,6 +190,12 @@ def test_supersampled_buffers_anti_alias_the_edge_everywhere_a_generator_reads_t
     again = B.paired_buffer_set(train, app, model, 4, "colour", small["cache"], progress=False, supersample=2)
     assert torch.equal(again.depth, p2.depth) and torch.equal(again.buffers, p2.buffers)
     assert edge_share(p2, p2.depth.float()[:, None]) < 0.85 * edge_share(p1, p1.depth.float()[:, None])
+    # a cache that lost its depth (damaged, or written by another version) is refused in one line, not a KeyError
+    cached = next(p for p in small["cache"].glob("buffers_paired_*.npz") if "depth" in np.load(p).files)
+    np.savez(cached, buffers=np.load(cached)["buffers"])
+    with pytest.raises(ValueError, match=f"{cached.name}: a paired buffer cache without buffers and depth"):
+        B.paired_buffer_set(train, app, model, 4, "colour", small["cache"], progress=False, supersample=2)
+    cached.unlink()
     with pytest.raises(ValueError, match="buffers_supersample"):
         TrainConfig(mode="flagship", buffers="", buffers_supersample=2)
     with pytest.raises(ValueError, match="buffers_supersample"):
