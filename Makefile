@@ -19,7 +19,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	touch $@
 
 run: venv
-	$(PY) -m frankenstein_utils.notebooks --params $(PARAMS) --out outputs/notebooks
+	$(PY) -m frankenstein_utils.apps.notebooks --params $(PARAMS) --out outputs/notebooks
 
 # tests/test_browser.py drives JupyterLab in Debian's Chromium (Playwright's own browser download is not reachable):
 # installed once with apt-get (CI runs as root on a fresh machine); a no-op when it is already there.
@@ -29,8 +29,8 @@ browser:
 
 # MediaPipe FaceMesh (landmarks for a user's own photos) needs protobuf<5: its own environment, .venv-mediapipe.
 mediapipe: $(VENV)-mediapipe/.installed
-$(VENV)-mediapipe/.installed: frankenstein_utils/landmarks.py | venv
-	$(PY) -m frankenstein_utils.landmarks --make-env
+$(VENV)-mediapipe/.installed: frankenstein_utils/data/landmarks.py | venv
+	$(PY) -m frankenstein_utils.data.landmarks --make-env
 	touch $@
 
 test: venv browser mediapipe

@@ -31,10 +31,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from bench_depth import rate  # noqa: E402  (one definition of how a rate is measured)
-from frankenstein_utils.facemodel import load_face_model  # noqa: E402
-from frankenstein_utils.raster_numba import interpolate_numba  # noqa: E402
-from frankenstein_utils.rasterize import (RenderConfig, interpolate, rasterize, render_mesh_buffers,  # noqa: E402
-                                          render_mesh_depth, to_pixels, vertex_normals)
+
+from frankenstein_utils.facemodel.model import load_face_model  # noqa: E402
+from frankenstein_utils.render.raster_numba import interpolate_numba  # noqa: E402
+from frankenstein_utils.render.rasterize import (
+    RenderConfig,
+    interpolate,
+    rasterize,
+    render_mesh_buffers,
+    render_mesh_depth,
+    to_pixels,
+    vertex_normals,
+)
 
 
 def stage_ms(fn, n, repeats):

@@ -17,9 +17,9 @@ import torch
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from frankenstein_utils.depthdata import DepthMapDataset, RenderedDepthDataset, generate_depth_dataset  # noqa: E402
-from frankenstein_utils.facemodel import load_face_model  # noqa: E402
-from frankenstein_utils.rasterize import RenderConfig  # noqa: E402
+from frankenstein_utils.data.depth_sets import DepthMapDataset, RenderedDepthDataset, generate_depth_dataset  # noqa: E402
+from frankenstein_utils.facemodel.model import load_face_model  # noqa: E402
+from frankenstein_utils.render.rasterize import RenderConfig  # noqa: E402
 
 
 def rate(ds, workers, batch):

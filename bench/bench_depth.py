@@ -24,15 +24,15 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from frankenstein_utils.facemodel import load_face_model  # noqa: E402
-from frankenstein_utils.rasterize import RenderConfig, rasterize_depth, to_pixels  # noqa: E402
-from frankenstein_utils.splat import splat_depth  # noqa: E402
+from frankenstein_utils.facemodel.model import load_face_model  # noqa: E402
+from frankenstein_utils.render.rasterize import RenderConfig, rasterize_depth, to_pixels  # noqa: E402
+from frankenstein_utils.render.splat import splat_depth  # noqa: E402
 
 # First use of the kernel in a fresh process: import numba, then compile it or load it from the cache dir.
 FIRST_CALL = """
 import time, numpy as np
 t0 = time.perf_counter()
-from frankenstein_utils.raster_numba import rasterize_depth_numba
+from frankenstein_utils.render.raster_numba import rasterize_depth_numba
 t1 = time.perf_counter()
 rasterize_depth_numba(np.zeros((1, 3, 3), np.float32), np.array([[0, 1, 2]]), 4, 4)
 print(t1 - t0, time.perf_counter() - t1)

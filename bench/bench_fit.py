@@ -25,9 +25,9 @@ def main(argv=None):
         os.environ[var] = str(a.threads)
     import numpy as np
 
-    from frankenstein_utils.facemodel import load_face_model
-    from frankenstein_utils.fitting import FitConfig, correspond_and_fit, fit_summary
-    from frankenstein_utils.paths import find_dataset
+    from frankenstein_utils.facemodel.fitting import FitConfig, correspond_and_fit, fit_summary
+    from frankenstein_utils.facemodel.model import load_face_model
+    from frankenstein_utils.io.paths import find_dataset
 
     d = np.load(find_dataset("celeba_10k", "landmarks_mediapipe.npz") / "landmarks_mediapipe.npz")
     lm = d["landmarks"][d["found"]]

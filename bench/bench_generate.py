@@ -1,4 +1,4 @@
-"""Labelled faces per second of ``python -m frankenstein_utils.generate`` at 64 px (the appearance model's framing),
+"""Labelled faces per second of ``python -m frankenstein_utils.apps.generate`` at 64 px (the appearance model's framing),
 every label written (image, depth, mask, appearance render PNGs, meta.npz with parameters and 68 landmarks,
 manifest), beside depth maps alone (``depthdata.generate_depth_dataset``: depth and mask PNGs, same faces: same seed,
 resolution and framing, pose and expression drawn from the same fitted table).
@@ -28,15 +28,15 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from frankenstein_utils.appearance import load_appearance  # noqa: E402
-from frankenstein_utils.depthdata import generate_depth_dataset  # noqa: E402
-from frankenstein_utils.generate import BLOCK, PNG_LEVEL, generate_faces  # noqa: E402
+from frankenstein_utils.apps.generate import BLOCK, PNG_LEVEL, generate_faces  # noqa: E402
+from frankenstein_utils.data.depth_sets import generate_depth_dataset  # noqa: E402
+from frankenstein_utils.facemodel.appearance import load_appearance  # noqa: E402
 
 # Import and first call in a fresh process (numba compiles its kernels, or loads them from NUMBA_CACHE_DIR).
 FIRST_CALL = """
 import sys, tempfile, time
 t0 = time.perf_counter()
-from frankenstein_utils.generate import generate_faces
+from frankenstein_utils.apps.generate import generate_faces
 t1 = time.perf_counter()
 with tempfile.TemporaryDirectory() as d:
     generate_faces(16, d + "/f", progress=False)

@@ -6,7 +6,7 @@ PNGs are encoded and pushed into the image widgets) in wall time, the median pro
 threads; with 1 thread it is the wall time the update takes when it has a core to itself, the steadier figure on a
 shared machine), then the median of each stage timed on its own: face-model
 vertices, projection, z-buffer, depth normalisation, generator, PNG encoding of both images. The target is < 100 ms
-at 128 px. The generator is the shipped one (``frankenstein_utils.pretrained.load_pretrained``) at its own size when
+at 128 px. The generator is the shipped one (``frankenstein_utils.pretrained.shipped.load_pretrained``) at its own size when
 there is one; otherwise, and for the other size, a cVAE run of the study's default width trained here for a few steps
 (latency depends on the architecture, not on how long it trained; the run is kept in outputs/bench_slider/).
 
@@ -34,19 +34,20 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from frankenstein_utils.facemodel import load_face_model  # noqa: E402
-from frankenstein_utils.fileio import png_bytes  # noqa: E402
-from frankenstein_utils.rasterize import RenderConfig, normalize_depth, rasterize_depth, to_pixels  # noqa: E402
-from frankenstein_utils.training import load_run  # noqa: E402
-from frankenstein_utils.appearance import load_appearance  # noqa: E402
-from frankenstein_utils.widgets import FaceExplorer, GeneratorPanel, to_uint8  # noqa: E402
+from frankenstein_utils.apps.widgets import FaceExplorer, GeneratorPanel
+from frankenstein_utils.facemodel.appearance import load_appearance  # noqa: E402
+from frankenstein_utils.facemodel.model import load_face_model  # noqa: E402
+from frankenstein_utils.io.files import png_bytes  # noqa: E402
+from frankenstein_utils.io.images import to_uint8  # noqa: E402
+from frankenstein_utils.render.rasterize import RenderConfig, normalize_depth, rasterize_depth, to_pixels  # noqa: E402
+from frankenstein_utils.train.trainer import load_run  # noqa: E402
 
 OUT = ROOT / "outputs" / "bench_slider"
 
 
 def shipped_generator():
     try:
-        from frankenstein_utils.pretrained import load_pretrained
+        from frankenstein_utils.pretrained.shipped import load_pretrained
 
         return load_pretrained()
     except (ImportError, FileNotFoundError, ValueError) as e:
@@ -58,7 +59,7 @@ def trained_run(size: int, steps: int):
     """A cVAE run (default width) at ``size`` px, trained once here and reused."""
     ck = OUT / f"cvae_{size}" / "checkpoint.pt"
     if not ck.exists():
-        cmd = [sys.executable, "-m", "frankenstein_utils.train", "--mode", "cvae", "--size", str(size),
+        cmd = [sys.executable, "-m", "frankenstein_utils.train.cli", "--mode", "cvae", "--size", str(size),
                "--limit", "200", "--steps", str(steps), "--sample-every", "0", "--seed", "0",
                "--out-dir", str(ck.parent), "--cache-dir", str(OUT / "cache")]
         subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, env=dict(os.environ, OMP_NUM_THREADS="1"))

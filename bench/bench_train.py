@@ -1,6 +1,6 @@
 """Training throughput per mode and generator: images/s at 128x128, batch 8, parameter counts and peak memory.
 
-The flagship and the peers (pix2pix, BicycleGAN; ``frankenstein_utils/flagship.py``) run with their presets; the
+The flagship and the peers (pix2pix, BicycleGAN; ``frankenstein_utils/objectives/flagship.py``) run with their presets; the
 flagship row "as shipped" uses the shipped model's widths (24). images/s counts the batch drawn per stream per step
 (the flagship also generates as many faces from synthetic depth in the same step: "G images/step" says so).
 Compare the flagship at its own size with ``--size 64 --only "supervised U" "flagship (as shipped)"``, the buffers
@@ -27,9 +27,10 @@ import torch
 from torch.utils.data import Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from frankenstein_utils.flagship import preset  # noqa: E402
-from frankenstein_utils.models import count_parameters  # noqa: E402
-from frankenstein_utils.training import TrainConfig, Trainer  # noqa: E402
+from frankenstein_utils.nets.layers import count_parameters  # noqa: E402
+from frankenstein_utils.study.ablation import preset  # noqa: E402
+from frankenstein_utils.train.config import TrainConfig
+from frankenstein_utils.train.trainer import Trainer  # noqa: E402
 
 CONFIGS = [  # (label, TrainConfig overrides)
     ("supervised U", dict(mode="l1", generator="U")),
@@ -80,9 +81,9 @@ def explorer_latency(n: int = 30) -> None:
     median and 90th percentile over ``n`` updates with random shapes."""
     import numpy as np
 
-    from frankenstein_utils.facemodel import load_face_model
-    from frankenstein_utils.pretrained import load_pretrained
-    from frankenstein_utils.widgets import FaceExplorer
+    from frankenstein_utils.apps.widgets import FaceExplorer
+    from frankenstein_utils.facemodel.model import load_face_model
+    from frankenstein_utils.pretrained.shipped import load_pretrained
 
     gen = load_pretrained()
     ex = FaceExplorer.with_pretrained(load_face_model())  # a buffers generator: with its appearance panel

@@ -23,10 +23,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from frankenstein_utils.datasets import PairedConfig, PairedFaceDataset  # noqa: E402
-from frankenstein_utils.facemodel import load_face_model  # noqa: E402
-from frankenstein_utils.fileio import atomic_write_json, save_png  # noqa: E402
-from frankenstein_utils.metrics import classifier_two_sample_test  # noqa: E402
+from frankenstein_utils.data.pairs import PairedConfig, PairedFaceDataset  # noqa: E402
+from frankenstein_utils.evaluation.metric_nets import classifier_two_sample_test  # noqa: E402
+from frankenstein_utils.facemodel.model import load_face_model  # noqa: E402
+from frankenstein_utils.io.files import atomic_write_json, save_png  # noqa: E402
 
 
 def gap_figure(fitted: PairedFaceDataset, landmarks: PairedFaceDataset, synthetic, n: int = 8) -> np.ndarray:

@@ -30,15 +30,15 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from frankenstein_utils import judges as J  # noqa: E402
-from frankenstein_utils import metrics as M  # noqa: E402
-from frankenstein_utils.datasets import PairedConfig, PairedFaceDataset  # noqa: E402
-from frankenstein_utils.evaluation import generator_fn, model_landmarks  # noqa: E402
-from frankenstein_utils.facemodel import load_face_model  # noqa: E402
-from frankenstein_utils.fileio import atomic_write_json  # noqa: E402
-from frankenstein_utils.experiments import model_config, streams_read  # noqa: E402
-from frankenstein_utils.pretrained import face_scores  # noqa: E402
-from frankenstein_utils.training import Trainer, input_convention  # noqa: E402
+from frankenstein_utils.data.pairs import PairedConfig, PairedFaceDataset  # noqa: E402
+from frankenstein_utils.evaluation import judges as J  # noqa: E402
+from frankenstein_utils.evaluation import measures as M  # noqa: E402
+from frankenstein_utils.evaluation.context import generator_fn, model_landmarks  # noqa: E402
+from frankenstein_utils.facemodel.model import load_face_model  # noqa: E402
+from frankenstein_utils.io.files import atomic_write_json  # noqa: E402
+from frankenstein_utils.pretrained.scoring import face_scores  # noqa: E402
+from frankenstein_utils.study.variants import model_config, streams_read  # noqa: E402
+from frankenstein_utils.train.trainer import Trainer, input_convention  # noqa: E402
 
 SOURCES = ("landmarks", "fitted")
 

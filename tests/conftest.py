@@ -12,13 +12,13 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 @pytest.fixture(scope="session")
 def face_model():
-    from frankenstein_utils.facemodel import load_face_model
+    from frankenstein_utils.facemodel.model import load_face_model
 
     return load_face_model()
 
 
 @pytest.fixture(scope="session")
 def ict_dir():
-    from frankenstein_utils.paths import find_dataset
+    from frankenstein_utils.io.paths import find_dataset
 
     return find_dataset("ict_facekit", "identity000.obj")

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from frankenstein_utils import appearance as A
+from frankenstein_utils.data import appearance_build as AB
+from frankenstein_utils.facemodel import appearance as A
 
 
 def test_missing_pca_recovers_missing_entries_of_low_rank_data():
@@ -12,7 +13,7 @@ def test_missing_pca_recovers_missing_entries_of_low_rank_data():
     X = rng.normal(size=(B, r)) @ rng.normal(size=(r, D)) + 5.0
     M = rng.random((B, D)) > 0.3
     start = np.where(M, X, X[M].mean())  # a poor first guess: the global mean
-    mu, basis, S, U, filled = A.missing_pca(start, M, k=r, rounds=30)
+    mu, basis, S, U, filled = AB.missing_pca(start, M, k=r, rounds=30)
     err_start = np.abs(start - X)[~M].mean()
     err = np.abs(filled - X)[~M].mean()
     assert err < 0.02 * err_start  # imputation recovers what was missing
@@ -20,7 +21,7 @@ def test_missing_pca_recovers_missing_entries_of_low_rank_data():
     resid = (X - mu) - (X - mu) @ basis.T @ basis
     assert np.abs(resid).max() < 1e-2 * np.abs(X - mu).max()
     # without imputation rounds the hidden entries stay at the poor guess
-    assert np.abs(A.missing_pca(start, M, k=r, rounds=0)[4] - X)[~M].mean() == pytest.approx(err_start)
+    assert np.abs(AB.missing_pca(start, M, k=r, rounds=0)[4] - X)[~M].mean() == pytest.approx(err_start)
 
 
 def test_projection_uses_only_visible_vertices():
@@ -33,7 +34,7 @@ def test_projection_uses_only_visible_vertices():
     Y = mean + np.einsum("bk,kvc->bvc", a * sd, basis)
     M = rng.random((5, V)) > 0.5
     Y_hidden_garbage = np.where(M[..., None], Y, 99.0)  # what a hidden vertex holds must not matter
-    got = A.project_observed(Y_hidden_garbage, M, mean, basis, sd, noise_var=1e-6)
+    got = AB.project_observed(Y_hidden_garbage, M, mean, basis, sd, noise_var=1e-6)
     np.testing.assert_allclose(got, a, atol=1e-3)
 
 
@@ -48,7 +49,7 @@ def test_harmonic_fill_interpolates_between_observed_vertices():
         X[0, v], M[0, v] = 0.0, True
     for v in (n - 1, 2 * n - 1):
         X[0, v], M[0, v] = 1.0, True
-    Y = A.harmonic_fill(X, M, A_, iterations=2000)
+    Y = AB.harmonic_fill(X, M, A_, iterations=2000)
     assert np.all(np.diff(Y[0, :n, 0]) > 0)  # monotone from 0 to 1
     np.testing.assert_allclose(Y[0, M[0]], X[0, M[0]])  # observed entries kept
 
@@ -60,7 +61,7 @@ def test_conditional_gaussian_recovers_a_known_regression():
     s = rng.normal(size=(n, S)) @ L.T + np.array([0.1, -0.2, 0.3])
     W = rng.normal(size=(K, S))
     a = s @ W.T + 0.5 * rng.normal(size=(n, K))
-    cond, report = A.conditional_gaussian(s[:15000], a[:15000], s[15000:], a[15000:])
+    cond, report = AB.conditional_gaussian(s[:15000], a[:15000], s[15000:], a[15000:])
     np.testing.assert_allclose(cond["regression"], W, atol=0.05)
     np.testing.assert_allclose(cond["shape_chol"] @ cond["shape_chol"].T, L @ L.T, atol=0.03)
     explained = np.trace(W @ (L @ L.T) @ W.T)
@@ -91,7 +92,7 @@ def test_ita_known_answers():
 
 
 def test_sampling_reads_the_photo_at_each_visible_vertex_and_hides_the_far_side(face_model):
-    from frankenstein_utils.rasterize import RenderConfig, to_pixels, apply_pose
+    from frankenstein_utils.render.rasterize import RenderConfig, apply_pose, to_pixels
 
     region = face_model.region("chin")
     verts = face_model.vertices(torch.zeros(2, 15), "chin")
@@ -100,7 +101,7 @@ def test_sampling_reads_the_photo_at_each_visible_vertex_and_hides_the_far_side(
     yy, xx = torch.meshgrid(torch.arange(S) + 0.5, torch.arange(S) + 0.5, indexing="ij")
     photo = torch.stack([xx / S, yy / S, torch.full_like(xx, 0.5)])[None].expand(2, -1, -1, -1).contiguous()
     poses = torch.tensor([[0.0, 0, 0, 1, 0, 0], [60.0, 0, 0, 1, 0, 0]])
-    colours, visible, normals = A.sample_vertex_colours(verts, region.faces, poses, photo, window)
+    colours, visible, normals = AB.sample_vertex_colours(verts, region.faces, poses, photo, window)
     px = to_pixels(apply_pose(verts, poses), RenderConfig(resolution=S, window_cm=window))
     v = visible[0]
     # a linear image is read exactly by bilinear sampling: colour = pixel position / S
@@ -116,12 +117,12 @@ def test_sampling_reads_the_photo_at_each_visible_vertex_and_hides_the_far_side(
 
 
 def test_small_build_from_the_photos_saves_loads_and_reports(tmp_path, face_model):
-    from frankenstein_utils.datasets import PairedConfig, PairedFaceDataset
+    from frankenstein_utils.data.pairs import PairedConfig, PairedFaceDataset
 
     paired = PairedFaceDataset("all", PairedConfig(limit=300, val_fraction=0.1), cache_dir=tmp_path,
                                model=face_model, progress=False)
     cfg = A.AppearanceConfig(max_components=20, candidates=(2, 5, 10, 20), rounds=1, fill_iterations=10)
-    app = A.build_appearance(cfg, paired=paired, model=face_model, progress=False)
+    app = AB.build_appearance(cfg, paired=paired, model=face_model, progress=False)
     r = app.report
     psnr = [r["val_psnr_visible_db"][str(k)] for k in (2, 5, 10, 20)]
     assert psnr[-1] > psnr[0] > r["val_psnr_mean_appearance_db"]  # components explain held-out photos

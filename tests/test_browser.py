@@ -74,7 +74,7 @@ def free_port() -> int:
 def shipped_generator() -> bool:
     """Whether the package ships a generator that ``FaceExplorer.with_pretrained`` can show."""
     try:
-        from frankenstein_utils.pretrained import load_pretrained
+        from frankenstein_utils.pretrained.shipped import load_pretrained
 
         load_pretrained()
         return True
@@ -85,7 +85,7 @@ def shipped_generator() -> bool:
 def reads_appearance() -> bool:
     """Whether the default shipped generator reads the appearance model's buffers (its face follows the appearance
     sliders as the appearance render does)."""
-    from frankenstein_utils.pretrained import load_pretrained
+    from frankenstein_utils.pretrained.shipped import load_pretrained
 
     return bool(load_pretrained().cfg.buffers)
 

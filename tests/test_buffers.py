@@ -1,18 +1,19 @@
-"""Attribute buffers as a generator's input (frankenstein_utils/buffers.py): the sets training reads and the generator
+"""Attribute buffers as a generator's input (frankenstein_utils/data/buffers.py): the sets training reads and the generator
 the evaluation calls see the same faces the same way."""
 import numpy as np
 import pytest
 import torch
 
-from frankenstein_utils import buffers as B
-from frankenstein_utils.training import TrainConfig
+from frankenstein_utils.data import buffers as B
+from frankenstein_utils.train.config import TrainConfig
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory, face_model):
     """A 300-photo paired set (64 px) and the appearance model built from it, saved where train.py looks for it."""
-    from frankenstein_utils.appearance import AppearanceConfig, build_appearance, default_path
-    from frankenstein_utils.datasets import PairedConfig, PairedFaceDataset
+    from frankenstein_utils.data.appearance_build import build_appearance, default_path
+    from frankenstein_utils.data.pairs import PairedConfig, PairedFaceDataset
+    from frankenstein_utils.facemodel.appearance import AppearanceConfig
 
     cache = tmp_path_factory.mktemp("cache")
     pcfg = PairedConfig(limit=300)
@@ -53,7 +54,7 @@ def test_paired_buffers_are_each_photos_own_face_in_its_own_depth(small):
 
 
 def test_paired_buffers_refuse_another_sets_appearance_model(small, face_model, tmp_path):
-    from frankenstein_utils.datasets import PairedConfig, PairedFaceDataset
+    from frankenstein_utils.data.pairs import PairedConfig, PairedFaceDataset
 
     other = PairedFaceDataset("train", PairedConfig(limit=200), cache_dir=tmp_path, model=face_model, progress=False)
     with pytest.raises(ValueError, match="another paired set"):
@@ -127,8 +128,8 @@ def test_buffer_generator_renders_what_training_saw_and_splits_its_code(small):
     f(depth, (depth > 0).float(), z3, params=params)
     assert not torch.equal(net.calls[-1]["buffers"], call["buffers"])
     # faces without poses are frontal and neutral (the evaluation's shape-sensitivity set): this crashed notebook 04
-    from frankenstein_utils.evaluation import face_params
-    from frankenstein_utils.facemodel import render_faces
+    from frankenstein_utils.evaluation.context import face_params
+    from frankenstein_utils.facemodel.model import render_faces
 
     frontal, _ = render_faces(model, syn.params["coeffs"], app.render_config())
     f(frontal, None, z, params=face_params(syn.params["coeffs"]))
@@ -215,7 +216,7 @@ def test_buffers_config_counts_channels_and_refuses_nonsense():
 @pytest.fixture(scope="module")
 def tiny_run(small, tmp_path_factory):
     """A 2-step buffers run (colour and normals, 5 appearance components) on the small set, through the CLI."""
-    from frankenstein_utils import train
+    from frankenstein_utils.train import cli as train
 
     out = tmp_path_factory.mktemp("run")
     rc = train.main(["--preset", "flagship", "--size", "64", "--limit", "300", "--width", "8", "--d-width", "8",
@@ -228,7 +229,7 @@ def tiny_run(small, tmp_path_factory):
 
 
 def test_train_cli_trains_a_buffers_generator_that_reads_its_buffers(tiny_run):
-    from frankenstein_utils.training import load_run
+    from frankenstein_utils.train.trainer import load_run
 
     out = tiny_run
     assert (out / "snapshots" / "step_000002.pt").exists()
@@ -249,10 +250,10 @@ def test_train_cli_trains_a_buffers_generator_that_reads_its_buffers(tiny_run):
 def test_generate_gives_the_faces_the_evaluation_sees(small, tiny_run, tmp_path):
     """``generate --model <buffers run>`` renders each face's buffers as ``BufferGenerator`` does (first k
     components, normals, 8-bit buffers, 16-bit depth) and feeds the network the same code: the same 8-bit images."""
-    from frankenstein_utils.appearance import default_path
-    from frankenstein_utils.draws import normal
-    from frankenstein_utils.generate import GeneratedFaceDataset, main
-    from frankenstein_utils.training import load_run
+    from frankenstein_utils.apps.generate import GeneratedFaceDataset, main
+    from frankenstein_utils.data.appearance_build import default_path
+    from frankenstein_utils.io.draws import normal
+    from frankenstein_utils.train.trainer import load_run
 
     app_path = default_path("baked", small["cache"], small["train"])
     out = tmp_path / "g"
@@ -275,25 +276,24 @@ def test_generate_gives_the_faces_the_evaluation_sees(small, tiny_run, tmp_path)
 
 
 def test_apply_refuses_a_buffers_model_in_one_line(tiny_run, tmp_path, capsys):
-    from frankenstein_utils.apply import main as apply_main
-
-    from frankenstein_utils.fileio import save_png
+    from frankenstein_utils.apps.apply import main as apply_main
+    from frankenstein_utils.io.files import save_png
 
     save_png(tmp_path / "in" / "000000.png", (np.arange(64 * 64).reshape(64, 64) * 15).astype(np.uint16))
     rc = apply_main(["--model", str(tiny_run / "checkpoint.pt"), "--input", str(tmp_path / "in"), "--output",
                      str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
-    assert rc == 1 and len(err.splitlines()) == 1 and "frankenstein_utils.generate" in err
+    assert rc == 1 and len(err.splitlines()) == 1 and "frankenstein_utils.apps.generate" in err
 
 
 def test_explorer_appearance_sliders_drive_the_buffers_generator(small, tiny_run):
-    from frankenstein_utils import pretrained
-    from frankenstein_utils.training import load_run
-    from frankenstein_utils.widgets import AppearancePanel, BufferGeneratorPanel, FaceExplorer
+    from frankenstein_utils.apps.widgets import AppearancePanel, BufferGeneratorPanel, FaceExplorer
+    from frankenstein_utils.pretrained import study_export
+    from frankenstein_utils.train.trainer import load_run
 
     app, model = small["app"], small["model"]
     run = load_run(tiny_run / "checkpoint.pt")
-    gen = pretrained.from_run(run, app.render_config(), small["train"].pose_jitter(model))
+    gen = study_export.from_run(run, app.render_config(), small["train"].pose_jitter(model))
     ap = AppearancePanel(model, app, 3)
     panel = BufferGeneratorPanel(gen, ap)
     ex = FaceExplorer(model, render=app.render_config(), panels=[ap, panel])
@@ -315,9 +315,9 @@ def test_shipped_buffers_generator_loads_reads_the_shipped_appearance_and_refuse
     copies: this test is about the file, not the numbers.)"""
     import json
 
-    from frankenstein_utils import buffers_report as R
-    from frankenstein_utils import evaluation as EV
-    from frankenstein_utils import pretrained
+    from frankenstein_utils.evaluation import context as EV
+    from frankenstein_utils.pretrained import shipped
+    from frankenstein_utils.study import buffers_report as R
 
     ck = tiny_run / "checkpoint.pt"
     row = {"kid": 0.2, "nme": 0.05, "detection": 1.0}
@@ -327,10 +327,10 @@ def test_shipped_buffers_generator_loads_reads_the_shipped_appearance_and_refuse
     (tmp_path / "cmp").mkdir()
     (tmp_path / "cmp" / "EVALUATION.json").write_text(json.dumps(cmp))
     path = R.ship(ck, tmp_path / "cmp", "the command", weights_dir=tmp_path / "w")
-    gen = pretrained.load_pretrained(str(path))
+    gen = shipped.load_pretrained(str(path))
     assert gen.cfg.buffers == "colour,normal" and gen.cfg.appearance_k == 5 and gen.latent is not None
     assert "the command" in (tmp_path / "w" / "buffers_MODEL_CARD.md").read_text()
-    f = pretrained.generator_fn(gen, seed=0)
+    f = EV.generator_fn(gen, seed=0)
     assert isinstance(f, B.BufferGenerator) and f.z_dim == 5 + 8
     ds = B.synthetic_buffer_set(3, gen.appearance(), face_model, 5, "colour", extended=0.0, progress=False)
     params = {k: ds.params[k] for k in ("coeffs", "poses", "expressions")}
@@ -349,9 +349,9 @@ def test_shipped_buffers_generator_loads_reads_the_shipped_appearance_and_refuse
 def test_a_shipped_supersampled_generator_keeps_its_rendering(tiny_run, small, tmp_path):
     """buffers_supersample travels with the shipped file (it decides how the generator's inputs are rendered): the
     loaded generator, its BufferGenerator and its card say the same; a file shipped before it existed reads 1."""
-    from frankenstein_utils import buffers_report as R
-    from frankenstein_utils import pretrained as P
-    from frankenstein_utils.training import load_run
+    from frankenstein_utils.pretrained import shipped as P
+    from frankenstein_utils.study import buffers_report as R
+    from frankenstein_utils.train.trainer import load_run
 
     run = load_run(tiny_run / "checkpoint.pt")
     render = small["app"].render_config()

@@ -3,10 +3,11 @@ import pytest
 import torch
 from PIL import Image
 
-from frankenstein_utils.datasets import (HaarFaceDataset, ImageFolderDataset, PairedConfig, PairedFaceDataset,
-                                         estimate_poses, landmark_frame, mask_boxes, rotation_to_angles)
-from frankenstein_utils.paths import find_dataset
-from frankenstein_utils.rasterize import render_depth, rotation_matrices
+from frankenstein_utils.data.pairs import PairedConfig, PairedFaceDataset
+from frankenstein_utils.data.photos import HaarFaceDataset, ImageFolderDataset, mask_boxes
+from frankenstein_utils.facemodel.framing import estimate_poses, landmark_frame, rotation_to_angles
+from frankenstein_utils.io.paths import find_dataset
+from frankenstein_utils.render.rasterize import render_depth, rotation_matrices
 
 TINY = PairedConfig(size=32, limit=60, val_fraction=0.1, test_fraction=0.1, depth_source="landmarks")
 TINY_FIT = PairedConfig(size=32, limit=60, val_fraction=0.1, test_fraction=0.1)  # default: fitted-model depth
@@ -27,7 +28,7 @@ def fitted(paired, face_model):
 
 
 def test_fitted_pairs_are_the_fit_rendered_like_synthetic_inputs(paired, fitted, face_model):
-    from frankenstein_utils.facemodel import render_faces
+    from frankenstein_utils.facemodel.model import render_faces
 
     fa, la = fitted["all"], paired["all"]
     assert TINY_FIT.depth_source == "fitted" and fa.cache_path != la.cache_path  # one cache per depth source

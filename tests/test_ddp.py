@@ -29,15 +29,15 @@ def test_two_processes_match_one(tmp_path, mode):
     """The same total batch in one process or two gives the same networks. cross-encoder: its pre-training ran
     before DDP wrapped anything, with no gradient average, so each process pre-trained on half the batch and rank
     1's work was thrown away (issue 23)."""
-    from frankenstein_utils.paths import REPO_ROOT
+    from frankenstein_utils.io.paths import REPO_ROOT
 
     cache = str(tmp_path / "cache")
     env_root = str(REPO_ROOT)
     args = ARGS + (CROSS_ENCODER if mode == "cross-encoder" else [])  # the later --mode wins
-    single = [sys.executable, "-m", "frankenstein_utils.train", *args, "--out-dir", str(tmp_path / "one"),
+    single = [sys.executable, "-m", "frankenstein_utils.train.cli", *args, "--out-dir", str(tmp_path / "one"),
               "--cache-dir", cache]
     ddp = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "frankenstein_utils.train", *args, "--out-dir", str(tmp_path / "two"), "--cache-dir", cache]
+           "-m", "frankenstein_utils.train.cli", *args, "--out-dir", str(tmp_path / "two"), "--cache-dir", cache]
     os.environ["PYTHONPATH"] = env_root + os.pathsep + os.environ.get("PYTHONPATH", "")
     run(single, tmp_path)
     run(ddp, tmp_path)
@@ -62,11 +62,11 @@ def _worker(rank, store, out, steps, poison_rank, skewed):
     import datetime
 
     import torch.distributed as dist
-
-    from frankenstein_utils.experiments import variant_config
-    from frankenstein_utils.training import NonFiniteLossError, Trainer
     from test_smoke import SMALL, Only, streams
     from test_training import ToyPairs
+
+    from frankenstein_utils.study.variants import variant_config
+    from frankenstein_utils.train.trainer import NonFiniteLossError, Trainer
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
@@ -139,14 +139,14 @@ def test_a_nan_on_one_process_stops_both(tmp_path):
 def torchrun(tmp_path, *args):
     """Train with ``args`` in 2 processes through torchrun (tiny sizes, 2 steps); each rank's parameters after
     the run, and rank 0's before it."""
-    from frankenstein_utils.paths import REPO_ROOT
+    from frankenstein_utils.io.paths import REPO_ROOT
 
     common = ["--steps", "2", "--batch-size", "4", "--width", "8", "--d-width", "8", "--encoder-width", "8",
               "--limit", "64", "--n-synthetic", "8", "--checkpoint-every", "0", "--sample-every", "0", "--dump-params",
               "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(tmp_path / "two")]
     os.environ["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
     run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "frankenstein_utils.train", *common, *args], tmp_path)
+         "-m", "frankenstein_utils.train.cli", *common, *args], tmp_path)
     return [torch.load(tmp_path / "two" / f) for f in ("params_rank0.pt", "params_rank1.pt", "params_init_rank0.pt")]
 
 
@@ -194,8 +194,8 @@ def test_every_other_mode_trains_under_torchrun(tmp_path, case):
     """Every trainer mode runs in 2 processes (gloo) through torchrun: the run exits 0, every network trains and the
     ranks end with equal weights (an unsynchronised gradient, or a module called outside its DDP wrapper, shows up
     as a rank that drifted)."""
-    from frankenstein_utils.flagship import OBJECTIVES
-    from frankenstein_utils.training import MODES
+    from frankenstein_utils.objectives.registry import OBJECTIVES
+    from frankenstein_utils.train.config import MODES
 
     covered = {"l1", "gan", "flagship", "bicyclegan"} | {a[a.index("--mode") + 1] if "--mode" in a
                                                            else a[a.index("--preset") + 1]
@@ -217,7 +217,7 @@ def _teardown_worker(rank, port, out, cache):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from frankenstein_utils import train
+    from frankenstein_utils.train import cli as train
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE="2")
@@ -253,7 +253,7 @@ def test_processes_tear_down_after_all_are_done_and_without_live_wrappers(tmp_pa
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    from frankenstein_utils.paths import REPO_ROOT
+    from frankenstein_utils.io.paths import REPO_ROOT
 
     os.environ["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
     mp.spawn(_teardown_worker, args=(port, tmp_path, str(tmp_path / "cache")), nprocs=2, join=True)

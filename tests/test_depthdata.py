@@ -6,10 +6,14 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from frankenstein_utils.depthdata import (DEPTH_SCALE, DepthMapDataset, RenderedDepthDataset,
-                                          generate_depth_dataset)
-from frankenstein_utils.facemodel import read_ply
-from frankenstein_utils.rasterize import PoseJitter, RenderConfig
+from frankenstein_utils.data.depth_sets import (
+    DEPTH_SCALE,
+    DepthMapDataset,
+    RenderedDepthDataset,
+    generate_depth_dataset,
+)
+from frankenstein_utils.facemodel.model import read_ply
+from frankenstein_utils.render.rasterize import PoseJitter, RenderConfig
 
 RC = RenderConfig(resolution=64)
 
@@ -90,7 +94,7 @@ def test_dataset_errors_name_the_file(tmp_path, face_model):
 
 
 def test_fitted_pose_and_expression_table(tmp_path, face_model):
-    from frankenstein_utils.depthdata import FittedFaceParams
+    from frankenstein_utils.facemodel.fitting import FittedFaceParams
 
     g = np.random.default_rng(0)
     poses = np.zeros((5, 6), np.float32)
@@ -107,7 +111,7 @@ def test_fitted_pose_and_expression_table(tmp_path, face_model):
     assert ds.config.table == table.describe() and ds.config.expression_source == "fitted"
     i = int(torch.argmax(ds.expressions.sum(1)))
     v, _ = read_ply(root / f"ply/{i:06d}.ply")
-    from frankenstein_utils.rasterize import apply_pose
+    from frankenstein_utils.render.rasterize import apply_pose
     expect = apply_pose(face_model.vertices(ds.coeffs[i:i + 1], "face", ds.expressions[i:i + 1]), ds.poses[i:i + 1])
     np.testing.assert_allclose(v, expect[0].numpy(), atol=1e-4)
     live = RenderedDepthDataset(6, seed=1, render=RC, model=face_model, table=table, pose_source="fitted",

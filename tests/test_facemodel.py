@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from frankenstein_utils.facemodel import FaceModel, read_obj, read_ply, write_ply
+from frankenstein_utils.facemodel.model import FaceModel, read_obj, read_ply, write_ply
 
 
 def test_npz_model_shapes(face_model):
@@ -143,8 +143,8 @@ def test_ply_validation_names_file(tmp_path, case, match):
 
 
 def test_expressions_add_blendshapes(face_model):
-    from frankenstein_utils.facemodel import render_faces
-    from frankenstein_utils.rasterize import RenderConfig, render_depth
+    from frankenstein_utils.facemodel.model import render_faces
+    from frankenstein_utils.render.rasterize import RenderConfig, render_depth
 
     assert face_model.n_expressions == 53 and face_model.landmarks68.shape == (68,)
     c = torch.randn(2, 15, generator=torch.Generator().manual_seed(0))
@@ -175,8 +175,8 @@ def test_expressions_add_blendshapes(face_model):
 
 def test_non_finite_inputs_are_refused_not_rendered_empty(face_model):
     """NaN/Inf coefficients, expressions or poses raise a clear ValueError (they used to give an empty map)."""
-    from frankenstein_utils.facemodel import render_faces
-    from frankenstein_utils.rasterize import RenderConfig, render_depth
+    from frankenstein_utils.facemodel.model import render_faces
+    from frankenstein_utils.render.rasterize import RenderConfig, render_depth
 
     cfg = RenderConfig(resolution=16)
     c = torch.zeros(3, 15)
@@ -201,7 +201,7 @@ def test_cli_prints_one_error_line_naming_the_file(tmp_path):
     import sys
 
     def cli(folder, *extra):
-        r = subprocess.run([sys.executable, "-m", "frankenstein_utils.facemodel", "--from-obj", str(folder), "--out",
+        r = subprocess.run([sys.executable, "-m", "frankenstein_utils.facemodel.model", "--from-obj", str(folder), "--out",
                             str(tmp_path / "out.npz"), *extra], capture_output=True, text=True, timeout=120)
         return r.returncode, r.stderr.strip().splitlines()
 

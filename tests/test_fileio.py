@@ -8,10 +8,17 @@ import warnings
 import numpy as np
 import pytest
 
-from frankenstein_utils.depthdata import DepthMapDataset, generate_depth_dataset
-from frankenstein_utils.fileio import (FolderBusyError, FolderLock, atomic_write_bytes, load_npz, png_is_complete,
-                                       remove_orphan_tmp, save_png)
-from frankenstein_utils.rasterize import RenderConfig
+from frankenstein_utils.data.depth_sets import DepthMapDataset, generate_depth_dataset
+from frankenstein_utils.io.files import (
+    FolderBusyError,
+    FolderLock,
+    atomic_write_bytes,
+    load_npz,
+    png_is_complete,
+    remove_orphan_tmp,
+    save_png,
+)
+from frankenstein_utils.render.rasterize import RenderConfig
 
 
 def test_atomic_writes_get_the_mode_the_umask_gives(tmp_path):
@@ -85,7 +92,7 @@ def test_two_generations_into_one_folder_and_empty_sets_fail(tmp_path, face_mode
 
 
 def test_haar_dataset_skips_unreadable_photos_and_warns_when_empty(tmp_path):
-    from frankenstein_utils.datasets import HaarFaceDataset
+    from frankenstein_utils.data.photos import HaarFaceDataset
 
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     from PIL import Image
@@ -102,7 +109,7 @@ def test_haar_dataset_skips_unreadable_photos_and_warns_when_empty(tmp_path):
 
 
 def _add_rows(path, prefix, n):
-    from frankenstein_utils.fileio import update_json
+    from frankenstein_utils.io.files import update_json
 
     for i in range(n):
         update_json(path, {f"{prefix}{i}": i})

@@ -2,11 +2,17 @@ import numpy as np
 import pytest
 import torch
 
-from frankenstein_utils.datasets import rotation_to_angles
-from frankenstein_utils.fitting import (FLIP, Correspondence, FitConfig, derive_correspondence, fit_landmarks,
-                                        fitted_model_points, similarity)
-from frankenstein_utils.rasterize import rotation_matrices
-from frankenstein_utils.paths import find_dataset
+from frankenstein_utils.facemodel.fitting import (
+    FLIP,
+    FitConfig,
+    derive_correspondence,
+    fit_landmarks,
+    fitted_model_points,
+    similarity,
+)
+from frankenstein_utils.facemodel.framing import rotation_to_angles
+from frankenstein_utils.io.paths import find_dataset
+from frankenstein_utils.render.rasterize import rotation_matrices
 
 
 @pytest.fixture(scope="module")
@@ -122,13 +128,13 @@ def _celeba_folder(tmp_path, idx):
 
 def test_landmarks_command_gives_the_shipped_landmarks(tmp_path):
     """MediaPipe FaceMesh 0.10.21 run by the command on shipped photos reproduces the shipped file."""
-    from frankenstein_utils import landmarks as L
+    from frankenstein_utils.data import landmarks as L
 
     try:
         import mediapipe  # noqa: F401
     except ImportError:
         if not L.mediapipe_python().exists():
-            pytest.skip("no MediaPipe environment (python -m frankenstein_utils.landmarks --make-env)")
+            pytest.skip("no MediaPipe environment (python -m frankenstein_utils.data.landmarks --make-env)")
     d = _celeba_folder(tmp_path, [0, 1, 9])
     out = L.build_landmarks(tmp_path)
     got = np.load(out)
@@ -139,9 +145,9 @@ def test_landmarks_command_gives_the_shipped_landmarks(tmp_path):
 
 def test_fit_and_pair_a_photo_folder(tmp_path, face_model):
     """The pairs step on shipped photos, with the shipped landmarks standing in for the detection."""
-    from frankenstein_utils.datasets import CELEBA_CROP
-    from frankenstein_utils.fileio import load_png
-    from frankenstein_utils.landmarks import LANDMARKS_NAME, fit_and_pair
+    from frankenstein_utils.data.landmarks import LANDMARKS_NAME, fit_and_pair
+    from frankenstein_utils.facemodel.framing import CELEBA_CROP
+    from frankenstein_utils.io.files import load_png
 
     idx = [0, 1, 2, 3]
     d = _celeba_folder(tmp_path, idx)

@@ -8,13 +8,17 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-
-import frankenstein_utils.flagship as flagship
-from frankenstein_utils.flagship import (ABLATIONS, FlagshipGenerator, NLayerDiscriminator, UNet, checkerboard_score,
-                                         diff_augment, ema_update, preset, r1_penalty)
-from frankenstein_utils.training import TrainConfig, Trainer, load_run
 from test_smoke import Only
 from test_training import ToyPairs
+
+from frankenstein_utils.evaluation.measures import checkerboard_score
+from frankenstein_utils.nets.flagship import FlagshipGenerator, NLayerDiscriminator
+from frankenstein_utils.nets.peers import UNet
+from frankenstein_utils.objectives import flagship  # the objective: it looks diff_augment up here
+from frankenstein_utils.objectives.flagship_parts import diff_augment, ema_update, r1_penalty
+from frankenstein_utils.study.ablation import ABLATIONS, preset
+from frankenstein_utils.train.config import TrainConfig
+from frankenstein_utils.train.trainer import Trainer, load_run
 
 MODES = ("flagship", "pix2pix", "bicyclegan")
 SMALL = dict(image_size=64, width=4, d_width=4, encoder_width=4, z_dim=4, batch_size=4, log_every=1, sample_every=2,
@@ -362,7 +366,7 @@ def test_latent_regression_leaves_the_encoders_batch_statistics_to_photos(tmp_pa
 def test_init_from_keeps_the_ema_warm_up_of_the_source(tmp_path, monkeypatch):
     """``--init-from`` starts the step count at 0; the EMA's warm-up must count the source's steps too (it restarted
     at decay 0.1, throwing the settled average away on the first steps of a fine-tune)."""
-    from frankenstein_utils import flagship as FS
+    from frankenstein_utils.objectives import flagship as FS  # the objective looks ema_update up here
 
     src = Trainer(config("flagship", tmp_path / "src", steps=3), streams())
     src.fit(progress=False)
@@ -440,8 +444,8 @@ def test_input_blur_is_a_gaussian_low_pass_of_the_input_before_everything_else()
 
 def test_input_blur_survives_shipping(tmp_path):
     """A shipped flagship keeps its input blur: the setting is among the ones that rebuild its generator."""
-    from frankenstein_utils.pretrained import generator_from_blob, shipped_blob
-    from frankenstein_utils.rasterize import PoseJitter, RenderConfig
+    from frankenstein_utils.pretrained.shipped import generator_from_blob, shipped_blob
+    from frankenstein_utils.render.rasterize import PoseJitter, RenderConfig
 
     t = Trainer(config("flagship", tmp_path, steps=1, fs_input_blur=0.7), streams())
     gen = generator_from_blob(shipped_blob(t, RenderConfig(resolution=64), PoseJitter(), {}), tmp_path / "x.safetensors")
@@ -456,10 +460,10 @@ def test_ablation_study_scores_every_run_at_one_n_on_kid(tmp_path):
     import subprocess
     import sys
 
-    from frankenstein_utils import flagship as F
+    from frankenstein_utils.study import ablation
 
-    common = dict(F.STUDY_SMALL, batch_size=4, checkpoint_every=0, sample_every=0)
-    res = F.run_study(tmp_path / "study", ["flagship", "-R1"], steps=1, n_eval=6, cache_dir=tmp_path / "cache",
+    common = dict(ablation.STUDY_SMALL, batch_size=4, checkpoint_every=0, sample_every=0)
+    res = ablation.run_study(tmp_path / "study", ["flagship", "-R1"], steps=1, n_eval=6, cache_dir=tmp_path / "cache",
                       limit=200, **common)
     assert sorted(res) == ["-R1", "flagship"]
     for r in res.values():
@@ -469,10 +473,10 @@ def test_ablation_study_scores_every_run_at_one_n_on_kid(tmp_path):
     assert res["-R1"]["final_losses"].get("r1", 0.0) == 0.0 < res["flagship"]["final_losses"]["r1"]
     on_disk = json.loads((tmp_path / "study" / "results.json").read_text())
     assert on_disk["flagship"]["kid"] == res["flagship"]["kid"]
-    again = F.run_study(tmp_path / "study", ["flagship"], steps=1, n_eval=6, cache_dir=tmp_path / "cache",
+    again = ablation.run_study(tmp_path / "study", ["flagship"], steps=1, n_eval=6, cache_dir=tmp_path / "cache",
                         limit=200, **common)  # finished: read back, not retrained
     assert again["flagship"]["wall_s"] == res["flagship"]["wall_s"]
-    cli = [sys.executable, "-m", "frankenstein_utils.flagship"]
+    cli = [sys.executable, "-m", "frankenstein_utils.study.ablation"]
     assert "--n-eval" in subprocess.run([*cli, "--help"], capture_output=True, text=True).stdout
     bad = subprocess.run([*cli, str(tmp_path / "x"), "--names", "no such run"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown run" in bad.stderr.strip().splitlines()[-1]

@@ -1,4 +1,4 @@
-"""``python -m frankenstein_utils.generate`` (labelled synthetic faces) and ``apply`` with a shipped model's name.
+"""``python -m frankenstein_utils.apps.generate`` (labelled synthetic faces) and ``apply`` with a shipped model's name.
 
 Small sets (24 faces: one full render block of 16 and a partial one) so the whole file runs in well under a minute.
 """
@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from frankenstein_utils import generate as G
-from frankenstein_utils.apply import main as apply_main
-from frankenstein_utils.depthdata import DEPTH_SCALE, generate_depth_dataset
-from frankenstein_utils.facerender import model_landmarks
-from frankenstein_utils.fileio import FolderBusyError, FolderLock, load_npz, load_png
-from frankenstein_utils.generate import GeneratedFaceDataset, generate_faces, main
-from frankenstein_utils.rasterize import RenderConfig
+from frankenstein_utils.apps import generate as G
+from frankenstein_utils.apps.apply import main as apply_main
+from frankenstein_utils.apps.generate import GeneratedFaceDataset, generate_faces, main
+from frankenstein_utils.data.depth_sets import DEPTH_SCALE, generate_depth_dataset
+from frankenstein_utils.facemodel.appearance_render import model_landmarks
+from frankenstein_utils.io.files import FolderBusyError, FolderLock, load_npz, load_png
+from frankenstein_utils.render.rasterize import RenderConfig
 
 N, SEED = 24, 3
 SHIPPED = "study/U"  # a depth-only shipped generator (z_dim 0): its output is a function of depth and mask
@@ -196,7 +196,7 @@ def test_depth_and_mask_are_the_depth_sets_for_the_same_draws(ref, tmp_path, fac
     (the same face draws: one convention for both kinds of folder)."""
     import json
 
-    from frankenstein_utils.appearance import load_appearance
+    from frankenstein_utils.facemodel.appearance import load_appearance
 
     faces = json.loads((ref / "manifest.json").read_text())["faces"]
     app = load_appearance()
@@ -239,7 +239,7 @@ def test_a_shipped_model_makes_the_images_and_apply_takes_its_name(ref, tmp_path
     """``--model study/U``: the same faces and labels as the raw render (only the images differ); ``apply`` with
     the model's name reproduces those images from the written depth maps (read back at 16 bits), and gives the same
     bytes as with the shipped file's path; a depth set of another convention is refused naming the model."""
-    from frankenstein_utils.pretrained import available, load_pretrained
+    from frankenstein_utils.pretrained.shipped import available, load_pretrained
 
     assert SHIPPED in available()
     u = tmp_path / "u"
@@ -284,9 +284,10 @@ def test_a_training_checkpoint_is_a_model_too(tmp_path, capsys):
     that does not record its inputs' render is refused in one line."""
     from torch.utils.data import TensorDataset
 
-    from frankenstein_utils.appearance import load_appearance
-    from frankenstein_utils.train import input_convention
-    from frankenstein_utils.training import TrainConfig, Trainer
+    from frankenstein_utils.facemodel.appearance import load_appearance
+    from frankenstein_utils.train.cli import input_convention
+    from frankenstein_utils.train.config import TrainConfig
+    from frankenstein_utils.train.trainer import Trainer
 
     class Pairs(TensorDataset):
         def __getitem__(self, i):

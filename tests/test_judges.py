@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from frankenstein_utils import evaluation as EV
-from frankenstein_utils import judges as J
-from frankenstein_utils import metrics as M
-from frankenstein_utils.datasets import PairedConfig, PairedFaceDataset
+from frankenstein_utils.data.pairs import PairedConfig, PairedFaceDataset
+from frankenstein_utils.evaluation import context as EV
+from frankenstein_utils.evaluation import judges as J
+from frankenstein_utils.evaluation import measures as M
 
 CFG = PairedConfig(size=64, limit=360, val_fraction=0.0, test_fraction=0.25)
 N = 60  # photos per rung: enough for the face-FD ladder in 128-D, few enough for seconds of dlib
@@ -127,7 +127,7 @@ def test_model_landmarks_follow_the_render(face_model, data):
     render, pose = tr.render_config(face_model), tr.pose_jitter(face_model)
     c = face_model.sample_coefficients(4, 15, generator=torch.Generator().manual_seed(1))
     p = pose.sample(4, generator=torch.Generator().manual_seed(2))
-    from frankenstein_utils.rasterize import render_depth
+    from frankenstein_utils.render.rasterize import render_depth
 
     _, mask = render_depth(face_model, c, render, p)
     lm = EV.model_landmarks(face_model, c, render, p)

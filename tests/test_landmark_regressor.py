@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from frankenstein_utils import landmark_regressor as LR
-from frankenstein_utils.judges import INNER_POINTS
-from frankenstein_utils.metrics import nme
+from frankenstein_utils.apps import downstream as LR
+from frankenstein_utils.evaluation.judges import INNER_POINTS
+from frankenstein_utils.evaluation.measures import nme
 
 
 @pytest.fixture(autouse=True, scope="module")

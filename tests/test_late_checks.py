@@ -6,17 +6,18 @@ import math
 
 import pytest
 import torch
-
-from frankenstein_utils import notebooks
-from frankenstein_utils.training import TrainConfig, Trainer, load_run
 from test_training import ToyPairs, cfg
+
+from frankenstein_utils.apps import notebooks
+from frankenstein_utils.train.config import TrainConfig
+from frankenstein_utils.train.trainer import Trainer, load_run
 
 
 def train_cli_error(monkeypatch, capsys, argv) -> str:
     """``train.main(argv)``: must exit 2 with one ``error:`` line (argparse's usage above it), before any data is
     built; returns that line."""
-    import frankenstein_utils.datasets as datasets
-    from frankenstein_utils import train
+    from frankenstein_utils.data import pairs as datasets
+    from frankenstein_utils.train import cli as train
 
     monkeypatch.setattr(datasets, "PairedFaceDataset", lambda *a, **k: pytest.fail("data built before checks"))
     with pytest.raises(SystemExit) as e:
@@ -85,7 +86,7 @@ def test_device_that_this_machine_lacks_is_one_line(monkeypatch, capsys):
 def test_apply_on_a_device_this_machine_lacks_is_one_line(tmp_path, saved_run, capsys):
     """``apply --device cuda`` on a CPU build raised "Torch not compiled with CUDA enabled" from ``load_run`` (a
     checkpoint) and from ``pretrained.load_pretrained`` (a shipped model's name); both check the device first."""
-    from frankenstein_utils import apply
+    from frankenstein_utils.apps import apply
 
     root, _ = saved_run
     dev = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
@@ -210,7 +211,7 @@ def test_a_damaged_checkpoint_is_named_in_one_line(tmp_path, saved_run, case):
 @pytest.fixture
 def runner(tmp_path, monkeypatch, capsys):
     """``notebooks.main`` on a YAML text with the notebooks stubbed out: (exit code, stderr lines, notebooks run)."""
-    from frankenstein_utils import notebooks
+    from frankenstein_utils.apps import notebooks
 
     ran = []
     monkeypatch.setattr(notebooks, "execute", lambda nb, out, params: ran.append(nb.stem) or {})
@@ -295,7 +296,7 @@ def test_runner_refuses_a_compare_entry_that_names_no_run(runner, tmp_path):
 def test_every_notebook_has_a_schema_in_step_with_its_parameters_cell():
     """One declared schema per notebook, covering exactly the parameters its cell defines; the shipped parameter
     files pass it."""
-    from frankenstein_utils import notebooks
+    from frankenstein_utils.apps import notebooks
 
     paths = notebooks.notebook_paths()
     assert sorted(notebooks.SCHEMAS) == [p.stem for p in paths]
@@ -308,14 +309,14 @@ def test_every_notebook_has_a_schema_in_step_with_its_parameters_cell():
 
 # ---- the landmarks command: one line instead of (two nested) tracebacks --------------------------------------------
 def _celeba_photo():
-    from frankenstein_utils.paths import find_dataset
+    from frankenstein_utils.io.paths import find_dataset
 
     root = find_dataset("celeba_10k", "landmarks_mediapipe.npz") / "images"
     return next(iter(sorted(root.iterdir())))
 
 
 def _landmarks_main(capsys, *argv):
-    from frankenstein_utils import landmarks as L
+    from frankenstein_utils.data import landmarks as L
 
     rc = L.main([str(a) for a in argv])
     err = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
@@ -366,7 +367,7 @@ def test_landmarks_command_with_no_face_is_one_line(tmp_path, capsys, monkeypatc
     """No face in any photo raised ValueError out of main (a traceback)."""
     import numpy as np
 
-    from frankenstein_utils import landmarks as L
+    from frankenstein_utils.data import landmarks as L
 
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "a.jpg").symlink_to(_celeba_photo())
@@ -384,13 +385,13 @@ def test_landmarks_command_with_no_face_is_one_line(tmp_path, capsys, monkeypatc
 def test_landmarks_command_on_a_truncated_photo_with_mediapipe(tmp_path, capsys):
     """The real detection process (where a MediaPipe environment exists): a JPEG cut short opens, so it passes the
     check before the detection, and fails while decoding in the MediaPipe process: one line naming it."""
-    from frankenstein_utils import landmarks as L
+    from frankenstein_utils.data import landmarks as L
 
     try:
         import mediapipe  # noqa: F401
     except ImportError:
         if not L.mediapipe_python().exists():
-            pytest.skip("no MediaPipe environment (python -m frankenstein_utils.landmarks --make-env)")
+            pytest.skip("no MediaPipe environment (python -m frankenstein_utils.data.landmarks --make-env)")
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "cut.jpg").write_bytes(_celeba_photo().read_bytes()[:2000])
     rc, err = _landmarks_main(capsys, tmp_path / "photos")

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from frankenstein_utils import metrics as M
-from frankenstein_utils.datasets import PairedConfig, PairedFaceDataset
+from frankenstein_utils.data.pairs import PairedConfig, PairedFaceDataset
+from frankenstein_utils.evaluation import measures, metric_nets
 
 CFG = PairedConfig(size=32, limit=700, val_fraction=0.3, test_fraction=0.0)
 
@@ -23,8 +23,8 @@ def sets(tmp_path_factory, face_model):
     blurred = F.avg_pool2d(F.pad(vi, (2, 2, 2, 2), mode="replicate"), 5, stride=1)
     noised = (vi + 0.4 * torch.randn(vi.shape, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
     depth_img = (vd * 2 - 1).expand(-1, 3, -1, -1)
-    net = M.train_feature_net(ti, steps=250, cache=cache / "feat.pt")
-    est = M.train_depth_estimator(ti, td, tm, steps=250, width=8, cache=cache / "depth.pt")
+    net = metric_nets.train_feature_net(ti, steps=250, cache=cache / "feat.pt")
+    est = metric_nets.train_depth_estimator(ti, td, tm, steps=250, width=8, cache=cache / "depth.pt")
     return dict(train=(ti, td, tm), val=(vi, vd, vm), blurred=blurred, noised=noised, depth_img=depth_img, net=net,
                 est=est, cache=cache)
 
@@ -32,41 +32,41 @@ def sets(tmp_path_factory, face_model):
 def test_paired_metrics_known_answers():
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     m = torch.ones(2, 1, 16, 16)
-    r = M.paired_metrics(x, x, m)
+    r = metric_nets.paired_metrics(x, x, m)
     assert r["l1"] == 0 and r["l1_mask"] == 0 and r["ssim"] == pytest.approx(1.0) and math.isinf(r["psnr"])
     y = (x + 0.2).clamp(-1, 1)
-    assert M.paired_metrics(y, x, m)["psnr"] < 30
+    assert metric_nets.paired_metrics(y, x, m)["psnr"] < 30
 
 
 def test_frechet_distance_and_kid_known_answers(sets):
     net, (ti, _, _), (vi, _, _) = sets["net"], sets["train"], sets["val"]
-    assert M.frechet_distance(net, vi, vi) == pytest.approx(0.0, abs=1e-3)
+    assert metric_nets.frechet_distance(net, vi, vi) == pytest.approx(0.0, abs=1e-3)
     # two halves of the same distribution: KID is unbiased, so it scatters around 0
     a, b = ti[: len(ti) // 2], ti[len(ti) // 2:]
-    kid, kid_std = M.kernel_distance(net, a, b, subset_size=100, subsets=50)
+    kid, kid_std = metric_nets.kernel_distance(net, a, b, subset_size=100, subsets=50)
     assert abs(kid) < 3 * kid_std + 1e-3
 
 
 def test_realism_ladder(sets):
     net, (ti, _, _), (vi, _, _) = sets["net"], sets["train"], sets["val"]
     ladder = [vi, sets["blurred"], sets["depth_img"]]
-    fd = [M.frechet_distance(net, ti, x) for x in ladder]
+    fd = [metric_nets.frechet_distance(net, ti, x) for x in ladder]
     assert fd[0] < fd[1] < fd[2], fd
-    fd_noise = M.frechet_distance(net, ti, sets["noised"])
+    fd_noise = metric_nets.frechet_distance(net, ti, sets["noised"])
     assert fd[0] < fd_noise < fd[2]
-    kid = [M.kernel_distance(net, ti, x)[0] for x in ladder]
+    kid = [metric_nets.kernel_distance(net, ti, x)[0] for x in ladder]
     assert kid[0] < kid[1] < kid[2], kid
-    acc = [M.classifier_two_sample_test(ti[:len(x)], x, steps=120)["accuracy"] for x in ladder]
+    acc = [metric_nets.classifier_two_sample_test(ti[:len(x)], x, steps=120)["accuracy"] for x in ladder]
     assert acc[0] < 0.65 and acc[0] < acc[1] <= acc[2] and acc[2] > 0.95, acc
-    div = [M.mean_pairwise_feature_distance(net, x) for x in (vi, sets["depth_img"])]
+    div = [metric_nets.mean_pairwise_feature_distance(net, x) for x in (vi, sets["depth_img"])]
     assert div[0] > 0 and div[1] > 0
 
 
 def test_correspondence_oracle_far_below_shuffled(sets):
     est, (vi, vd, vm) = sets["est"], sets["val"]
-    oracle = M.correspondence(est, vi, vd, vm)
+    oracle = metric_nets.correspondence(est, vi, vd, vm)
     perm = torch.roll(torch.arange(len(vi)), 1)
-    shuffled = M.correspondence(est, vi[perm], vd, vm)
+    shuffled = metric_nets.correspondence(est, vi[perm], vd, vm)
     assert oracle["rmse"] < 0.8 * shuffled["rmse"] and oracle["corr"] > shuffled["corr"] + 0.1
     assert oracle["rmse_ci"][1] < shuffled["rmse_ci"][0]  # the intervals do not overlap
 
@@ -74,39 +74,39 @@ def test_correspondence_oracle_far_below_shuffled(sets):
 def test_scale_shift_alignment_is_invariant():
     t = torch.rand(3, 1, 8, 8)
     m = torch.ones_like(t)
-    rmse, corr = M.scale_shift_aligned_error(3 * t - 0.7, t, m)
+    rmse, corr = metric_nets.scale_shift_aligned_error(3 * t - 0.7, t, m)
     assert rmse.max() < 1e-6 and (corr > 0.999).all()
-    rmse, corr = M.scale_shift_aligned_error(torch.rand(3, 1, 8, 8), t, m)
+    rmse, corr = metric_nets.scale_shift_aligned_error(torch.rand(3, 1, 8, 8), t, m)
     assert rmse.min() > 0.05
 
 
 def test_wilson_interval_and_identity_auc(sets):
-    lo, hi = M.wilson_interval(50, 100)
+    lo, hi = measures.wilson_interval(50, 100)
     assert lo < 0.5 < hi and hi - lo == pytest.approx(0.19, abs=0.01)
     net, (vi, vd, vm) = sets["net"], sets["val"]
     # "generator" that returns real photos: the same photo for every pose of an identity -> AUC 1
     # (the old design: identity and code change together), on the feature net's embeddings
     ids, poses = np.arange(5).repeat(3), np.tile(np.arange(3), 5)
     photos = vi[:5].repeat_interleave(3, 0)
-    ident = M.identity_auc(M.features(net, photos).numpy(), ids, ids, poses, design="old", threshold=1e-5)
+    ident = measures.identity_auc(metric_nets.features(net, photos).numpy(), ids, ids, poses, design="old", threshold=1e-5)
     assert ident["auc"] == 1.0 and ident["same_share"] == 1.0
-    shuffled = M.identity_auc(M.features(net, vi[:15]).numpy(), ids, ids, poses, design="old")
+    shuffled = measures.identity_auc(metric_nets.features(net, vi[:15]).numpy(), ids, ids, poses, design="old")
     assert shuffled["auc"] < 0.8
 
 
 def test_metric_networks_are_cached(sets):
     assert (sets["cache"] / "feat.pt").exists() and (sets["cache"] / "depth.pt").exists()
-    again = M.train_feature_net(sets["train"][0], steps=1, cache=sets["cache"] / "feat.pt")
+    again = metric_nets.train_feature_net(sets["train"][0], steps=1, cache=sets["cache"] / "feat.pt")
     x = sets["val"][0][:4]
     torch.testing.assert_close(again(x), sets["net"](x))
 
 
 # ---- metrics of the dlib judges: known answers without dlib (fast) -------------------------------------------------
 def test_pair_auc_known_answers():
-    assert M.pair_auc([0.1, 0.2], [0.5, 0.6])["auc"] == 1.0
-    assert M.pair_auc([0.5, 0.6], [0.1, 0.2])["auc"] == 0.0
-    assert M.pair_auc([0.0, 0.0], [0.0, 0.0, 0.0])["auc"] == 0.5  # ties count one half
-    r = M.pair_auc([0.1, 0.3], [0.2, 0.4])
+    assert measures.pair_auc([0.1, 0.2], [0.5, 0.6])["auc"] == 1.0
+    assert measures.pair_auc([0.5, 0.6], [0.1, 0.2])["auc"] == 0.0
+    assert measures.pair_auc([0.0, 0.0], [0.0, 0.0, 0.0])["auc"] == 0.5  # ties count one half
+    r = measures.pair_auc([0.1, 0.3], [0.2, 0.4])
     assert r["auc"] == 0.75 and r["ci"][0] < 0.75 < r["ci"][1]
 
 
@@ -119,17 +119,17 @@ def _identity_grid(n_ids=50, n_poses=5, n_codes=1):
 
 def test_identity_pairs_match_the_pose_gap():
     ids, codes, poses = _identity_grid(3, 3, 2)
-    (pi, pj), (ni, nj) = M.identity_pairs(ids, codes, poses)
+    (pi, pj), (ni, nj) = measures.identity_pairs(ids, codes, poses)
     assert (ids[pi] == ids[pj]).all() and (codes[pi] == codes[pj]).all() and (poses[pi] != poses[pj]).all()
     assert (ids[ni] != ids[nj]).all() and (codes[ni] == codes[nj]).all() and (poses[ni] != poses[nj]).all()
     # every pair of distinct pose slots occurs equally often in each class: the pose gap is matched
     slot_pairs = lambda a, b: np.unique(np.sort(np.stack([poses[a], poses[b]], 1), 1), axis=0, return_counts=True)
     (sp, cp), (sn, cn) = slot_pairs(pi, pj), slot_pairs(ni, nj)
     assert (sp == sn).all() and len(set(cp)) == 1 and len(set(cn)) == 1
-    (_, _), (ni, nj) = M.identity_pairs(ids, codes, poses, "old")
+    (_, _), (ni, nj) = measures.identity_pairs(ids, codes, poses, "old")
     assert (codes[ni] != codes[nj]).all() and (ids[ni] != ids[nj]).all()
     with pytest.raises(ValueError, match="design"):
-        M.identity_pairs(ids, codes, poses, "sideways")
+        measures.identity_pairs(ids, codes, poses, "sideways")
 
 
 def test_identity_auc_does_not_punish_following_the_pose():
@@ -141,11 +141,11 @@ def test_identity_auc_does_not_punish_following_the_pose():
     ids, codes, poses = _identity_grid(50, 5, 2)
     who, pose, code = 0.05 * g.normal(size=(50, 128)), 0.08 * g.normal(size=(5, 128)), 0.1 * g.normal(size=(2, 128))
     noise = 0.005 * g.normal(size=(len(ids), 128))
-    keeps = M.identity_auc(who[ids] + pose[poses] + code[codes] + noise, ids, codes, poses)
+    keeps = measures.identity_auc(who[ids] + pose[poses] + code[codes] + noise, ids, codes, poses)
     assert keeps["auc"] > 0.95 and keeps["ci"][0] > 0.9
-    assert M.identity_auc(who[ids] + pose[poses] + noise, ids, codes, poses, "same-pose")["auc"] < 0.05
+    assert measures.identity_auc(who[ids] + pose[poses] + noise, ids, codes, poses, "same-pose")["auc"] < 0.05
     for blind in (pose[poses] + code[codes] + noise, code[codes] + noise):
-        r = M.identity_auc(blind, ids, codes, poses)
+        r = measures.identity_auc(blind, ids, codes, poses)
         assert abs(r["auc"] - 0.5) < 0.05 and r["ci"][0] < 0.5 < r["ci"][1], r
 
 
@@ -165,14 +165,14 @@ def test_identity_interval_is_a_bootstrap_over_identities():
         e = 0.015 * (distinct * g.normal(size=(n_ids, 128)))[ids] + pose[poses]
         return e + 0.03 * g.normal(size=(len(ids), 128)), ids, codes, poses
 
-    truth = np.mean([M.identity_auc(*sample(60), n_boot=1)["auc"] for _ in range(4)])
+    truth = np.mean([measures.identity_auc(*sample(60), n_boot=1)["auc"] for _ in range(4)])
     boot = hm = 0
     for _ in range(30):
         e, ids, codes, poses = sample(10)
-        ci = M.identity_auc(e, ids, codes, poses)["ci"]
+        ci = measures.identity_auc(e, ids, codes, poses)["ci"]
         boot += ci[0] <= truth <= ci[1]
-        (pi, pj), (ni, nj) = M.identity_pairs(ids, codes, poses)
-        ci = M.pair_auc(np.linalg.norm(e[pi] - e[pj], axis=1), np.linalg.norm(e[ni] - e[nj], axis=1))["ci"]
+        (pi, pj), (ni, nj) = measures.identity_pairs(ids, codes, poses)
+        ci = measures.pair_auc(np.linalg.norm(e[pi] - e[pj], axis=1), np.linalg.norm(e[ni] - e[nj], axis=1))["ci"]
         hm += ci[0] <= truth <= ci[1]
     assert boot >= 20 and hm <= 10, (boot, hm)
 
@@ -195,15 +195,15 @@ def test_kid_ranks_a_perfect_generator_first_where_fd_does_not(n):
     kid, fd = [], []
     for r in range(10):
         g = np.random.default_rng(1000 * n + r)
-        real, stats = _descriptor_like(497, g), M.standardizer(_descriptor_like(500, g))
+        real, stats = _descriptor_like(497, g), measures.standardizer(_descriptor_like(500, g))
         perfect, narrow = _descriptor_like(n, g), _descriptor_like(n, g, 0.7)
         const = np.repeat(_descriptor_like(1, g), n, 0)
-        k = [M.kernel_distance_features(x, real, stats, subsets=2)["kid"] for x in (perfect, narrow, const)]
+        k = [measures.kernel_distance_features(x, real, stats, subsets=2)["kid"] for x in (perfect, narrow, const)]
         kid.append(k)
         if n >= 500:
             assert k[0] < k[1] < k[2], k
         ref = _descriptor_like(n, g)  # FD as it was used: N generated vs N test photos
-        fd.append([M.frechet_distance_features(perfect, ref), M.frechet_distance_features(narrow, ref)])
+        fd.append([measures.frechet_distance_features(perfect, ref), measures.frechet_distance_features(narrow, ref)])
     mean = np.mean(kid, 0)
     assert mean[0] < mean[1] < mean[2] and abs(mean[0]) < 0.3 * mean[1], mean
     fd = np.array(fd)
@@ -216,13 +216,13 @@ def test_kid_ranks_a_perfect_generator_first_where_fd_does_not(n):
 def test_kid_known_answers_and_bad_input():
     g = np.random.default_rng(0)
     a = g.normal(size=(300, 8))
-    same = [M.kernel_distance_features(a, g.normal(size=(300, 8)), subsets=2)["kid"] for _ in range(10)]
-    shifted = [M.kernel_distance_features(a, g.normal(size=(300, 8)) + s, subsets=2)["kid"] for s in (0.5, 1, 2)]
+    same = [measures.kernel_distance_features(a, g.normal(size=(300, 8)), subsets=2)["kid"] for _ in range(10)]
+    shifted = [measures.kernel_distance_features(a, g.normal(size=(300, 8)) + s, subsets=2)["kid"] for s in (0.5, 1, 2)]
     assert abs(np.mean(same)) < 0.1 * shifted[0] and 0 < shifted[0] < shifted[1] < shifted[2]
-    r = M.kernel_distance_features(a, a[:50])
+    r = measures.kernel_distance_features(a, a[:50])
     assert r["n_b"] == 50 and r["kid_se"] > 0
     with pytest.raises(ValueError, match="kernel_distance_features"):
-        M.kernel_distance_features(a[:, :4], a)
+        measures.kernel_distance_features(a[:, :4], a)
 
 
 def test_spread_share_shows_a_collapsed_generator():
@@ -230,18 +230,18 @@ def test_spread_share_shows_a_collapsed_generator():
     real = _descriptor_like(300, g)
     collapsed = [np.repeat(_descriptor_like(1, g), 8, 0) for _ in range(10)]  # one face whatever the code
     varied = [_descriptor_like(8, g) for _ in range(10)]
-    assert M.spread_share(collapsed, real) == 0
-    assert M.spread_share(varied, real) == pytest.approx(1.0, abs=0.1)
+    assert measures.spread_share(collapsed, real) == 0
+    assert measures.spread_share(varied, real) == pytest.approx(1.0, abs=0.1)
 
 
 def test_nme_known_answers():
     t = np.random.default_rng(0).random((5, 68, 2)) * 40
     t[:, 36], t[:, 45] = [10, 20], [30, 20]  # outer eye corners 20 px apart
-    assert M.nme(t, t)["nme"] == 0
+    assert measures.nme(t, t)["nme"] == 0
     shifted = t + np.array([2.0, 0.0])  # every point 2 px off: 2 / 20
-    assert M.nme(shifted, t, range(17, 68))["nme"] == pytest.approx(0.1)
+    assert measures.nme(shifted, t, range(17, 68))["nme"] == pytest.approx(0.1)
     with pytest.raises(ValueError, match="nme"):
-        M.nme(t[:, :10], t)
+        measures.nme(t[:, :10], t)
 
 
 def test_frechet_distance_known_answers_with_fewer_samples_than_dimensions():
@@ -251,26 +251,26 @@ def test_frechet_distance_known_answers_with_fewer_samples_than_dimensions():
     a = 0.06 * g.normal(size=(64, 128))
     m = np.full(128, 0.01)
     C = np.cov(a, rowvar=False)
-    assert M.frechet_distance_features(a, a + m) == pytest.approx((m ** 2).sum(), abs=1e-6)
-    assert M.frechet_distance_features(a, 2 * a) == pytest.approx((a.mean(0) ** 2).sum() + np.trace(C), abs=1e-6)
-    assert M.frechet_distance_features(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert measures.frechet_distance_features(a, a + m) == pytest.approx((m ** 2).sum(), abs=1e-6)
+    assert measures.frechet_distance_features(a, 2 * a) == pytest.approx((a.mean(0) ** 2).sum() + np.trace(C), abs=1e-6)
+    assert measures.frechet_distance_features(a, a) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_embedding_frechet_distance_and_diversity_known_answers():
     g = np.random.default_rng(0)
     a = g.normal(size=(4000, 3))
-    assert M.frechet_distance_features(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert measures.frechet_distance_features(a, a) == pytest.approx(0.0, abs=1e-6)
     # N(0, I) vs N(m, 4 I) in 3-D: |m|^2 + 3 (1 + 4 - 2 * 2) = |m|^2 + 3
     b = np.array([1.0, 0.0, 0.0]) + 2 * g.normal(size=(4000, 3))
-    assert M.frechet_distance_features(a, b) == pytest.approx(1 + 3, rel=0.1)
-    assert M.mean_pairwise_distance(np.zeros((5, 3))) == 0
-    assert M.mean_pairwise_distance(np.array([[0.0, 0.0], [3.0, 4.0]])) == pytest.approx(5.0)
-    r = M.detection_rate([True, True, False, True])
+    assert measures.frechet_distance_features(a, b) == pytest.approx(1 + 3, rel=0.1)
+    assert measures.mean_pairwise_distance(np.zeros((5, 3))) == 0
+    assert measures.mean_pairwise_distance(np.array([[0.0, 0.0], [3.0, 4.0]])) == pytest.approx(5.0)
+    r = measures.detection_rate([True, True, False, True])
     assert r["rate"] == 0.75 and r["ci"][0] < 0.75 < r["ci"][1] and r["n"] == 4
 
 
 def test_edge_ring_finds_a_dark_seam_and_not_a_plain_edge():
-    from frankenstein_utils.metrics import _grow, edge_ring
+    from frankenstein_utils.evaluation.measures import _grow, edge_ring
 
     m = torch.zeros(4, 1, 64, 64)
     yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
@@ -291,7 +291,7 @@ def test_edge_ring_finds_a_dark_seam_and_not_a_plain_edge():
 
 
 def test_edge_roughness_sees_a_dotted_seam_that_leaves_the_mean_alone():
-    from frankenstein_utils.metrics import _grow, edge_ring
+    from frankenstein_utils.evaluation.measures import _grow, edge_ring
 
     m = torch.zeros(4, 1, 64, 64)
     yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
@@ -312,7 +312,7 @@ def test_edge_roughness_sees_a_dotted_seam_that_leaves_the_mean_alone():
 
 
 def test_staircase_contrast_finds_dots_at_the_masks_corners():
-    from frankenstein_utils.metrics import staircase_contrast
+    from frankenstein_utils.evaluation.measures import staircase_contrast
 
     m = torch.zeros(3, 1, 64, 64)
     yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from frankenstein_utils.models import GENERATORS, AppearanceEncoder, Generator, count_parameters, init_weights
+from frankenstein_utils.nets.layers import count_parameters, init_weights
+from frankenstein_utils.nets.study import GENERATORS, AppearanceEncoder, Generator
 
 
 @pytest.mark.parametrize("arch", GENERATORS)

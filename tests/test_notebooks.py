@@ -3,10 +3,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-
 import pytest
 
-from frankenstein_utils import notebooks
+from frankenstein_utils.apps import notebooks
 
 TINY = notebooks.load_params(notebooks.NOTEBOOK_DIR / "params" / "tiny.yaml")
 
@@ -61,7 +60,7 @@ def test_01_data_generation(out_dir):
     assert rec["c0_mask_area_ratio"] < 0.8  # component 0 changes the face size a lot
     # the explorer shows the appearance render and the shipped generator's face beside the depth map, and a slider
     # move changes all of them
-    from frankenstein_utils import pretrained
+    from frankenstein_utils.pretrained import shipped as pretrained
 
     assert rec["explorer_images"] == (3 if pretrained.available() else 2)
     assert len(rec["explorer_changed_share"]) == rec["explorer_images"]
@@ -97,11 +96,10 @@ def test_02_supervised_baseline(out_dir, ran):
         assert r["dB vs mean (mask)"] == pytest.approx(r["psnr_mask"] - rec["val/mean training photo"]["psnr_mask"],
                                                        abs=2e-4)
     # the recorded numbers are those of the saved runs and of the data: recomputed here, independently
-    import torch
 
-    from frankenstein_utils.datasets import PairedConfig, PairedFaceDataset
-    from frankenstein_utils.metrics import paired_metrics
-    from frankenstein_utils.training import load_run
+    from frankenstein_utils.data.pairs import PairedConfig, PairedFaceDataset
+    from frankenstein_utils.evaluation.metric_nets import paired_metrics
+    from frankenstein_utils.train.trainer import load_run
 
     pcfg = PairedConfig(size=p["SIZE"], limit=p["LIMIT"], depth_source=p.get("DEPTH_SOURCE", "fitted"))
     ti = PairedFaceDataset("train", pcfg, cache_dir=p["CACHE_DIR"], progress=False).tensors()[0]
@@ -136,7 +134,7 @@ def test_03_refinement_experiments(out_dir, ran):
     stem = "03_refinement_experiments"
     p = params_for(stem, out_dir)
     rec = ran(stem)
-    from frankenstein_utils.experiments import VARIANTS
+    from frankenstein_utils.study.variants import VARIANTS
 
     assert rec["n_variants"] == len(VARIANTS) and rec["n_ok"] == len(VARIANTS)
     results = json.loads((Path(p["OUT_DIR"]) / "results.json").read_text())
@@ -158,9 +156,9 @@ def test_04_evaluation(out_dir, ran):
     ran("02_supervised_baseline"), ran("03_refinement_experiments")
     rec = notebooks.execute(notebooks.NOTEBOOK_DIR / f"{stem}.ipynb", out_dir / f"{stem}.ipynb", p)
     metrics = json.loads((Path(p["OUT_DIR"]) / "metrics.json").read_text())
-    from frankenstein_utils import evaluation as EV
-    from frankenstein_utils.evaluation import REFS
-    from frankenstein_utils.experiments import VARIANTS
+    from frankenstein_utils.evaluation import context as EV
+    from frankenstein_utils.evaluation.context import REFS
+    from frankenstein_utils.study.variants import VARIANTS
 
     assert set(metrics["runs"]) == {f"supervised/{m}" for m in ("U", "V", "F", "cvae")} | set(VARIANTS)
     refs = metrics["references"]

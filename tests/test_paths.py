@@ -1,6 +1,6 @@
 import pytest
 
-from frankenstein_utils import paths
+from frankenstein_utils.io import paths
 
 
 def test_env_var_comes_first(tmp_path, monkeypatch):
@@ -37,7 +37,7 @@ def test_missing_face_model_says_what_to_download(tmp_path, monkeypatch):
 
 
 def test_load_face_model_error_when_missing(tmp_path, monkeypatch):
-    from frankenstein_utils import facemodel
+    from frankenstein_utils.facemodel import model as facemodel
 
     monkeypatch.setattr(paths, "data_roots", lambda: [tmp_path])
     with pytest.raises(paths.DataNotFoundError, match="ICT-FaceKit"):

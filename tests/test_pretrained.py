@@ -4,7 +4,8 @@ test photos) on the card's small fixed set of synthetic inputs."""
 import pytest
 import torch
 
-from frankenstein_utils.pretrained import WEIGHTS_DIR, available, card_numbers, load_pretrained
+from frankenstein_utils.pretrained.scoring import card_numbers
+from frankenstein_utils.pretrained.shipped import WEIGHTS_DIR, available, load_pretrained
 
 
 @pytest.fixture(scope="module")
@@ -13,7 +14,7 @@ def gen():
 
 
 def test_shipped_files_are_small_half_precision_and_carded():
-    from frankenstein_utils.pretrained import read_shipped
+    from frankenstein_utils.pretrained.shipped import read_shipped
 
     files = [WEIGHTS_DIR / f"{n}.safetensors" for n in available()]  # the flagship and the study models together
     assert "flagship" in available()
@@ -28,7 +29,7 @@ def test_shipped_files_are_small_half_precision_and_carded():
 
 
 def test_load_pretrained_generates(gen, face_model):
-    from frankenstein_utils.rasterize import render_depth
+    from frankenstein_utils.render.rasterize import render_depth
 
     S = gen.cfg.image_size
     assert gen.render.resolution == S
@@ -63,7 +64,7 @@ def test_card_numbers_recomputed(gen, face_model):
 def test_card_check_fails_when_weights_inputs_or_scoring_change(face_model, monkeypatch):
     """The check above is not blind: a 1 % change of one layer's weights, another input seed, or landmarks scored on
     all 68 points instead of the inner 51 each break it."""
-    from frankenstein_utils import judges as J
+    from frankenstein_utils.evaluation import judges as J
 
     g = load_pretrained("study/U")
     want = g.card["small_set"]
@@ -83,8 +84,9 @@ _KERNEL_ENV = {"ONEDNN_MAX_CPU_ISA": "SSE41", "ATEN_CPU_CAPABILITY": "default", 
                "NUMBA_CPU_NAME": "generic"}
 _HASH_SCRIPT = """
 import hashlib, json, sys, torch
-from frankenstein_utils.facemodel import load_face_model
-from frankenstein_utils.pretrained import card_images, load_pretrained
+from frankenstein_utils.facemodel.model import load_face_model
+from frankenstein_utils.pretrained.scoring import card_images
+from frankenstein_utils.pretrained.shipped import load_pretrained
 m = load_face_model()
 q = lambda x: ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy().tobytes()
 out = {"randn32": hashlib.sha1(torch.randn(1000, generator=torch.Generator().manual_seed(0)).numpy().tobytes()).hexdigest()}
@@ -115,7 +117,7 @@ def test_card_images_are_the_same_under_other_cpu_kernels():
 
 
 def test_explorer_shows_the_shipped_model(face_model):
-    from frankenstein_utils.widgets import FaceExplorer
+    from frankenstein_utils.apps.widgets import FaceExplorer
 
     ex = FaceExplorer.with_pretrained(face_model, "flagship")
     depth, face = ex.update(torch.zeros(15))
@@ -129,15 +131,15 @@ def test_explorer_shows_the_shipped_model(face_model):
 
 
 def test_budget_study_scores_each_segment_resumes_and_ships(tmp_path, face_model):
-    """The study at one equal budget (experiments.budget_study): a curve point per segment, a resume adds only the
+    """The study at one equal budget (study.variants.budget_study): a curve point per segment, a resume adds only the
     missing points, export writes half-precision weights and a card whose numbers the shipped file reproduces;
     a wrong parameter file fails with one line naming it."""
     import json
 
     import yaml
 
-    from frankenstein_utils import experiments as X
-    from frankenstein_utils.pretrained import export_study
+    from frankenstein_utils.pretrained.study_export import export_study
+    from frankenstein_utils.study import variants as X
 
     params = dict(steps=2, eval_every=1, n_eval=8, n_synthetic=16, models=["U", "gan-log"], out_dir=str(tmp_path / "out"),
                   settings=dict(image_size=64, width=4, d_width=4, encoder_width=4, batch_size=2, seed=0))
@@ -154,7 +156,7 @@ def test_budget_study_scores_each_segment_resumes_and_ships(tmp_path, face_model
     curve = json.loads((tmp_path / "out" / "U" / "curve.json").read_text())
     assert [q["step"] for q in curve["points"]] == [1, 2, 3] and curve["points"][0] == first
     cards = export_study(path, p, ["gan-log"], weights_dir=tmp_path / "w")
-    from frankenstein_utils.pretrained import CHECKSUMS, read_checksums, read_shipped
+    from frankenstein_utils.pretrained.shipped import CHECKSUMS, read_checksums, read_shipped
 
     shipped = tmp_path / "w" / "study" / "gan-log.safetensors"
     blob = read_shipped(shipped)
@@ -165,7 +167,7 @@ def test_budget_study_scores_each_segment_resumes_and_ships(tmp_path, face_model
     g = load_pretrained(str(shipped))
     assert card_numbers(g, face_model)["nme"] == pytest.approx(cards["gan-log"]["small_set"]["nme"], rel=1e-6)
     text = (tmp_path / "w" / "study" / "gan-log_MODEL_CARD.md").read_text()
-    assert "non-commercial" in text and f"experiments {path} --models 'gan-log'" in text
+    assert "non-commercial" in text and f"study.variants {path} --models 'gan-log'" in text
     path.write_text(yaml.safe_dump({**params, "step": 5}))
     with pytest.raises(ValueError, match=r"p.yaml: keys must be .*unknown \['step'\]"):
         X.load_budget_params(path)
@@ -175,8 +177,8 @@ def test_every_study_model_of_the_parameter_file_is_shipped_and_recomputes_its_c
     """The study at its equal budget ships beside the flagship: every model of notebooks/params/study_budget.yaml,
     trained for its steps, half precision, with a card holding its curve and the command that retrains it; each
     reproduces its card's numbers on the fixed synthetic inputs."""
-    from frankenstein_utils.datasets import PairedConfig, PairedFaceDataset
-    from frankenstein_utils.experiments import load_budget_params
+    from frankenstein_utils.data.pairs import PairedConfig, PairedFaceDataset
+    from frankenstein_utils.study.variants import load_budget_params
 
     params = load_budget_params(WEIGHTS_DIR.parent.parent / "notebooks" / "params" / "study_budget.yaml")
     train = PairedFaceDataset("train", PairedConfig(size=params["settings"]["image_size"]), progress=False)
@@ -194,7 +196,8 @@ def test_every_study_model_of_the_parameter_file_is_shipped_and_recomputes_its_c
 def test_flagship_card_marks_its_small_sample_sections_superseded():
     """The flagship card's export-time sections (face-FD at 128 / 64 samples, the same-pose identity AUC) are
     history: every one says so and names the section with the one-N measures, and the shipped card is in step."""
-    from frankenstein_utils.pretrained import EVALUATION_SECTION, card_sections, load_pretrained
+    from frankenstein_utils.pretrained.cards import EVALUATION_SECTION, card_sections
+    from frankenstein_utils.pretrained.shipped import load_pretrained
 
     gen = load_pretrained("flagship")
     curve = [{"step": 1, "wall_s": 1.0, "face_fd": 0.3, "nme": 0.05, "detection": 1.0}]
@@ -215,7 +218,8 @@ def test_flagship_card_takes_the_ablation_at_one_n(tmp_path):
     import json
     import shutil
 
-    from frankenstein_utils.pretrained import ABLATION_SECTION, read_shipped, ship_ablation
+    from frankenstein_utils.pretrained.cards import ABLATION_SECTION, ship_ablation
+    from frankenstein_utils.pretrained.shipped import read_shipped
 
     for f in ("flagship.safetensors", "flagship_MODEL_CARD.md"):
         shutil.copy(WEIGHTS_DIR / f, tmp_path / f)

@@ -4,12 +4,29 @@ import numpy as np
 import pytest
 import torch
 
-from frankenstein_utils.raster_numba import (interpolate_numba, rasterize_depth_numba, rasterize_numba,
-                                             vertex_normals_numba)
-from frankenstein_utils.rasterize import (DEFAULT_WINDOW_CM, Fragments, PoseJitter, RenderConfig, apply_pose,
-                                          interpolate, normalize_depth, rasterize, rasterize_depth, render_depth,
-                                          render_mesh_buffers, render_mesh_depth, rotation_matrices, to_pixels,
-                                          vertex_normals)
+from frankenstein_utils.render.raster_numba import (
+    interpolate_numba,
+    rasterize_depth_numba,
+    rasterize_numba,
+    vertex_normals_numba,
+)
+from frankenstein_utils.render.rasterize import (
+    DEFAULT_WINDOW_CM,
+    Fragments,
+    PoseJitter,
+    RenderConfig,
+    apply_pose,
+    interpolate,
+    normalize_depth,
+    rasterize,
+    rasterize_depth,
+    render_depth,
+    render_mesh_buffers,
+    render_mesh_depth,
+    rotation_matrices,
+    to_pixels,
+    vertex_normals,
+)
 
 # Every analytic test runs on both CPU backends: the compiled loop (the CPU default) and the batched torch path.
 BACKENDS = ["numba", "torch"]
@@ -557,7 +574,7 @@ def test_render_mesh_buffers_same_bits_on_both_backends(face_model):
 
 
 def test_vertex_normals_are_the_same_on_both_paths(face_model):
-    from frankenstein_utils.facemodel import vertex_normals as one_mesh
+    from frankenstein_utils.facemodel.model import vertex_normals as one_mesh
 
     c = face_model.sample_coefficients(4, generator=torch.Generator().manual_seed(13))
     poses = PoseJitter(yaw_deg=30, pitch_deg=20).sample(4, torch.Generator().manual_seed(14))

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from frankenstein_utils.replay import ReplayBuffer
+from frankenstein_utils.train.replay import ReplayBuffer
 
 
 def batches(n, k=8):

@@ -14,8 +14,9 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from frankenstein_utils import pretrained as P
-from frankenstein_utils.training import TrainConfig, Trainer, load_run
+from frankenstein_utils.pretrained import shipped as P
+from frankenstein_utils.train.config import TrainConfig
+from frankenstein_utils.train.trainer import Trainer, load_run
 
 
 class Touch:
@@ -81,7 +82,7 @@ def test_checkpoint_with_code_inside_is_refused_and_nothing_runs(evil_checkpoint
         else:
             Trainer(cfg(tmp_path / "ft", init_from=str(evil)), {"paired": Pairs()})
     msg = refused(e, path)
-    assert "python -m frankenstein_utils.training convert" in msg
+    assert "python -m frankenstein_utils.pretrained.convert" in msg
     assert not marker.exists()
 
 
@@ -89,8 +90,8 @@ def test_apply_with_a_checkpoint_with_code_inside_exits_1_in_one_line_and_nothin
                                                                                          capsys):
     """``apply --checkpoint`` is the command-line path a downloaded checkpoint takes: refused with exit code 1 and
     one stderr line naming the file; the payload never runs and nothing is written."""
-    from frankenstein_utils.apply import main
-    from frankenstein_utils.fileio import save_png
+    from frankenstein_utils.apps.apply import main
+    from frankenstein_utils.io.files import save_png
 
     evil, marker = evil_checkpoint
     (tmp_path / "in").mkdir()
@@ -99,7 +100,7 @@ def test_apply_with_a_checkpoint_with_code_inside_exits_1_in_one_line_and_nothin
     err = capsys.readouterr().err.strip()
     assert rc == 1
     assert len(err.splitlines()) == 1 and err.startswith("apply: error: ") and str(evil) in err, err
-    assert "python -m frankenstein_utils.training convert" in err
+    assert "python -m frankenstein_utils.pretrained.convert" in err
     assert not marker.exists()
     assert not list(tmp_path.glob("out/*.png"))
 
@@ -119,10 +120,10 @@ def test_old_checkpoint_is_refused_with_the_convert_command_and_resumes_exactly_
     with pytest.raises(ValueError) as e:
         Trainer(cfg(tmp_path / "part", steps=4), data)
     msg = refused(e, ck_path)
-    assert f"python -m frankenstein_utils.training convert {ck_path} " in msg
-    from frankenstein_utils.training import main
+    assert f"python -m frankenstein_utils.pretrained.convert {ck_path} " in msg
+    from frankenstein_utils.pretrained.convert import main
 
-    assert main(["convert", str(ck_path), str(tmp_path / "new.pt")]) == 0
+    assert main([str(ck_path), str(tmp_path / "new.pt")]) == 0
     assert "runs any code" in capsys.readouterr().err
     shutil.move(tmp_path / "new.pt", ck_path)
     rest = Trainer(cfg(tmp_path / "part", steps=4), data)
@@ -146,23 +147,23 @@ def old_shipped_blob(name="study/U", card_extra=None) -> dict:
 
 
 def test_shipped_pickle_is_refused_by_load_pretrained_and_converts(tmp_path, capsys, face_model):
-    from frankenstein_utils.rasterize import render_depth
+    from frankenstein_utils.render.rasterize import render_depth
 
     marker = tmp_path / "marker"
     torch.save(old_shipped_blob(card_extra={"note": Touch(marker)}), tmp_path / "U.pt")
     with pytest.raises(ValueError) as e:
         P.load_pretrained(str(tmp_path / "U.pt"))
-    assert "python -m frankenstein_utils.training convert" in refused(e, tmp_path / "U.pt")
+    assert "python -m frankenstein_utils.pretrained.convert" in refused(e, tmp_path / "U.pt")
     shutil.copy(tmp_path / "U.pt", tmp_path / "U.safetensors")  # a pickle under the new name
     with pytest.raises(ValueError) as e:
         P.load_pretrained(str(tmp_path / "U.safetensors"))
     refused(e, tmp_path / "U.safetensors")
     assert not marker.exists()
     # a clean old file (tensors and plain values) loads without unpickling, and converts knowingly: the same generator
-    from frankenstein_utils.training import main
+    from frankenstein_utils.pretrained.convert import main
 
     torch.save(old_shipped_blob(), tmp_path / "clean.pt")
-    assert main(["convert", str(tmp_path / "clean.pt"), str(tmp_path / "clean.safetensors")]) == 0
+    assert main([str(tmp_path / "clean.pt"), str(tmp_path / "clean.safetensors")]) == 0
     assert "runs any code" in capsys.readouterr().err
     a, b = P.load_pretrained("study/U"), P.load_pretrained(str(tmp_path / "clean.safetensors"))
     c = P.load_pretrained(str(tmp_path / "clean.pt"))
@@ -221,7 +222,7 @@ def test_a_bit_flipped_shipped_file_is_refused(tmp_path, monkeypatch):
 
 
 def test_update_card_records_the_new_checksum(tmp_path, monkeypatch, face_model):
-    from frankenstein_utils.rasterize import render_depth
+    from frankenstein_utils.render.rasterize import render_depth
 
     W = tmp_path / "weights"
     (W / "study").mkdir(parents=True)
@@ -241,7 +242,7 @@ def test_update_card_records_the_new_checksum(tmp_path, monkeypatch, face_model)
 
 
 def test_replay_pool_with_code_inside_is_refused(tmp_path):
-    from frankenstein_utils.replay import ReplayBuffer
+    from frankenstein_utils.train.replay import ReplayBuffer
 
     buf = ReplayBuffer(4, seed=1)
     buf.query(torch.rand(6, 1, 2, 2))
@@ -257,7 +258,7 @@ def test_replay_pool_with_code_inside_is_refused(tmp_path):
 
 
 def test_metric_network_cache_loads_without_unpickling(tmp_path):
-    from frankenstein_utils import metrics as M
+    from frankenstein_utils.evaluation import metric_nets as M
 
     real = torch.rand(16, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
     evil = tmp_path / "evil.pt"

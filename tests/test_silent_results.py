@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from frankenstein_utils.depthdata import DepthMapDataset, generate_depth_dataset
-from frankenstein_utils.fileio import FolderLock, atomic_savez, load_npz, png_header, save_png
-from frankenstein_utils.rasterize import RenderConfig
+from frankenstein_utils.data.depth_sets import DepthMapDataset, generate_depth_dataset
+from frankenstein_utils.io.files import FolderLock, atomic_savez, load_npz, png_header, save_png
+from frankenstein_utils.render.rasterize import RenderConfig
 
 RC = RenderConfig(resolution=16)
 
@@ -31,7 +31,7 @@ def rgb16_png(path, size=16):
 def test_resume_redoes_valid_pngs_of_another_mode_or_size(tmp_path, face_model):
     """A PNG that decodes but is not what the set writes (8-bit, palette or RGB depth, another size, an RGB or
     16-bit mask) is rendered again on resume, not kept."""
-    from frankenstein_utils.fileio import png_is_complete
+    from frankenstein_utils.io.files import png_is_complete
 
     kw = dict(seed=3, render=RC, model=face_model, progress=False, device="cpu")
     ref = generate_depth_dataset(6, tmp_path / "ref", **kw)
@@ -112,8 +112,9 @@ class Pairs(torch.utils.data.Dataset):
 @pytest.fixture(scope="module")
 def applied(tmp_path_factory, face_model):
     """A 1-step checkpoint of each kind apply handles (plain: no z; cvae: z), and a 3-face depth set at its size."""
-    from frankenstein_utils.train import input_convention
-    from frankenstein_utils.training import TrainConfig, Trainer
+    from frankenstein_utils.train.cli import input_convention
+    from frankenstein_utils.train.config import TrainConfig
+    from frankenstein_utils.train.trainer import Trainer
 
     root = tmp_path_factory.mktemp("apply")
     ckpts = {}
@@ -142,7 +143,7 @@ def test_apply_refuses_depth_pngs_of_other_modes_and_non_square_ones(tmp_path, a
     """A 1-bit map used to give depths of at most 1/255, a palette map its indices as depths, a 48x32 map was
     stretched to square: all exited 0. Now one line names the file, before anything is written; --on-error skip
     skips and counts them. 16-bit and 8-bit greyscale maps stay accepted."""
-    from frankenstein_utils.apply import main
+    from frankenstein_utils.apps.apply import main
 
     ckpt = applied[0]["l1"]
     s = copy_set(applied[1], tmp_path / "set")
@@ -172,7 +173,7 @@ def test_apply_refuses_depth_pngs_of_other_modes_and_non_square_ones(tmp_path, a
 
 def test_apply_refuses_a_generator_with_non_finite_parameters(tmp_path, applied, capsys):
     """A checkpoint with NaN weights used to write black images and exit 0."""
-    from frankenstein_utils.apply import main
+    from frankenstein_utils.apps.apply import main
 
     ck = torch.load(applied[0]["l1"], weights_only=True)
     name = next(k for k, v in ck["nets"]["G"].items() if v.is_floating_point())
@@ -187,7 +188,7 @@ def test_apply_refuses_a_generator_with_non_finite_parameters(tmp_path, applied,
 
 def test_apply_refuses_to_write_over_its_input(tmp_path, applied, capsys):
     """--output equal to --input (by any path) used to replace the depth maps by faces, exit 0."""
-    from frankenstein_utils.apply import main
+    from frankenstein_utils.apps.apply import main
 
     s = copy_set(applied[1], tmp_path / "set")
     before = {p.name: p.read_bytes() for p in (s / "depth").glob("*.png")}
@@ -203,7 +204,7 @@ def test_apply_refuses_to_write_over_its_input(tmp_path, applied, capsys):
 
 def test_a_second_apply_into_one_output_fails_clearly(tmp_path, applied, capsys):
     """Two applies into one folder used to both exit 0, one's images lost under the other's."""
-    from frankenstein_utils.apply import main
+    from frankenstein_utils.apps.apply import main
 
     out = tmp_path / "out"
     with FolderLock(out, "apply other.pt"):  # the first apply is still writing
@@ -218,7 +219,7 @@ def test_a_second_apply_into_one_output_fails_clearly(tmp_path, applied, capsys)
 def test_a_skipped_map_does_not_shift_the_others_z(tmp_path, applied, capsys):
     """With --z-seed, z is drawn for every file in order (as apply's comment says): a skipped file used to pass its z
     to the next file, which then got another face than in a run without the bad file."""
-    from frankenstein_utils.apply import main
+    from frankenstein_utils.apps.apply import main
 
     ckpt = applied[0]["cvae"]
     s = copy_set(applied[1], tmp_path / "set")
@@ -234,7 +235,7 @@ def test_a_skipped_map_does_not_shift_the_others_z(tmp_path, applied, capsys):
 def test_write_ply_refuses_nan_vertices_and_face_indices_out_of_range(tmp_path, face_model):
     """write_ply used to write both (a file read_ply then refuses, or a viewer shows wrong); now nothing is
     written and the error names the path and the problem. A valid mesh is written as before."""
-    from frankenstein_utils.facemodel import read_ply, write_ply
+    from frankenstein_utils.facemodel.model import read_ply, write_ply
 
     v = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], np.float32)
     tri = np.array([[0, 1, 2]])
@@ -258,7 +259,7 @@ def test_fitted_face_table_refuses_expression_weights_outside_0_1():
     import numpy as np
     import pytest
 
-    from frankenstein_utils.depthdata import FittedFaceParams
+    from frankenstein_utils.facemodel.fitting import FittedFaceParams
 
     poses, expr = np.zeros((3, 6), np.float32), np.zeros((3, 53), np.float32)
     FittedFaceParams(poses, expr, source="ok")
@@ -280,8 +281,10 @@ def test_cvae_gan_leaves_the_encoders_batch_statistics_to_photos(tmp_path):
     BatchNorm running statistics must be those of the photo batches alone (they took in each fake batch too,
     skewing E(photo) at test time). Every BatchNorm's input is recorded and its statistics recomputed from the
     photo calls: num_batches_tracked counts photo batches only, mean and variance match."""
-    from frankenstein_utils.training import TrainConfig, Trainer
     from test_smoke import SMALL, streams
+
+    from frankenstein_utils.train.config import TrainConfig
+    from frankenstein_utils.train.trainer import Trainer
 
     steps = 2
     t = Trainer(TrainConfig(mode="cvae-gan", out_dir=str(tmp_path), steps=steps,

@@ -4,11 +4,11 @@ import math
 
 import pytest
 import torch
+from test_training import ToyPairs
 from torch.utils.data import Dataset
 
-from frankenstein_utils.experiments import VARIANTS, output_spread, run_variants, variant_config
-from frankenstein_utils.training import Trainer, load_run
-from test_training import ToyPairs
+from frankenstein_utils.study.variants import VARIANTS, output_spread, run_variants, variant_config
+from frankenstein_utils.train.trainer import Trainer, load_run
 
 
 class Only(Dataset):
@@ -145,7 +145,7 @@ def test_memmap_pool_is_kept_beside_the_checkpoint_and_only_the_trainer_writes_i
 
 
 def test_conclusions_are_computed_from_the_numbers():
-    from frankenstein_utils.experiments import supervised_conclusion, variants_conclusion
+    from frankenstein_utils.study.variants import supervised_conclusion, variants_conclusion
 
     row = lambda m, db, psnr: {"model": m, "dB vs mean (mask)": db, "psnr": psnr}
     rows = [row("mean training photo", 0.0, 11.0), row("linear map of depth", -0.5, 10.0), row("U", 0.4, 11.5),
@@ -168,7 +168,7 @@ def test_checkpoints_from_before_the_hardening_still_resume_exactly(tmp_path):
     the old default (the schedule off). It loads and resumes exactly."""
     import shutil
 
-    from frankenstein_utils.replay import ReplayBuffer
+    from frankenstein_utils.train.replay import ReplayBuffer
 
     kw = dict(SMALL, overrides={"replay": {"replay_size": 6}})
     Trainer(variant_config("replay", out_dir=str(tmp_path / "old"), steps=2, **kw), streams()).fit(progress=False)
@@ -196,8 +196,8 @@ def test_study_synthetic_inputs_are_drawn_from_the_photos_fits(tmp_path, face_mo
     by default; the fixed grid inputs are other faces; jitter / neutral (the earlier inputs) only when asked."""
     import numpy as np
 
-    from frankenstein_utils.datasets import PairedConfig, PairedFaceDataset
-    from frankenstein_utils.experiments import synthetic_sets
+    from frankenstein_utils.data.pairs import PairedConfig, PairedFaceDataset
+    from frankenstein_utils.study.variants import synthetic_sets
 
     train = PairedFaceDataset("train", PairedConfig(size=32, limit=60), cache_dir=tmp_path, model=face_model)
     table = train.face_params()
@@ -217,7 +217,7 @@ def test_study_synthetic_inputs_are_drawn_from_the_photos_fits(tmp_path, face_mo
 def test_streams_read_says_which_models_train_on_pairs():
     """Observed, not declared: the supervised models read only pairs, the pure adversarial variants never do, the
     semi-supervised ones read all three (bench/pairs_study.py trains only models that read pairs)."""
-    from frankenstein_utils.experiments import streams_read
+    from frankenstein_utils.study.variants import streams_read
 
     def read(name):
         return streams_read(name, streams(), image_size=16)
@@ -231,7 +231,7 @@ def test_streams_read_says_which_models_train_on_pairs():
 
 
 def test_settled_curves():
-    from frankenstein_utils.experiments import settled
+    from frankenstein_utils.study.variants import settled
 
     pts = lambda *v: [{"step": i, "nme": x} for i, x in enumerate(v)]
     assert settled(pts(0.3, 0.10, 0.105, 0.1), "nme")  # flat tail (5 % spread)
@@ -240,7 +240,7 @@ def test_settled_curves():
 
 
 def test_curve_trend():
-    from frankenstein_utils.experiments import trend
+    from frankenstein_utils.study.variants import trend
 
     pts = lambda *v: [{"step": i, "nme": x} for i, x in enumerate(v)]
     assert trend(pts(0.2, 0.2, 0.1, 0.1), "nme", window=2) == pytest.approx(-0.5)  # halved over the last stretch
@@ -250,7 +250,7 @@ def test_curve_trend():
 
 
 def test_ranking_agreement():
-    from frankenstein_utils.experiments import ranking_agreement
+    from frankenstein_utils.study.variants import ranking_agreement
 
     curve = lambda *v: [{"nme": x} for x in v]
     same_order = {"a": curve(0.1, 0.1, 0.11, 0.09), "b": curve(0.2, 0.2, 0.19, 0.2), "c": curve(0.3, 0.3, 0.3, 0.31)}

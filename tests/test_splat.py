@@ -1,8 +1,8 @@
 import numpy as np
 import torch
 
-from frankenstein_utils.rasterize import RenderConfig, rasterize_depth, to_pixels
-from frankenstein_utils.splat import splat_depth
+from frankenstein_utils.render.rasterize import RenderConfig, rasterize_depth, to_pixels
+from frankenstein_utils.render.splat import splat_depth
 
 
 def test_original_method_agrees_with_zbuffer(face_model):

@@ -1,4 +1,4 @@
-"""The slider sweep (``frankenstein_utils.sweep``) against known answers.
+"""The slider sweep (``frankenstein_utils.evaluation.sweep``) against known answers.
 
 Controls built from real test photos, each a generator that sees only (depth, mask, z) and tells the sweep's
 positions apart by their depth maps: a photo whatever the input (ignores every slider: response 0, never breaks),
@@ -11,10 +11,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from frankenstein_utils import judges as J
-from frankenstein_utils.draws import normal
-from frankenstein_utils.sweep import (NOISE_TOLERANCE, descriptor_response, high_frequency, landmark_follow,
-                                      rank_correlation, reference_sweep, slider_sweep, sweep_inputs)
+from frankenstein_utils.evaluation import judges as J
+from frankenstein_utils.evaluation.sweep import (
+    NOISE_TOLERANCE,
+    descriptor_response,
+    high_frequency,
+    landmark_follow,
+    rank_correlation,
+    reference_sweep,
+    slider_sweep,
+    sweep_inputs,
+)
+from frankenstein_utils.facemodel.framing import OUTER_EYE_CORNERS
+from frankenstein_utils.io.draws import normal
 
 COMPONENTS = (0, 2)
 N_CODES = 2
@@ -25,7 +34,7 @@ SWEEPS = ["c0", "c2", "yaw"]
 def setup(face_model):
     """Render convention of the 64 px photos, the first N_CODES test photos dlib finds a face in (photo k is code
     k's face), and the sweep's inputs."""
-    from frankenstein_utils.datasets import PairedConfig, PairedFaceDataset
+    from frankenstein_utils.data.pairs import PairedConfig, PairedFaceDataset
 
     train = PairedFaceDataset("train", PairedConfig(size=64), progress=False)
     test = PairedFaceDataset("test", PairedConfig(size=64), progress=False)
@@ -74,12 +83,12 @@ def test_sweep_inputs_vary_one_slider_and_share_codes(setup, face_model):
     centres = [inp.depth[inp.index(n)[inp.centre(n), 0]] for n in SWEEPS]
     assert all(torch.equal(centres[0], c) for c in centres)  # the centre is one face
     yaw = inp.index("yaw")[:, 0]
-    eyes_x = inp.landmarks[yaw][:, list(J.OUTER_EYE_CORNERS), 0].mean(1)
+    eyes_x = inp.landmarks[yaw][:, list(OUTER_EYE_CORNERS), 0].mean(1)
     assert np.ptp(eyes_x) < 1e-3  # turned about the eyes
     yaw_only = sweep_inputs(face_model, setup["render"], components=(), n_codes=1)
-    assert yaw_only.names == ["yaw"] and np.ptp(yaw_only.landmarks[:, list(J.OUTER_EYE_CORNERS), 0].mean(1)) < 1e-3
+    assert yaw_only.names == ["yaw"] and np.ptp(yaw_only.landmarks[:, list(OUTER_EYE_CORNERS), 0].mean(1)) < 1e-3
     head = sweep_inputs(face_model, setup["render"], components=(), n_codes=1, yaw_pivot="head")
-    assert np.ptp(head.landmarks[:, list(J.OUTER_EYE_CORNERS), 0].mean(1)) > 10  # about the head centre: moves
+    assert np.ptp(head.landmarks[:, list(OUTER_EYE_CORNERS), 0].mean(1)) > 10  # about the head centre: moves
     with pytest.raises(ValueError, match="contain 0"):
         sweep_inputs(face_model, setup["render"], sigmas=(-3, 3), n_codes=1)
 

@@ -5,11 +5,11 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from frankenstein_utils.apply import apply_folder
-from frankenstein_utils.depthdata import generate_depth_dataset
-from frankenstein_utils.rasterize import RenderConfig
-from frankenstein_utils.training import (NonFiniteLossError, ResumableBatchSampler, TrainConfig, Trainer,
-                                         load_run, supervised_config)
+from frankenstein_utils.apps.apply import apply_folder
+from frankenstein_utils.data.depth_sets import generate_depth_dataset
+from frankenstein_utils.render.rasterize import RenderConfig
+from frankenstein_utils.train.config import TrainConfig, supervised_config
+from frankenstein_utils.train.trainer import NonFiniteLossError, ResumableBatchSampler, Trainer, load_run
 
 
 class ToyPairs(Dataset):
@@ -118,8 +118,8 @@ def test_apply_command_on_a_folder(tmp_path, face_model, capsys):
     import numpy as np
     from PIL import Image
 
-    from frankenstein_utils.apply import main, read_depth
-    from frankenstein_utils.train import input_convention
+    from frankenstein_utils.apps.apply import main, read_depth
+    from frankenstein_utils.train.cli import input_convention
 
     c = cfg(tmp_path / "run", steps=2, input_convention=input_convention(RenderConfig(resolution=16), "test"))
     Trainer(c, {"paired": ToyPairs()}).fit(progress=False)
@@ -190,7 +190,7 @@ def test_nan_guard_checks_parameters_and_a_resume_may_change_optimisation(tmp_pa
 
 def test_a_second_writer_fails_clearly(tmp_path):
     """Two runs with different configs in one out_dir: the second fails instead of silently replacing the first."""
-    from frankenstein_utils.fileio import FolderBusyError, FolderLock
+    from frankenstein_utils.io.files import FolderBusyError, FolderLock
 
     data = {"paired": ToyPairs()}
     a = Trainer(cfg(tmp_path, steps=3), data)
@@ -227,8 +227,8 @@ def test_config_rejects_silent_nonsense():
 
 def test_train_cli_checks_options_before_building_data(monkeypatch, capsys):
     """Every bad option fails in one line, before the paired set is built (30-60 s at real size)."""
-    import frankenstein_utils.datasets as datasets
-    from frankenstein_utils import train
+    from frankenstein_utils.data import pairs as datasets
+    from frankenstein_utils.train import cli as train
 
     monkeypatch.setattr(datasets, "PairedFaceDataset", lambda *a, **k: pytest.fail("data built before checks"))
     for argv, msg in ((["--masked-l1", "ture"], "expected true or false, got 'ture'"),
@@ -244,8 +244,8 @@ def test_train_cli_checks_options_before_building_data(monkeypatch, capsys):
 
 
 def test_original_preset_is_the_original_greyscale_setting():
-    from frankenstein_utils import train
-    from frankenstein_utils.training import preset_config
+    from frankenstein_utils.train import cli as train
+    from frankenstein_utils.train.config import preset_config
 
     c = preset_config("original")
     assert (c.out_channels, c.image_size, c.optimizer, c.d_lr, c.lr, c.batch_size) == (1, 128, "rmsprop", 1e-4, 1e-3, 8)
@@ -268,9 +268,9 @@ def test_train_cli_trains_on_fitted_pairs_and_inputs_drawn_from_the_fits(tmp_pat
     configuration and notes a set drawn otherwise."""
     import numpy as np
 
-    from frankenstein_utils import train
-    from frankenstein_utils.apply import main as apply_main
-    from frankenstein_utils.datasets import PairedConfig, PairedFaceDataset
+    from frankenstein_utils.apps.apply import main as apply_main
+    from frankenstein_utils.data.pairs import PairedConfig, PairedFaceDataset
+    from frankenstein_utils.train import cli as train
 
     cache, out = tmp_path / "cache", tmp_path / "run"
     common = ["--size", "32", "--limit", "60", "--n-synthetic", "12", "--cache-dir", str(cache), "--steps", "1",
@@ -346,7 +346,7 @@ def test_init_from_starts_a_new_run_from_another_runs_networks(tmp_path):
 
 def test_wgan_gp_trains_with_objectives_that_score_paired_and_synthetic_fakes(tmp_path):
     """l1+gan and cvae-gan hand the critic 2B fakes against B reals; with --gan-loss wgan-gp they crashed (issue 23)."""
-    from frankenstein_utils import train
+    from frankenstein_utils.train import cli as train
 
     common = ["--size", "32", "--limit", "60", "--n-synthetic", "12", "--cache-dir", str(tmp_path / "cache"),
               "--steps", "1", "--batch-size", "4", "--width", "8", "--d-width", "8", "--sample-every", "0",
@@ -360,8 +360,8 @@ def test_wgan_losses_from_the_command_line_get_their_papers_critic_schedules(tmp
     """``--gan-loss wgan`` / ``wgan-gp`` from the command line kept n_critic = 1 (one critic step per generator step,
     against the papers' 5), and wgan-gp took the weight-clipping WGAN's burst of 100 critic steps (issue 23). Unset,
     each loss now gets its own schedule; given explicitly, the user's value wins; a run does what its config says."""
-    from frankenstein_utils.losses import wgan_critic_steps
-    from frankenstein_utils.train import parse_args
+    from frankenstein_utils.objectives.losses import wgan_critic_steps
+    from frankenstein_utils.train.cli import parse_args
 
     base = ["--mode", "gan", "--out-dir", str(tmp_path / "r")]
     got = {loss: parse_args(base + ["--gan-loss", loss])[1] for loss in ("wgan", "wgan-gp", "lsgan", "hinge")}
@@ -407,7 +407,8 @@ def test_resume_of_a_run_older_than_a_setting(tmp_path):
     with pytest.raises(ValueError, match="n_critic"):
         Trainer(TrainConfig(**small, steps=3, n_critic=3, out_dir=str(tmp_path / "wgan")), streams())
 
-    from test_flagship import SMALL as FS, streams as fs_streams
+    from test_flagship import SMALL as FS
+    from test_flagship import streams as fs_streams
 
     fcfg = lambda **kw: TrainConfig(**{**FS, "mode": "flagship", "out_dir": str(tmp_path / "fs"), **kw})
     Trainer(fcfg(steps=1), fs_streams()).fit(progress=False)

@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from frankenstein_utils.facerender import appearance_coefficients, composite, render_face
-from frankenstein_utils.rasterize import RenderConfig
-from frankenstein_utils.widgets import AppearancePanel, FaceExplorer, appearance_labels, to_uint8
+from frankenstein_utils.apps.widgets import AppearancePanel, FaceExplorer, appearance_labels
+from frankenstein_utils.facemodel.appearance_render import appearance_coefficients, composite, render_face
+from frankenstein_utils.io.images import to_uint8
+from frankenstein_utils.render.rasterize import RenderConfig
 
 
 def test_sliders_rerender_the_face(face_model):
@@ -70,7 +71,7 @@ def test_images_keep_their_aspect_beside_the_slider_column(face_model):
 # ---- the appearance panel ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def app():
-    from frankenstein_utils.appearance import load_appearance
+    from frankenstein_utils.facemodel.appearance import load_appearance
 
     return load_appearance()  # the shipped float16 model: no data needed
 
@@ -163,7 +164,7 @@ def test_appearance_slider_names_follow_the_measured_rule(face_model, app):
     skin ITA for "skin tone", left-minus-right lightness for "light left-right", mean b* for "warmth"."""
     from skimage.color import rgb2lab
 
-    from frankenstein_utils.appearance import individual_typology_angle, skin_vertices
+    from frankenstein_utils.facemodel.appearance import individual_typology_angle, skin_vertices
 
     labels, measures = appearance_labels(face_model, app, 8)
     assert "skin tone" in labels and "light left-right" in labels  # this model's evident ones
@@ -189,7 +190,7 @@ def test_appearance_slider_names_follow_the_measured_rule(face_model, app):
 def test_appearance_labels_on_made_up_components(face_model, app):
     """The rule on components built to be one thing each: a uniform lightness change, a pure left-right gradient
     of lightness, a uniform yellowing, and per-vertex noise (nameless)."""
-    from frankenstein_utils.appearance import AppearanceConfig, AppearanceModel
+    from frankenstein_utils.facemodel.appearance import AppearanceConfig, AppearanceModel
 
     rv = app.region_vertices
     x = face_model.mean[rv, 0]
@@ -216,7 +217,7 @@ def test_reset_puts_appearance_sliders_back(app_explorer):
 
 
 def test_pretrained_explorer_with_the_appearance_render(face_model, app):
-    from frankenstein_utils import pretrained
+    from frankenstein_utils.pretrained import shipped as pretrained
 
     if "flagship" not in pretrained.available():
         pytest.skip("no shipped generator")

@@ -1,0 +1,5 @@
+"""Stage 7, training: the config, the trainer, checkpoints, replay pools and the command line (python -m frankenstein_utils.train)."""
+
+from ..io.moved import stage_getattr
+
+__getattr__ = stage_getattr("train")  # names of the old module train.py, from where they live now
