@@ -34,15 +34,8 @@ from bench_depth import rate  # noqa: E402  (one definition of how a rate is mea
 
 from frankenstein_utils.facemodel.model import load_face_model  # noqa: E402
 from frankenstein_utils.render.raster_numba import interpolate_numba  # noqa: E402
-from frankenstein_utils.render.rasterize import (
-    RenderConfig,
-    interpolate,
-    rasterize,
-    render_mesh_buffers,
-    render_mesh_depth,
-    to_pixels,
-    vertex_normals,
-)
+from frankenstein_utils.render.rasterize import (RenderConfig, interpolate, rasterize, render_mesh_buffers,
+                                                 render_mesh_depth, to_pixels, vertex_normals)
 
 
 def stage_ms(fn, n, repeats):

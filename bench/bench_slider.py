@@ -59,7 +59,7 @@ def trained_run(size: int, steps: int):
     """A cVAE run (default width) at ``size`` px, trained once here and reused."""
     ck = OUT / f"cvae_{size}" / "checkpoint.pt"
     if not ck.exists():
-        cmd = [sys.executable, "-m", "frankenstein_utils.train.cli", "--mode", "cvae", "--size", str(size),
+        cmd = [sys.executable, "-m", "frankenstein_utils.train", "--mode", "cvae", "--size", str(size),
                "--limit", "200", "--steps", str(steps), "--sample-every", "0", "--seed", "0",
                "--out-dir", str(ck.parent), "--cache-dir", str(OUT / "cache")]
         subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, env=dict(os.environ, OMP_NUM_THREADS="1"))

@@ -34,10 +34,10 @@ def test_two_processes_match_one(tmp_path, mode):
     cache = str(tmp_path / "cache")
     env_root = str(REPO_ROOT)
     args = ARGS + (CROSS_ENCODER if mode == "cross-encoder" else [])  # the later --mode wins
-    single = [sys.executable, "-m", "frankenstein_utils.train.cli", *args, "--out-dir", str(tmp_path / "one"),
+    single = [sys.executable, "-m", "frankenstein_utils.train", *args, "--out-dir", str(tmp_path / "one"),
               "--cache-dir", cache]
     ddp = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "frankenstein_utils.train.cli", *args, "--out-dir", str(tmp_path / "two"), "--cache-dir", cache]
+           "-m", "frankenstein_utils.train", *args, "--out-dir", str(tmp_path / "two"), "--cache-dir", cache]
     os.environ["PYTHONPATH"] = env_root + os.pathsep + os.environ.get("PYTHONPATH", "")
     run(single, tmp_path)
     run(ddp, tmp_path)
@@ -146,7 +146,7 @@ def torchrun(tmp_path, *args):
               "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(tmp_path / "two")]
     os.environ["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
     run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "frankenstein_utils.train.cli", *common, *args], tmp_path)
+         "-m", "frankenstein_utils.train", *common, *args], tmp_path)
     return [torch.load(tmp_path / "two" / f) for f in ("params_rank0.pt", "params_rank1.pt", "params_init_rank0.pt")]
 
 

@@ -6,12 +6,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from frankenstein_utils.data.depth_sets import (
-    DEPTH_SCALE,
-    DepthMapDataset,
-    RenderedDepthDataset,
-    generate_depth_dataset,
-)
+from frankenstein_utils.data.depth_sets import (DEPTH_SCALE, DepthMapDataset, RenderedDepthDataset,
+                                                generate_depth_dataset)
 from frankenstein_utils.facemodel.model import read_ply
 from frankenstein_utils.render.rasterize import PoseJitter, RenderConfig
 

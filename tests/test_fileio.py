@@ -9,15 +9,8 @@ import numpy as np
 import pytest
 
 from frankenstein_utils.data.depth_sets import DepthMapDataset, generate_depth_dataset
-from frankenstein_utils.io.files import (
-    FolderBusyError,
-    FolderLock,
-    atomic_write_bytes,
-    load_npz,
-    png_is_complete,
-    remove_orphan_tmp,
-    save_png,
-)
+from frankenstein_utils.io.files import (FolderBusyError, FolderLock, atomic_write_bytes, load_npz, png_is_complete,
+                                         remove_orphan_tmp, save_png)
 from frankenstein_utils.render.rasterize import RenderConfig
 
 

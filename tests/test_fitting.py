@@ -2,14 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from frankenstein_utils.facemodel.fitting import (
-    FLIP,
-    FitConfig,
-    derive_correspondence,
-    fit_landmarks,
-    fitted_model_points,
-    similarity,
-)
+from frankenstein_utils.facemodel.fitting import (FLIP, FitConfig, derive_correspondence, fit_landmarks,
+                                                  fitted_model_points, similarity)
 from frankenstein_utils.facemodel.framing import rotation_to_angles
 from frankenstein_utils.io.paths import find_dataset
 from frankenstein_utils.render.rasterize import rotation_matrices

@@ -165,3 +165,40 @@ def test_the_shipped_cards_old_commands_still_run(old, new):
                        cwd=PKG.parent, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(f"usage: python -m frankenstein_utils.{new} "), r.stdout[:200]
+
+
+def commands():
+    """Every ``python -m`` command of the package: modules with a main guard, and the stages' ``__main__``."""
+    out = []
+    for p in modules():
+        if p.name == "__main__.py":
+            out.append(dotted(p.parent))
+        elif '__name__ == "__main__"' in p.read_text():
+            out.append(dotted(p))
+    return sorted(out)
+
+
+def test_every_command_has_argparse_help_under_its_own_name():
+    """``python -m NAME --help`` prints a usage line naming the command as it is typed, and exits 0."""
+    import subprocess
+    import sys
+
+    cmds = commands()
+    assert "frankenstein_utils.train" in cmds and "frankenstein_utils.pretrained" in cmds and len(cmds) >= 15
+    code = ("import contextlib, io, runpy, sys\n"
+            "bad = []\n"
+            "for name in sys.argv[1:]:\n"
+            "    sys.argv = [name, '--help']\n"
+            "    out = io.StringIO()\n"
+            "    try:\n"
+            "        with contextlib.redirect_stdout(out):\n"
+            "            runpy.run_module(name, run_name='__main__', alter_sys=True)\n"
+            "        bad.append(f'{name}: no exit')\n"
+            "    except SystemExit as e:\n"
+            "        first = out.getvalue().splitlines()[:1]\n"
+            "        if e.code not in (0, None) or not first or not first[0].startswith(f'usage: python -m {name}'):\n"
+            "            bad.append(f'{name}: exit {e.code}, {first}')\n"
+            "print('\\n'.join(bad))\n")
+    r = subprocess.run([sys.executable, "-c", code, *cmds], capture_output=True, text=True, cwd=PKG.parent, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "", r.stdout

@@ -3,16 +3,8 @@ import math
 import pytest
 import torch
 
-from frankenstein_utils.objectives.losses import (
-    GANLoss,
-    bottleneck_kl,
-    clip_weights,
-    feature_matching_loss,
-    gradient_penalty,
-    kl_divergence,
-    l1_loss,
-    wgan_critic_steps,
-)
+from frankenstein_utils.objectives.losses import (GANLoss, bottleneck_kl, clip_weights, feature_matching_loss,
+                                                  gradient_penalty, kl_divergence, l1_loss, wgan_critic_steps)
 
 X = torch.tensor([2.0, -1.0, 0.5])  # hand-made logits / critic scores
 

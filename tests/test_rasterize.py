@@ -4,29 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from frankenstein_utils.render.raster_numba import (
-    interpolate_numba,
-    rasterize_depth_numba,
-    rasterize_numba,
-    vertex_normals_numba,
-)
-from frankenstein_utils.render.rasterize import (
-    DEFAULT_WINDOW_CM,
-    Fragments,
-    PoseJitter,
-    RenderConfig,
-    apply_pose,
-    interpolate,
-    normalize_depth,
-    rasterize,
-    rasterize_depth,
-    render_depth,
-    render_mesh_buffers,
-    render_mesh_depth,
-    rotation_matrices,
-    to_pixels,
-    vertex_normals,
-)
+from frankenstein_utils.render.raster_numba import (interpolate_numba, rasterize_depth_numba, rasterize_numba,
+                                                    vertex_normals_numba)
+from frankenstein_utils.render.rasterize import (DEFAULT_WINDOW_CM, Fragments, PoseJitter, RenderConfig, apply_pose,
+                                                 interpolate, normalize_depth, rasterize, rasterize_depth, render_depth,
+                                                 render_mesh_buffers, render_mesh_depth, rotation_matrices, to_pixels,
+                                                 vertex_normals)
 
 # Every analytic test runs on both CPU backends: the compiled loop (the CPU default) and the batched torch path.
 BACKENDS = ["numba", "torch"]

@@ -1,5 +1,6 @@
 """Every trainer mode and experiment variant: a few CPU steps at 16x16, finite losses, a reloadable checkpoint and a
 resume that continues at the right step (pytorch-CycleGAN's test_before_push, as pytest)."""
+import json
 import math
 
 import pytest
@@ -258,3 +259,40 @@ def test_ranking_agreement():
     swapped = {"a": curve(0.1, 0.1, 0.3, 0.3), "b": curve(0.2, 0.2, 0.2, 0.2), "c": curve(0.3, 0.3, 0.1, 0.1)}
     assert ranking_agreement(swapped, "nme", window=2) == pytest.approx(-1.0)
     assert ranking_agreement({"a": curve(0.1, 0.2)}, "nme", window=2) is None
+
+
+def test_one_runner_keeps_going_skips_what_is_done_and_retrains_what_changed(tmp_path):
+    """``study.runner.run_each`` (variants, the equal-budget study, the ablation): an error in one run is recorded and
+    the next runs; a finished run with the same config is neither trained nor scored again; a changed config trains
+    (resuming); ``rescore`` scores the finished checkpoint again; a curve has a point per segment."""
+    from frankenstein_utils.study.runner import run_each
+
+    scored = []
+
+    def config_of(name, folder):
+        if name == "broken":  # reads the poisoned unpaired photos: a non-finite loss at its first step
+            return variant_config("gan-lsgan", None, out_dir=str(folder), steps=2, **SMALL)
+        return variant_config("supervised-l1", None, out_dir=str(folder), steps=steps[name], **SMALL)
+
+    def score(trainer):
+        scored.append(trainer.step)
+        return {"score": float(trainer.step)}
+
+    steps = {"a (first)": 2, "b": 2}
+    data = streams()
+    data["real"] = Only(ToyPairs(16, poison=True), ("image", "index"))
+    res = run_each(["broken", "a (first)", "b"], config_of, data, tmp_path, score=score)
+    assert res["broken"]["status"] == "diverged" and "d_real" in res["broken"]["message"]
+    assert res["a (first)"]["status"] == "ok" and res["a (first)"]["score"] == 2.0 and scored == [2, 2]
+    assert (tmp_path / "a_first" / "checkpoint.pt").exists()  # its folder: no spaces or parentheses
+    again = run_each(["a (first)", "b"], config_of, streams(), tmp_path, score=score)
+    assert scored == [2, 2] and again["b"]["score"] == 2.0  # same config: nothing trained or scored
+    steps["b"] = 4
+    again = run_each(["a (first)", "b"], config_of, streams(), tmp_path, score=score)
+    assert scored == [2, 2, 4] and again["b"]["steps"] == 4  # changed: trained on from its checkpoint, scored
+    run_each(["a (first)"], config_of, streams(), tmp_path, score=score, rescore=True)
+    assert scored == [2, 2, 4, 2]
+    curve = run_each(["c"], lambda n, f: variant_config("supervised-l1", None, out_dir=str(f), steps=4, **SMALL),
+                     streams(), tmp_path, score=score, curve_every=2)
+    assert [p["step"] for p in json.loads((tmp_path / "c" / "curve.json").read_text())["points"]] == [2, 4]
+    assert curve["c"]["step"] == 4 and curve["c"]["score"] == 4.0

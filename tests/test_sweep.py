@@ -12,16 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from frankenstein_utils.evaluation import judges as J
-from frankenstein_utils.evaluation.sweep import (
-    NOISE_TOLERANCE,
-    descriptor_response,
-    high_frequency,
-    landmark_follow,
-    rank_correlation,
-    reference_sweep,
-    slider_sweep,
-    sweep_inputs,
-)
+from frankenstein_utils.evaluation.sweep import (NOISE_TOLERANCE, descriptor_response, high_frequency, landmark_follow,
+                                                 rank_correlation, reference_sweep, slider_sweep, sweep_inputs)
 from frankenstein_utils.facemodel.framing import OUTER_EYE_CORNERS
 from frankenstein_utils.io.draws import normal
 

@@ -48,15 +48,8 @@ from ..data.depth_sets import DEPTH_SCALE, DepthSetConfig, sample_face_params
 from ..facemodel.appearance import MODES, TERMS, load_appearance
 from ..facemodel.appearance_render import appearance_coefficients, composite, model_landmarks, render_face
 from ..io.draws import normal
-from ..io.files import (
-    atomic_savez,
-    atomic_write_bytes,
-    atomic_write_json,
-    holds_folder_lock,
-    load_npz,
-    load_png,
-    png_is_complete,
-)
+from ..io.files import (atomic_savez, atomic_write_bytes, atomic_write_json, holds_folder_lock, load_npz, load_png,
+                        png_is_complete)
 from ..render.rasterize import PoseJitter, RenderConfig
 
 RAW = "raw"

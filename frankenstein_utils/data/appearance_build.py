@@ -13,25 +13,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..facemodel.appearance import (
-    LIGHTS,
-    SHAPE_MAPS,
-    SHIP_BUDGET_BYTES,
-    SHIPPED,
-    SHIPPED_CARD,
-    SHIPPED_SUM,
-    TERMS,
-    AppearanceConfig,
-    AppearanceModel,
-    individual_typology_angle,
-    ita_shares,
-    mirror_index,
-    neighbour_matrix,
-    sh_basis,
-    sha256_of,
-    shading,
-    skin_vertices,
-)
+from ..facemodel.appearance import (LIGHTS, SHAPE_MAPS, SHIP_BUDGET_BYTES, SHIPPED, SHIPPED_CARD, SHIPPED_SUM, TERMS,
+                                    AppearanceConfig, AppearanceModel, individual_typology_angle, ita_shares,
+                                    mirror_index, neighbour_matrix, sh_basis, sha256_of, shading, skin_vertices)
 from ..io.draws import normal
 
 

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..facemodel.appearance_render import codes_and_lights
 from ..io.draws import normal
 from .depth_sets import DEPTH_SCALE
 
@@ -305,12 +306,7 @@ class BufferGenerator:
 
     @torch.no_grad()
     def __call__(self, depth, mask, z=None, params=None):
-        if params is None:
-            raise ValueError("a buffers generator needs the faces' parameters (coeffs, poses, expressions)")
-        n = len(params["coeffs"])
-        g = torch.Generator().manual_seed(self.seed)
-        z = normal(n, self.z_dim, generator=g) if z is None else torch.as_tensor(z, dtype=torch.float32)
-        lights = self.app.sample_light(n, generator=g)
+        n, z, lights = codes_and_lights(self, params, z, "a buffers generator")
         out = []
         for s in range(0, n, self.batch_size):
             sl = slice(s, s + self.batch_size)

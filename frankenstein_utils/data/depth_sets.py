@@ -22,16 +22,8 @@ from tqdm.auto import tqdm
 
 from ..facemodel.fitting import FittedFaceParams
 from ..facemodel.model import FaceModel, load_face_model, ply_bytes, render_faces
-from ..io.files import (
-    atomic_savez,
-    atomic_write_bytes,
-    atomic_write_json,
-    holds_folder_lock,
-    load_npz,
-    load_png,
-    png_bytes,
-    png_matches,
-)
+from ..io.files import (atomic_savez, atomic_write_bytes, atomic_write_json, holds_folder_lock, load_npz, load_png,
+                        png_bytes, png_matches)
 from ..render.rasterize import PoseJitter, RenderConfig, apply_pose
 
 DEPTH_SCALE = 65535.0

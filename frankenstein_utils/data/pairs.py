@@ -21,15 +21,8 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ..facemodel.fitting import FittedFaceParams
-from ..facemodel.framing import (
-    CELEBA_CROP,
-    estimate_poses,
-    eye_centres,
-    ict_eye_geometry,
-    landmark_frame,
-    matched_render_config,
-    pose_jitter_from_poses,
-)
+from ..facemodel.framing import (CELEBA_CROP, estimate_poses, eye_centres, ict_eye_geometry, landmark_frame,
+                                 matched_render_config, pose_jitter_from_poses)
 from ..facemodel.model import FaceModel
 from ..io.files import atomic_savez, atomic_write_json, load_npz
 from ..io.images import load_image

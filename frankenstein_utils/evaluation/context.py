@@ -347,6 +347,16 @@ def generator_fn(model, seed: int = 0):
     return f
 
 
+def score_at_one_n(ctx: EvalContext, generate) -> tuple[torch.Tensor, dict]:
+    """A generator judged on the context's synthetic inputs at its one N (the judges alone; the scorer of curves,
+    ablations and peers): (its images, {kid, kid_se, nme, detection, diversity_share, n, n_reference}), KID on
+    descriptors against all the context's test photos."""
+    imgs = call_generator(generate, ctx.syn_depth, ctx.syn_mask, None, ctx.syn_params)
+    fj = face_judgement(ctx, imgs, ctx.syn_landmarks)
+    keys = ("kid", "kid_se", "nme", "detection", "diversity_share", "n_reference")
+    return imgs, {**{k: fj[k] for k in keys}, "n": len(imgs)}
+
+
 # ---- measures --------------------------------------------------------------------------------------------------------
 def realism(ctx: EvalContext, images: torch.Tensor) -> dict:
     """Networks trained here, reference = test photos: C2ST (fresh classifier), FD and KID in autoencoder features."""
@@ -456,7 +466,7 @@ def evaluate_generator(ctx: EvalContext, generate, z_dim: int = 0, images: torch
     fj.pop("landmarks"), fj.pop("embeddings")
     out.update(fj)
     out["code_spread"] = code_spread(ctx, generate, z_dim)
-    out["diversity"] = metric_nets.mean_pairwise_feature_distance(ctx.feature_net, imgs)
+    out["ae_diversity"] = metric_nets.mean_pairwise_feature_distance(ctx.feature_net, imgs)
     out["brightness_spread"] = measures.brightness_spread(imgs, ctx.syn_mask)
     n = len(ctx.shape_depth)
     shape_params = face_params(ctx.shape_coeffs)  # frontal (poses None), neutral
@@ -471,8 +481,8 @@ def evaluate_generator(ctx: EvalContext, generate, z_dim: int = 0, images: torch
         params = None if ctx.syn_params is None else face_params(**ctx.syn_params, rows=np.repeat(np.arange(k), s))
         z = normal(k * s, z_dim, generator=torch.Generator().manual_seed(ctx.seed + 1))
         imgs = call_generator(generate, d, m, z, params)
-        out["z_diversity"] = float(np.mean([metric_nets.mean_pairwise_feature_distance(ctx.feature_net, imgs[i * s:(i + 1) * s])
-                                            for i in range(k)]))
+        out["ae_z_diversity"] = float(np.mean([metric_nets.mean_pairwise_feature_distance(
+            ctx.feature_net, imgs[i * s:(i + 1) * s]) for i in range(k)]))
     return out
 
 
@@ -509,7 +519,7 @@ def reference_rows(ctx: EvalContext) -> dict:
         train_emb = r.pop("embeddings") if key == "train" else train_emb
         r.pop("embeddings", None)
         if here:
-            r["diversity"] = metric_nets.mean_pairwise_feature_distance(ctx.feature_net, imgs)
+            r["ae_diversity"] = metric_nets.mean_pairwise_feature_distance(ctx.feature_net, imgs)
         rows[REFS[key]] = r
     # KID's own known answer at the same N: the real rung's descriptors pulled to 0.7x their spread
     narrow = train_emb.mean(0) + 0.7 * (train_emb - train_emb.mean(0))
@@ -545,7 +555,7 @@ def reference_rows(ctx: EvalContext) -> dict:
                          "identity_same_share": r["same_share"], "detection": det["rate"], "detection_ci": det["ci"]}
     if not here:
         return rows
-    rows[REFS["test"]]["diversity"] = metric_nets.mean_pairwise_feature_distance(ctx.feature_net, ctx.real_test)
+    rows[REFS["test"]]["ae_diversity"] = metric_nets.mean_pairwise_feature_distance(ctx.feature_net, ctx.real_test)
     oracle = metric_nets.correspondence(ctx.depth_estimator, ctx.real_test, ctx.test_depth, ctx.test_mask)
     perm = torch.roll(torch.arange(len(ctx.real_test)), 1)
     shuffled = metric_nets.correspondence(ctx.depth_estimator, ctx.real_test[perm], ctx.test_depth, ctx.test_mask)
@@ -653,7 +663,7 @@ COLUMNS = [("KID x 10^3 (dlib)", "kid", None, True), ("N", "n_judged", None, Non
            ("face-FD at N", "face_fd", None, None),  # biased at small N: shown beside N, never ranks
            ("C2ST", "c2st", "c2st_ci", True), ("FD (AE)", "fd", None, True), ("KID (AE)", "ae_kid", None, True),
            ("depth RMSE", "corr_rmse", "corr_rmse_ci", True), ("shape sens.", "shape_sensitivity", None, False),
-           ("AE diversity", "diversity", None, False)]
+           ("AE diversity", "ae_diversity", None, False)]
 LADDER_OF = {"identity_auc": "identity_auc", "identity_same_share": "identity_auc",
              "identity_mean_shape": "identity_auc", "identity_auc_same_pose": "identity_auc_old",
              "face_diversity": "face_diversity", "diversity_share": "face_diversity", "code_spread": "face_diversity",

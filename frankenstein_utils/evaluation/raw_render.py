@@ -7,14 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..facemodel.appearance_render import (
-    MODES,
-    AppearanceModel,
-    RawRender,
-    appearance_coefficients,
-    composite,
-    render_face,
-)
+from ..facemodel.appearance_render import (MODES, AppearanceModel, RawRender, appearance_coefficients, composite,
+                                           render_face)
 from ..io.draws import normal
 
 

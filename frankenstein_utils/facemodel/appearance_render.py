@@ -104,6 +104,17 @@ def composite(colour: torch.Tensor, mask: torch.Tensor, background: torch.Tensor
     return out * 2 - 1
 
 
+def codes_and_lights(gen, params, z, who: str):
+    """What a generator of faces from their parameters (``RawRender``, ``buffers.BufferGenerator``) draws first:
+    (n, the codes z: given, or N(0, I) seeded by ``gen.seed``; the lights drawn after them from the same stream)."""
+    if params is None:
+        raise ValueError(f"{who} needs the faces' parameters (coeffs, poses, expressions), not only depth")
+    n = len(params["coeffs"])
+    g = torch.Generator().manual_seed(gen.seed)
+    z = normal(n, gen.z_dim, generator=g) if z is None else torch.as_tensor(z, dtype=torch.float32)
+    return n, z, gen.app.sample_light(n, generator=g)
+
+
 class RawRender:
     """The appearance model rendered over the mean training photo: a generator without a network.
 
@@ -124,12 +135,7 @@ class RawRender:
 
     @torch.no_grad()
     def __call__(self, depth, mask, z=None, params=None):
-        if params is None:
-            raise ValueError("RawRender needs the faces' parameters (coeffs, poses, expressions), not only depth")
-        n = len(params["coeffs"])
-        g = torch.Generator().manual_seed(self.seed)
-        z = normal(n, self.z_dim, generator=g) if z is None else z
-        lights = self.app.sample_light(n, generator=g)
+        n, z, lights = codes_and_lights(self, params, z, "RawRender")
         out = []
         for s in range(0, n, self.batch_size):
             sl = slice(s, s + self.batch_size)

@@ -32,13 +32,7 @@ from ..nets.flagship import FlagshipGenerator, MultiScaleDiscriminator
 from ..nets.layers import batch_stats_kept, init_weights
 from ..nets.study import AppearanceEncoder
 from .base import Objective, requires_grad
-from .flagship_parts import (
-    diff_augment,
-    ema_update,
-    multiscale_gan_loss,
-    paired_feature_matching,
-    r1_penalty,
-)
+from .flagship_parts import diff_augment, ema_update, multiscale_gan_loss, paired_feature_matching, r1_penalty
 from .losses import kl_divergence, l1_loss, reparameterize
 
 

@@ -4,15 +4,8 @@ from __future__ import annotations
 
 from .flagship import FlagshipObjective
 from .peers import BicycleGANObjective, Pix2PixObjective
-from .study import (
-                    CrossEncoderObjective,
-                    CVAEGANObjective,
-                    CVAEObjective,
-                    GANObjective,
-                    GANReconObjective,
-                    L1GANObjective,
-                    L1Objective,
-)
+from .study import (CrossEncoderObjective, CVAEGANObjective, CVAEObjective, GANObjective, GANReconObjective,
+                    L1GANObjective, L1Objective)
 
 # the 2017 study's modes (objectives/study.py), built by the trainer's shared networks
 STUDY_OBJECTIVES = {"l1": L1Objective, "cvae": CVAEObjective, "gan": GANObjective, "gan+recon": GANReconObjective,

@@ -18,17 +18,8 @@ from tqdm.auto import tqdm
 from ..nets.layers import batch_stats_kept
 from ..nets.study import AppearanceEncoder, ConvDecoder, ConvEncoder, EncoderDecoder, Generator, define_discriminator
 from .base import Objective, generator_input
-from .losses import (
-    GANLoss,
-    bottleneck_kl,
-    clip_weights,
-    feature_matching_loss,
-    gradient_penalty,
-    kl_divergence,
-    l1_loss,
-    reparameterize,
-    wgan_critic_steps,
-)
+from .losses import (GANLoss, bottleneck_kl, clip_weights, feature_matching_loss, gradient_penalty, kl_divergence,
+                     l1_loss, reparameterize, wgan_critic_steps)
 
 
 # ---- supervised ------------------------------------------------------------------------------------------------------

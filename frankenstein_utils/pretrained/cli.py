@@ -115,7 +115,3 @@ def main(argv=None):
     record_checksum(path)  # its line in the card just written
     print(json.dumps({k: card[k] for k in ("small_set", "evaluation", "raw_G", "step")}, indent=1, default=float))
     print(f"exported {path} ({size / 2 ** 20:.2f} MiB) in {time.time() - t0:.0f} s")
-
-
-if __name__ == "__main__":
-    main()

@@ -11,14 +11,8 @@ import torch
 from ..io.draws import normal
 from ..io.files import atomic_write_bytes
 from ..render.rasterize import PoseJitter, RenderConfig
-from .cards import (
-    EVALUATION_SECTION,
-    SWEEP_SECTION,
-    _replace_line,
-    replace_card_section,
-    small_set_line,
-    write_study_index,
-)
+from .cards import (EVALUATION_SECTION, SWEEP_SECTION, _replace_line, replace_card_section, small_set_line,
+                    write_study_index)
 from .shipped import WEIGHTS_DIR, available, load_pretrained, update_card
 
 

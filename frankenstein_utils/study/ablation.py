@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -60,18 +59,11 @@ def run_study(out_dir, names: list[str], steps: int, n_eval: int = 500, progress
     checkerboard score beside the test photos'. Results (and wall times) go to ``out_dir/results.json`` after every
     run; finished runs are not redone (``rescore``: their checkpoints are scored again). ``limit``: the first that
     many photos only (a smoke test)."""
-    import time
-    from pathlib import Path
-
     from ..data.pairs import PairedConfig, PairedFaceDataset
     from ..evaluation import context as EV
-    from ..io.files import update_json
     from ..train.config import TrainConfig
-    from ..train.trainer import Trainer
+    from .runner import run_each
 
-    out = Path(out_dir)
-    res_path = out / "results.json"
-    results = json.loads(res_path.read_text()) if res_path.exists() else {}
     size = common.get("image_size", 64)
     model, train, data = study_data(size, cache_dir=cache_dir, limit=limit)
     test = PairedFaceDataset("test", PairedConfig(size=size, limit=limit), cache_dir=cache_dir, model=model,
@@ -81,37 +73,21 @@ def run_study(out_dir, names: list[str], steps: int, n_eval: int = 500, progress
     ref_cb = checkerboard_score(ctx.real_test)
 
     def score(tr):
-        f = EV.generator_fn(tr)
-        imgs = EV.call_generator(f, ctx.syn_depth, ctx.syn_mask, None, ctx.syn_params)
-        fj = EV.face_judgement(ctx, imgs, ctx.syn_landmarks)
-        return {"kid": 1e3 * fj["kid"], "kid_se": 1e3 * fj["kid_se"], "nme": fj["nme"],
-                "detection": fj["detection"], "diversity_share": fj["diversity_share"],
-                "checkerboard": checkerboard_score(imgs), "reference_checkerboard": ref_cb, "n": len(imgs),
-                "n_reference": fj["n_reference"],
+        imgs, r = EV.score_at_one_n(ctx, EV.generator_fn(tr))
+        return {"kid": 1e3 * r["kid"], "kid_se": 1e3 * r["kid_se"], "nme": r["nme"], "detection": r["detection"],
+                "diversity_share": r["diversity_share"], "checkerboard": checkerboard_score(imgs),
+                "reference_checkerboard": ref_cb, "n": r["n"], "n_reference": r["n_reference"],
                 "inputs": "evaluation.build_context: identity N(0, I) over 15 components, pose and expression drawn "
                           "from the training photos' fits, z ~ N(0, I)"}
 
-    for name in names:
-        run_dir = out / name.replace(" ", "_").replace("/", "-").replace("(", "").replace(")", "")
-        if name in results:
-            if rescore:  # the finished run's checkpoint, scored again by the current measures
-                from ..train.trainer import load_run
-
-                results[name].update(score(load_run(run_dir / "checkpoint.pt")))
-                results = update_json(res_path, {name: results[name]})
-            continue
+    def config_of(name, folder):
         kw = preset(name) if name in PRESETS else {**PRESETS["flagship"], **ABLATIONS[name]}
-        cfg = TrainConfig(**{**kw, **common, "steps": steps, "out_dir": str(run_dir)})
-        t0 = time.time()
-        tr = Trainer(cfg, data)
-        hist = tr.fit(progress=progress)
-        wall = time.time() - t0
-        r = score(tr)
-        r.update(wall_s=wall, steps=steps, params_G=sum(p.numel() for p in tr.nets["G"].parameters()),
-                 final_losses={k: float(np.mean([h[k] for h in hist[-20:] if k in h])) for k in hist[-1] if k != "step"})
-        results[name] = r
-        results = update_json(res_path, {name: r})
-    return results
+        return TrainConfig(**{**kw, **common, "steps": steps, "out_dir": str(folder)})
+
+    def score_run(trainer):
+        return {**score(trainer), "params_G": sum(p.numel() for p in trainer.nets["G"].parameters())}
+
+    return run_each(names, config_of, data, out_dir, score=score_run, rescore=rescore, progress=progress)
 
 
 STUDY_SMALL = dict(image_size=64, width=8, d_width=8, encoder_width=8, batch_size=8, checkpoint_every=100,

@@ -107,11 +107,10 @@ def _score_snapshot(ctx, snap, n, seed, path):
     t0 = time.time()
     run = load_run(snap)
     f = EV.generator_fn(run, seed)
-    imgs = EV.call_generator(f, ctx.syn_depth, ctx.syn_mask, None, ctx.syn_params)
-    fj = EV.face_judgement(ctx, imgs, ctx.syn_landmarks)
-    pt = {"step": run.step, "n": n, "kid": fj["kid"],
-          "kid_se": fj["kid_se"], "nme": fj["nme"], "detection": fj["detection"],
-          "diversity_share": fj["diversity_share"], "code_spread": EV.code_spread(ctx, f, f.z_dim),
+    imgs, r = EV.score_at_one_n(ctx, f)
+    pt = {"step": run.step, "n": n, "kid": r["kid"], "kid_se": r["kid_se"], "nme": r["nme"],
+          "detection": r["detection"], "diversity_share": r["diversity_share"],
+          "code_spread": EV.code_spread(ctx, f, f.z_dim),
           **picture_checks(imgs, ctx.syn_mask), "score_s": time.time() - t0}
     update_json(path, {snap.name: pt})
     print(f"step {run.step}: KID x 10^3 {1e3 * pt['kid']:.1f}, NME {pt['nme']:.3f}, detection "

@@ -8,20 +8,16 @@ when one diverges, and writes ``results.json`` that notebook 04 reads.
 
 from __future__ import annotations
 
-import json
-import time
-import traceback
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from ..io.draws import normal
-from ..io.files import atomic_write_json, update_json
 from ..objectives.registry import PEER_PRESETS as PRESETS
 from ..train.config import TrainConfig, supervised_config
-from ..train.trainer import NonFiniteLossError, Trainer, input_convention
+from ..train.trainer import Trainer, input_convention
 from .ablation import preset
+from .runner import run_each
 
 # name -> settings of TrainConfig on top of the base (U generator, PatchGAN discriminator, LSGAN, Adam).
 VARIANTS: dict[str, dict] = {
@@ -119,44 +115,16 @@ def output_spread(images: torch.Tensor) -> float:
 
 def run_variants(names, streams: dict, val, fixed_depth, fixed_mask, out_dir, progress: bool = True,
                  overrides: dict | None = None, **base) -> dict:
-    """Train each named variant into ``out_dir/<name>``; a diverging run is recorded and the others go on.
+    """Train each named variant into ``out_dir/<name>`` (``runner.run_each``); a diverging run is recorded and the
+    others go on. Each entry of ``out_dir/results.json`` also holds the output spread on the fixed depth maps."""
+    def config_of(name, folder):
+        return variant_config(name, overrides, out_dir=str(folder), **base)
 
-    Returns and writes ``out_dir/results.json``: per variant the status, message, steps, seconds, final losses,
-    the output spread on the fixed depth maps, the checkpoint path and the full config."""
-    out_dir = Path(out_dir)
-    results = {}
-    path = out_dir / "results.json"
-    if path.exists():
-        results = json.loads(path.read_text())
-    for name in names:
-        cfg = variant_config(name, overrides, out_dir=str(out_dir / name), **base)
-        entry = {"variant": name, "config": asdict(cfg), "checkpoint": str(out_dir / name / "checkpoint.pt")}
-        t0 = time.perf_counter()
-        trainer = None
-        try:
-            trainer = Trainer(cfg, streams, val)
-            trainer.fit(progress=progress)
-            entry["status"] = "ok"
-            entry["message"] = ""
-        except NonFiniteLossError as e:
-            entry["status"], entry["message"] = "diverged", str(e)
-        except Exception as e:  # a broken variant must not stop the others; the message says what happened
-            entry["status"] = "error"
-            entry["message"] = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"
-        entry["seconds"] = round(time.perf_counter() - t0, 1)
-        if trainer is not None:
-            entry["steps"] = trainer.step
-            last = [h for h in trainer.history if h.get("step", 0) > 0][-20:]
-            keys = {k for h in last for k in h if k != "step"}
-            entry["final_losses"] = {k: sum(h[k] for h in last if k in h) / max(1, sum(k in h for h in last))
-                                     for k in keys}
-            if entry["status"] == "ok":
-                fakes = trainer.generate(fixed_depth.to(trainer.device), fixed_mask.to(trainer.device))
-                entry["output_spread"] = output_spread(fakes)
-            entry["history"] = trainer.history
-        results[name] = entry
-        results = update_json(path, {name: entry})
-    return results
+    def score(trainer):
+        return {"output_spread": output_spread(trainer.generate(fixed_depth.to(trainer.device),
+                                                                fixed_mask.to(trainer.device)))}
+
+    return run_each(names, config_of, streams, out_dir, score=score, val=val, progress=progress)
 
 
 # ---- tables and conclusions of notebooks 02 and 03, computed from the runs ------------------------------------------
@@ -221,7 +189,7 @@ def variants_table(results: dict, names) -> list[dict]:
     for name in names:
         r = results[name]
         fl = r.get("final_losses", {})
-        rows.append({"variant": name, "status": r["status"], "steps": r.get("steps", 0), "seconds": r["seconds"],
+        rows.append({"variant": name, "status": r["status"], "steps": r.get("steps", 0), "seconds": r["wall_s"],
                      "output spread": r.get("output_spread", nan), "d_real": fl.get("d_real", nan),
                      "d_fake": fl.get("d_fake", nan), "g_adv": fl.get("g_adv", nan)})
     return rows
@@ -265,32 +233,6 @@ def load_budget_params(path) -> dict:
     return p
 
 
-def train_with_curve(name: str, params: dict, data: dict, scorer, out_dir, progress: bool = False) -> dict:
-    """Train model ``name`` for ``params['steps']`` in segments of ``eval_every``, scoring the generator after each
-    segment with ``scorer(run) -> dict`` (resuming exactly, so the segments are one run). Returns and writes
-    ``out_dir/curve.json``: {"points": [{step, train_s, **scores}], "config", "streams"}; finished points are kept
-    when the run is resumed."""
-    out = Path(out_dir)
-    path = out / "curve.json"
-    done = json.loads(path.read_text()) if path.exists() else {"points": []}
-    points = done["points"]
-    train_s = points[-1]["train_s"] if points else 0.0
-    every = params["eval_every"]
-    for step in range(every, params["steps"] + 1, every):
-        if any(p["step"] == step for p in points):
-            continue
-        cfg = model_config(name, **{**params["settings"], "steps": step, "out_dir": str(out), "checkpoint_every": every,
-                                    "sample_every": 0, "log_every": max(every // 10, 1)})
-        t0 = time.perf_counter()
-        run = Trainer(cfg, data)
-        run.fit(progress=progress)
-        train_s += time.perf_counter() - t0
-        points.append({"step": run.step, "train_s": round(train_s, 1), **scorer(run)})
-        done = {"points": points, "config": asdict(cfg), "streams": run.streams_used}
-        atomic_write_json(path, done)
-    return done
-
-
 def budget_study(params: dict, names=None, progress: bool = False) -> dict:
     """Every model of ``params['models']`` (or ``names``) at the same budget, each with its curve: face-FD, landmark
     error, detection and diversity (``pretrained.face_scores``) on ``n_eval`` fixed synthetic inputs
@@ -317,18 +259,13 @@ def budget_study(params: dict, names=None, progress: bool = False) -> dict:
         r = face_scores(imgs, lm, ref, ref_faces)
         return {k: r[k] for k in ("face_fd", "nme", "detection", "diversity", "reference_diversity")}
 
-    out = Path(params["out_dir"])
-    results = {}
-    for name in names or params["models"]:
-        t0 = time.time()
-        try:
-            curve = train_with_curve(name, params, data, scorer, out / name, progress)
-            results[name] = {"status": "ok", **curve["points"][-1], "streams": curve["streams"]}
-        except NonFiniteLossError as e:  # a diverging model is recorded; the others go on
-            results[name] = {"status": "diverged", "message": str(e)}
-        results[name]["wall_s"] = round(time.time() - t0, 1)
-        update_json(out / "results.json", {name: results[name]})
-    return results
+    def config_of(name, folder):
+        every = params["eval_every"]
+        return model_config(name, **{**params["settings"], "steps": params["steps"], "out_dir": str(folder),
+                                     "checkpoint_every": every, "sample_every": 0, "log_every": max(every // 10, 1)})
+
+    return run_each(names or params["models"], config_of, data, params["out_dir"], score=scorer,
+                    curve_every=params["eval_every"], progress=progress)
 
 
 def settled(points: list[dict], key: str, tail: int = 3, tol: float = 0.1) -> bool:

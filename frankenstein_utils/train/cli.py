@@ -211,7 +211,3 @@ def _run(a, cfg: TrainConfig, world: int) -> int:
         os.makedirs(cfg.out_dir, exist_ok=True)
         torch.save({k: v.state_dict() for k, v in t.nets.items()}, os.path.join(cfg.out_dir, f"params_rank{rank}.pt"))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
