@@ -3,8 +3,8 @@
     python -m frankenstein_utils.apps.apply --model study/U --input DIR --output DIR
     python -m frankenstein_utils.apps.apply --checkpoint outputs/experiments/.../checkpoint.pt --input DIR --output DIR
 
-``--model`` and ``--checkpoint`` are one option: a shipped model's name (``pretrained.available()``), an exported
-shipped-model file or a training checkpoint (``load_generator``).
+``--model`` and ``--checkpoint`` are one option: a shipped model's name (``pretrained.shipped.available()``), an
+exported shipped-model file or a training checkpoint (``load_generator``).
 
 Depth PNGs must be square, 16-bit (as ``generate_depth_dataset`` writes them) or 8-bit greyscale; near = bright,
 background 0 (other modes, e.g. 1-bit or palette, are refused: their values are not depths). The mask is taken from
@@ -20,7 +20,7 @@ a message saying what differs; a set whose faces are drawn otherwise than a chec
 (e.g. neutral expressions for a model trained on the photos' fitted expressions) is accepted with a note. A PNG that cannot be read stops the run (``--on-error stop``, the default) or is
 skipped and counted (``--on-error skip``); so does a depth map of another mode or not square, and these are
 found before anything is written. ``--output`` may not be the input folder (or its mask folder), and is locked
-while written (``fileio.FolderLock``): a second apply into it fails instead of mixing its images with the first's.
+while written (``io.files.FolderLock``): a second apply into it fails instead of mixing its images with the first's.
 A generator with non-finite parameters (a diverged run) is refused.
 """
 
@@ -172,9 +172,9 @@ class Generator:
 
 
 def load_generator(model, device: str = "cpu") -> Generator:
-    """``model``: a shipped model's name (``pretrained.available()``, e.g. ``study/U``), the path of an exported
-    shipped-model file (``.safetensors``, ``pretrained.export``) or of a training checkpoint (any other file, read
-    by ``load_run``). Errors name what was asked for: ``FileNotFoundError`` (neither a shipped name nor a file,
+    """``model``: a shipped model's name (``pretrained.shipped.available()``, e.g. ``study/U``), the path of an exported
+    shipped-model file (``.safetensors``, ``pretrained.shipped.export``) or of a training checkpoint (any other file,
+    read by ``load_run``). Errors name what was asked for: ``FileNotFoundError`` (neither a shipped name nor a file,
     listing the shipped names), ``ValueError`` (a file that cannot be read as what its name says)."""
     from ..pretrained.shipped import available, load_pretrained
 
@@ -295,7 +295,8 @@ def apply_folder(model, input_dir, output_dir, z_seed: int | None = None, device
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m frankenstein_utils.apps.apply", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m frankenstein_utils.apps.apply",
+                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", "--checkpoint", dest="model", required=True,
                     help="a shipped model's name (see pretrained.available(), e.g. flagship, study/U), an exported "
                          "shipped-model file (.safetensors) or a training checkpoint")

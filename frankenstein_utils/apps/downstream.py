@@ -30,7 +30,7 @@ Steps (2000 of 64 faces: ~13 epochs of 10,000 faces, about 3 minutes on one CPU 
 500 steps 40 s, NME 0.0300; 2000 steps 168 s, NME 0.0271 (training photos 0.0172); chance (their mean landmarks)
 0.0604. The test photos' outer eye corners are ~19 px apart at 64 px, so 0.01 NME is ~0.2 px.
 
-The score is the project's measure: ``metrics.nme(pred, target, judges.INNER_POINTS)``: per face the mean distance
+The score is the project's measure: ``evaluation.measures.nme(pred, target, judges.INNER_POINTS)``: per face the mean distance
 over the inner 51 points (iBUG 17-67) divided by the TARGET's outer-eye-corner distance (points 36 and 45), then the
 mean over faces with a 95 % interval. The chance row predicts the mean training landmarks for every photo
 (``MeanLandmarks``), scored through the same code.
@@ -256,8 +256,9 @@ def train_regressor(images: torch.Tensor, landmarks, cfg: RegressorConfig | None
 
 
 def evaluate_regressor(model: nn.Module, images: torch.Tensor, landmarks) -> dict:
-    """NME of ``model`` on images against their (N, 68, 2) pixel landmarks: ``metrics.nme`` over the inner 51 points
-    (``judges.INNER_POINTS``), normalised by the target's outer-eye-corner distance. dict(nme, nme_ci, n)."""
+    """NME of ``model`` on images against their (N, 68, 2) pixel landmarks: ``evaluation.measures.nme`` over the inner
+    51 points (``evaluation.judges.INNER_POINTS``), normalised by the target's outer-eye-corner distance. dict(nme,
+    nme_ci, n)."""
     landmarks = np.asarray(landmarks, np.float64)
     _check(images, torch.as_tensor(landmarks), "evaluate_regressor")
     r = nme(predict(model, images), landmarks, INNER_POINTS)

@@ -1,13 +1,13 @@
 """Labelled synthetic faces: ``python -m frankenstein_utils.apps.generate --n N --out DIR``.
 
 Each face is drawn from the face model (identity ~ N(0, I) over 15 components; pose and expression from the fitted
-training photos, or a pose jitter) and the appearance model (``--appearance from-shape`` or ``free``), rendered in
-the photos' framing, and turned into an image by ``--model``: by default the shipped default generator
-(``pretrained.default_name()``: the buffers generator, which reads depth and the appearance render's buffers), ``raw``
-(the appearance render over the mean training photo, no network), any shipped model (``pretrained.available()``,
-e.g. ``study/U``), an exported shipped-model file or a training checkpoint whose inputs were rendered in that framing
-(``apply.load_generator``). A buffers generator sees the first k appearance components it was trained with (the
-``appearance`` PNGs and ``meta.npz`` then hold those k). Layout of ``DIR``::
+training photos, or a pose jitter) and the appearance model (``--appearance from-shape`` or ``free``), rendered in the
+photos' framing, and turned into an image by ``--model``: by default the shipped default generator
+(``pretrained.shipped.default_name()``: the buffers generator, which reads depth and the appearance render's buffers),
+``raw`` (the appearance render over the mean training photo, no network), any shipped model
+(``pretrained.shipped.available()``, e.g. ``study/U``), an exported shipped-model file or a training checkpoint whose
+inputs were rendered in that framing (``apps.apply.load_generator``). A buffers generator sees the first k appearance
+components it was trained with (the ``appearance`` PNGs and ``meta.npz`` then hold those k). Layout of ``DIR``::
 
     manifest.json        configuration, model, file layout, counts, the data terms
     meta.npz             per face: coeffs (n, 15), expressions (n, E), poses (n, 6), appearance (n, K) in sd units,
@@ -70,7 +70,7 @@ def _to8(x: torch.Tensor) -> np.ndarray:
 
 
 def _png(array: np.ndarray) -> bytes:
-    """``fileio.png_bytes`` at zlib level ``PNG_LEVEL``: 2-D uint8 / uint16 (stays 16-bit) or (H, W, 3) uint8."""
+    """``io.files.png_bytes`` at zlib level ``PNG_LEVEL``: 2-D uint8 / uint16 (stays 16-bit) or (H, W, 3) uint8."""
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG", compress_level=PNG_LEVEL)
     return buf.getvalue()
@@ -94,7 +94,7 @@ def _write_faces(out: Path, faces: list, stop: threading.Event) -> None:
 
 def load_model(name: str):
     """``raw`` -> None (the appearance render is the image); a shipped model's name, an exported shipped-model file
-    or a training checkpoint -> ``apply.Generator``."""
+    or a training checkpoint -> ``apps.apply.Generator``."""
     if name == RAW:
         return None
     from .apply import load_generator

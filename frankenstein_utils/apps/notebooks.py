@@ -240,12 +240,13 @@ def _builds_03(p) -> str:
 
 
 def run_names(prefix: str, names) -> list[str]:
-    """The names notebook 04 gives the runs ``names`` under a ``RUN_ROOTS`` prefix (``evaluation.discover_runs``)."""
+    """The names notebook 04 gives the runs ``names`` under a ``RUN_ROOTS`` prefix
+    (``evaluation.context.discover_runs``)."""
     return [f"{prefix}/{n}" if prefix else str(n) for n in names]
 
 
 def _compare_name_ok(c: str, roots) -> bool:
-    """Whether run name ``c`` has a form ``evaluation.discover_runs`` can give under ``roots``' prefixes."""
+    """Whether run name ``c`` has a form ``evaluation.context.discover_runs`` can give under ``roots``' prefixes."""
     return any((c.startswith(f"{k}/") and c[len(k) + 1:] and "/" not in c[len(k) + 1:]) if k else "/" not in c
                for k in roots)
 
@@ -459,7 +460,8 @@ def load_params(path) -> dict:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m frankenstein_utils.apps.notebooks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m frankenstein_utils.apps.notebooks",
+                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default=str(NOTEBOOK_DIR / "params" / "default.yaml"),
                     help="YAML: {common: {...}, <notebook stem>: {...}}")
     ap.add_argument("--out", default=str(REPO_ROOT / "outputs" / "notebooks"))

@@ -3,15 +3,15 @@
 Live exploration in JupyterLab: one slider per face-model component (identity, in units of sigma) and per
 expression blendshape (weight in [0, 1]) re-renders the depth map.
 
-``FaceExplorer`` keeps the rendering in plain methods (``render``, ``update``) so it can be timed and tested without
-a browser; ``widget`` is the ipywidgets box to display. Extra panels (for example a generated face beside the depth
-map) plug in through ``panels``: callables that take the depth (1, 1, H, W) and mask and return an (H, W) or
-(H, W, 3) image in [0, 1]. A panel that needs the face itself, not only its depth, sets ``uses_face_params = True``
-and is called with ``params=dict(coeffs, poses, expressions)`` as well (the convention of
-``facerender.RawRender``). A panel with ``controls(update)`` adds its own widgets to the slider column (they call
-``update()`` after changing the panel's state) and with ``reset()`` is reset by the reset button.
+``FaceExplorer`` keeps the rendering in plain methods (``render``, ``update``) so it can be timed and tested without a
+browser; ``widget`` is the ipywidgets box to display. Extra panels (for example a generated face beside the depth map)
+plug in through ``panels``: callables that take the depth (1, 1, H, W) and mask and return an (H, W) or (H, W, 3) image
+in [0, 1]. A panel that needs the face itself, not only its depth, sets ``uses_face_params = True`` and is called with
+``params=dict(coeffs, poses, expressions)`` as well (the convention of ``facemodel.appearance_render.RawRender``). A
+panel with ``controls(update)`` adds its own widgets to the slider column (they call ``update()`` after changing the
+panel's state) and with ``reset()`` is reset by the reset button.
 
-``AppearancePanel`` is the appearance model's render (``facerender.render_face`` over the mean training photo) with
+``AppearancePanel`` is the appearance model's render (``facemodel.appearance_render.render_face`` over the mean training photo) with
 sliders for its leading components, named where measuring shows what they change (``appearance_labels``), and an
 "appearance from shape" switch; ``FaceExplorer.with_appearance`` builds the explorer around it.
 """
@@ -59,7 +59,7 @@ class FaceExplorer:
     @classmethod
     def with_pretrained(cls, model: FaceModel, name: str | None = None, n_appearance: int = 0, app=None,
                         **kwargs) -> "FaceExplorer":
-        """The explorer with a shipped generator's face (``name``, default ``pretrained.default_name()``; no
+        """The explorer with a shipped generator's face (``name``, default ``pretrained.shipped.default_name()``; no
         training needed) beside the depth map, rendered in that model's input convention, with its latent sliders
         ("z dir"). With ``n_appearance`` > 0 the appearance model's render (``with_appearance``; ``app`` or the
         shipped model) sits between them. A buffers generator always has it (``n_appearance`` sliders, 8 when 0):
@@ -83,8 +83,8 @@ class FaceExplorer:
                         **kwargs) -> "FaceExplorer":
         """The explorer showing the depth map and the appearance model's render (``AppearancePanel``, with
         ``n_appearance`` sliders and the from-shape switch), then ``panels``, all in the appearance model's render
-        configuration (its region and framing). ``app``: an ``appearance.AppearanceModel``, by default the one that
-        ships with the package (float16), so no data is needed."""
+        configuration (its region and framing). ``app``: an ``facemodel.appearance.AppearanceModel``, by default the one
+        that ships with the package (float16), so no data is needed."""
         app = app or load_appearance()
         cfg = app.render_config()
         return cls(model, render=cfg, panels=[AppearancePanel(model, app, n_appearance, cfg), *panels], **kwargs)
@@ -239,10 +239,10 @@ def appearance_labels(model: FaceModel, app, n: int, delta: float = 2.0, dominan
       darker -> "light left-right".
 
     The parts are orthogonal (the odd part has zero mean over the mirror pairs; lightness and colour are different
-    channels), so at most one holds more than half of E. A component is named after its largest part when that holds more than
-    ``dominance`` of E; otherwise it has no name (None; its slider reads "a{k}"). Returns the names and, per
-    component, the three shares and the change of the mean skin colour's ITA in degrees (``ita``; cheek and
-    forehead vertices, ``appearance.skin_vertices``)."""
+    channels), so at most one holds more than half of E. A component is named after its largest part when that holds
+    more than ``dominance`` of E; otherwise it has no name (None; its slider reads "a{k}"). Returns the names and, per
+    component, the three shares and the change of the mean skin colour's ITA in degrees (``ita``; cheek and forehead
+    vertices, ``facemodel.appearance.skin_vertices``)."""
     from skimage.color import rgb2lab
 
     from ..facemodel.appearance import individual_typology_angle, mirror_index, skin_vertices
@@ -272,7 +272,8 @@ def appearance_labels(model: FaceModel, app, n: int, delta: float = 2.0, dominan
 
 class AppearancePanel:
     """A panel for ``FaceExplorer``: the current face (identity and expression, frontal) coloured by the appearance
-    model (``facerender.render_face``) over the model's mean training photo (``facerender.composite``).
+    model (``facemodel.appearance_render.render_face``) over the model's mean training photo
+    (``facemodel.appearance_render.composite``).
 
     ``values`` (n,) are the first n appearance sliders in sd units, the rest 0. ``from_shape`` False: they are the
     appearance coefficients themselves (``free``); True: they are the noise z of the conditional Gaussian given the
@@ -388,7 +389,7 @@ class GeneratorPanel:
 class BufferGeneratorPanel(GeneratorPanel):
     """A panel for ``FaceExplorer``: the face a buffers generator makes of the current face. Its buffers are
     rendered with the appearance coefficients of ``appearance`` (an ``AppearancePanel``: its sliders and from-shape
-    switch drive this face too), quantized as in training (``buffers.buffer_stack``); the network's own code comes
+    switch drive this face too), quantized as in training (``data.buffers.buffer_stack``); the network's own code comes
     from the latent sliders as in ``GeneratorPanel``."""
 
     uses_face_params = True
@@ -419,8 +420,8 @@ class BufferGeneratorPanel(GeneratorPanel):
 
 
 def generator_panel(gen, appearance=None):
-    """A ``GeneratorPanel`` showing a shipped model's face (``pretrained.PretrainedGenerator``), with the latent sliders
-    of its ``latent``; a buffers generator gives a ``BufferGeneratorPanel`` driven by ``appearance`` (an
+    """A ``GeneratorPanel`` showing a shipped model's face (``pretrained.shipped.PretrainedGenerator``), with the latent
+    sliders of its ``latent``; a buffers generator gives a ``BufferGeneratorPanel`` driven by ``appearance`` (an
     ``AppearancePanel``)."""
     lat = () if gen.latent is None else (gen.latent["directions"], gen.latent["mean"], gen.latent["scales"])
     if gen.cfg.buffers:

@@ -1,1 +1,1 @@
-"""Stage 4, every torch Dataset and the sets behind them: photos, fitted pairs, synthetic depth sets, appearance buffers."""
+"""Stage 4, every torch Dataset and the sets behind them: photos, fitted pairs, depth sets, appearance buffers."""

@@ -1,4 +1,4 @@
-"""Building the appearance model from the fitted training photos: colours sampled per vertex, light, PCA, the shipped file."""
+"""Building the appearance model from the fitted training photos: per-vertex colours, light, PCA, the shipped file."""
 
 from __future__ import annotations
 
@@ -326,7 +326,7 @@ def validation_psnr_in_mask(app: AppearanceModel, paired, model, ks, rows=None, 
 
 
 def _render_colours(model, app, colours, fit, sl, render, light):
-    """``facerender.render_face`` for given per-vertex colours (B, V, 3) instead of coefficients."""
+    """``facemodel.appearance_render.render_face`` for given per-vertex colours (B, V, 3) instead of coefficients."""
     from ..render.rasterize import render_mesh_buffers
 
     verts = model.vertices(fit["coeffs"][sl], app.config.region, fit["expressions"][sl])

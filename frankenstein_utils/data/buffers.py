@@ -1,9 +1,9 @@
 """Attribute buffers as a generator's input: the training sets that carry them and the generator that renders them.
 
 A buffers generator reads, beside depth and mask, the face model's appearance half rendered into the same pixels
-(``facerender.render_face``): the appearance colour (``colour``; a baked model's colour already holds the photos'
-light), camera-frame normals (``normal``), and for an SH-lit model ``albedo`` and ``shading``. Its network then has to
-make a render look like a photograph, not invent who the person is (GIF, DiffusionRig).
+(``facemodel.appearance_render.render_face``): the appearance colour (``colour``; a baked model's colour already holds
+the photos' light), camera-frame normals (``normal``), and for an SH-lit model ``albedo`` and ``shading``. Its network
+then has to make a render look like a photograph, not invent who the person is (GIF, DiffusionRig).
 
 Training and sampling see one distribution of buffers:
 
@@ -218,7 +218,7 @@ def extended_params(model, render, n: int, generator: torch.Generator, n_compone
                     max_yaw: float = 30.0):
     """Identity and pose of faces spanning the explorer's range: one component per face uniform in [-sigma, sigma],
     the others N(0, I / 4); frontal pose turned by a yaw uniform in [-max_yaw, max_yaw] about the eyes (as
-    ``sweep.sweep_inputs`` turns them)."""
+    ``evaluation.sweep.sweep_inputs`` turns them)."""
     from ..facemodel.framing import NEUTRAL_POSE, eye_pivot_shift
 
     coeffs = normal(n, n_components, generator=generator) * 0.5
@@ -337,7 +337,7 @@ def run_appearance(cfg, cache_dir=None):
 
 
 
-# Attribute buffers a generator may read beside depth (``facerender.render_face``'s keys, 3 channels each, [0, 1];
+# Attribute buffers a generator may read beside depth (``facemodel.appearance_render.render_face``'s keys, 3 channels each, [0, 1];
 # normals are stored as (n + 1) / 2): the appearance colour (a baked model's lit colour), camera-frame normals, and an
 # SH model's albedo and shading.
 BUFFERS = ("colour", "normal", "albedo", "shading")

@@ -7,10 +7,10 @@
    newer), so it lives in its own environment, made by ``python -m frankenstein_utils.data.landmarks --make-env``
    (``.venv-mediapipe``, pins in ``MEDIAPIPE_PINS``); this command runs the detection there when mediapipe is not
    importable here. Only numpy, Pillow and mediapipe are imported for the detection.
-2. The face model is fitted to every detected face (``fitting.py``, the correspondence and landmark offsets of the
+2. The face model is fitted to every detected face (``facemodel/fitting.py``, the correspondence and landmark offsets of the
    CelebA reference), and each photo is cropped so that its eyes sit where the paired CelebA set's eyes sit; the
    fitted face is rendered in that crop with the synthetic inputs' render configuration. Written to ``OUT/``:
-   ``photo/NAME.png`` (the crop), ``depth/NAME.png`` (16-bit, near = bright, background 0, as ``apply.py`` reads),
+   ``photo/NAME.png`` (the crop), ``depth/NAME.png`` (16-bit, near = bright, background 0, as ``apps/apply.py`` reads),
    ``mask/NAME.png`` and ``fit.npz`` (fit, crop boxes, render poses, residuals, config).
 """
 
@@ -221,7 +221,8 @@ ERROR_PREFIX = "landmarks: error: "
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m frankenstein_utils.data.landmarks", description="MediaPipe landmarks, face-model fit and (photo, depth) pairs for a "
+    ap = argparse.ArgumentParser(prog="python -m frankenstein_utils.data.landmarks",
+                                 description="MediaPipe landmarks, face-model fit and (photo, depth) pairs for a "
                                              "folder of photos.")
     ap.add_argument("folder", nargs="?", help="folder of photos (.png/.jpg/...)")
     ap.add_argument("--out", default=None, help="landmarks npz (default FOLDER/landmarks_mediapipe.npz); with the "

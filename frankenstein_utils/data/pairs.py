@@ -64,7 +64,7 @@ class PairedFaceDataset(Dataset):
     """CelebA photos paired with depth maps of their faces, pixel-aligned.
 
     ``config.depth_source="fitted"`` (default): the face model (identity, expression, pose) is fitted to each photo's
-    MediaPipe landmarks (``fitting.py``) and rendered with ``render_faces`` (render_depth's path) through
+    MediaPipe landmarks (``facemodel/fitting.py``) and rendered with ``render_faces`` (render_depth's path) through
     ``matched_render_config``, i.e. exactly as synthetic inputs are made, in the photo's own framing.
     ``"landmarks"``: the MediaPipe landmark mesh itself is rasterized with the project's z-buffer, its depth relative
     to the nearest point with the span ``relative_span_cm`` converted to pixels through the eye distance.

@@ -1,4 +1,4 @@
-"""Stage 8, evaluation: pure measures, the dlib judges, metric networks, the evaluation context, sweeps, the raw render."""
+"""Stage 8, evaluation: pure measures, dlib judges, metric networks, the evaluation context, sweeps, the raw render."""
 
 from ..io.moved import stage_getattr
 

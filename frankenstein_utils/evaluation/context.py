@@ -69,9 +69,9 @@ def photo_fitted_landmarks(model, ds, render) -> np.ndarray:
 
 
 def mediapipe_ibug_map(train, judges: J.FaceJudges, n: int = 1000, cache_dir=None, workers: int = 1) -> dict:
-    """The MediaPipe 468 -> iBUG 68 map (``judges.fit_mediapipe_to_ibug``) fitted on the first ``n`` training photos
-    where dlib finds a face (never on test photos); cached as ``mp468_to_ibug68_<set>_<n>.npz``. Deterministic: same
-    photos, same detections, same NNLS solution."""
+    """The MediaPipe 468 -> iBUG 68 map (``evaluation.judges.fit_mediapipe_to_ibug``) fitted on the first ``n`` training
+    photos where dlib finds a face (never on test photos); cached as ``mp468_to_ibug68_<set>_<n>.npz``. Deterministic:
+    same photos, same detections, same NNLS solution."""
     path = Path(cache_dir) / f"mp468_to_ibug68_{train.config.key()}_{n}.npz" if cache_dir else None
     if path is not None and path.exists():
         d = np.load(path)
@@ -318,7 +318,7 @@ def build_context(model, train, test, n_synthetic: int = 500, n_codes: int = 2, 
 
 def generator_fn(model, seed: int = 0):
     """f(depth, mask, z=None) -> images for a trained run (``load_run``) or a shipped model (``load_pretrained``);
-    models with a code get z ~ N(0, I) (seeded) when z is None. A buffers model gives a ``buffers.BufferGenerator``
+    models with a code get z ~ N(0, I) (seeded) when z is None. A buffers model gives a ``data.buffers.BufferGenerator``
     with the appearance model it was trained with (it reads the faces' parameters; z = appearance codes, then the
     network's code)."""
     if model.cfg.buffers:
@@ -400,12 +400,12 @@ IDENTITY_BANDS = {"z_only": (0.4, 0.6), "mean_shape": (0.4, 0.6), "depth": (0.6,
 
 
 def identity(ctx: EvalContext, generate, z_dim: int, controls: bool = True) -> dict:
-    """Identity consistency of ``generate`` on the identity set (``n_ids`` identities x ``n_poses`` pose slots per
-    code) with dlib descriptors: AUC under the matched pair design (``metrics.identity_pairs``; interval by bootstrap
-    over identities), the same-pose and old designs shown beside it; the spread over identities for a fixed code and
-    pose as a share of the test photos' spread (0 = one face for every shape). ``controls``: also the mean-shape
-    control with this generator (every identity replaced by the mean shape, each image its own 2-grey-level noise:
-    must score 0.5, ``IDENTITY_BANDS``)."""
+    """Identity consistency of ``generate`` on the identity set (``n_ids`` identities x ``n_poses`` pose slots per code)
+    with dlib descriptors: AUC under the matched pair design (``evaluation.measures.identity_pairs``; interval by
+    bootstrap over identities), the same-pose and old designs shown beside it; the spread over identities for a fixed
+    code and pose as a share of the test photos' spread (0 = one face for every shape). ``controls``: also the
+    mean-shape control with this generator (every identity replaced by the mean shape, each image its own 2-grey-level
+    noise: must score 0.5, ``IDENTITY_BANDS``)."""
     z = ctx.id_codes_z(z_dim) if z_dim else None
     imgs = call_generator(generate, ctx.id_depth, ctx.id_mask, z, ctx.id_params)
     emb = ctx.judges.analyse(imgs, fallback_box=ctx.fallback_box, workers=ctx.workers).embeddings
@@ -431,9 +431,9 @@ def identity(ctx: EvalContext, generate, z_dim: int, controls: bool = True) -> d
 
 
 def code_spread(ctx: EvalContext, generate, z_dim: int, n_maps: int = 16, n_codes: int = 8) -> float:
-    """Mode collapse over codes: for each of ``n_maps`` fixed synthetic depth maps, the spread of the descriptors of
-    its faces under ``n_codes`` appearance codes, as a share of the test photos' spread (``metrics.spread_share``;
-    0 = the same face whatever the code). NaN for a generator without a code."""
+    """Mode collapse over codes: for each of ``n_maps`` fixed synthetic depth maps, the spread of the descriptors of its
+    faces under ``n_codes`` appearance codes, as a share of the test photos' spread
+    (``evaluation.measures.spread_share``; 0 = the same face whatever the code). NaN for a generator without a code."""
     if not z_dim:
         return float("nan")
     n_maps = min(n_maps, len(ctx.syn_depth))
@@ -756,8 +756,8 @@ def conclusions(refs: dict, rows: dict, checks: dict) -> list[str]:
 
 
 def plot_realism_vs_nme(refs: dict, rows: dict, ax=None):
-    """KID on dlib descriptors (realism) against NME (correspondence), one point per run with its NME interval, and the control rows
-    as reference lines/points."""
+    """KID on dlib descriptors (realism) against NME (correspondence), one point per run with its NME interval, and the
+    control rows as reference lines/points."""
     import matplotlib.pyplot as plt
 
     if ax is None:

@@ -14,7 +14,7 @@ Input convention: images (N, C, H, W) float in [-1, 1] (the project's convention
 filter to ``UPSAMPLE_TO`` = 256 px before anything runs, because dlib's HOG detector does not find faces smaller than
 about 80 px; detection runs on that image with no further pyramid upsampling. Landmarks are returned in the input
 image's pixel frame, continuous coordinates (pixel i covers [i, i + 1), its centre is i + 0.5), the same frame as
-``rasterize.to_pixels``. When no face is detected, the landmarks and the descriptor are computed in a fixed fallback box
+``render.rasterize.to_pixels``. When no face is detected, the landmarks and the descriptor are computed in a fixed fallback box
 (by default the median detection box of real photos, set by the caller), so every image gets landmarks and a
 descriptor and a generator cannot improve its landmark error by not being detected.
 """

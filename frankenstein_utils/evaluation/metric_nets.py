@@ -1,4 +1,4 @@
-"""Metric networks trained here: the feature net for FD/KID, the two-sample classifier, the depth estimator, baselines."""
+"""Metric networks trained here: the feature net (FD/KID), the two-sample classifier, the depth estimator, baselines."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Robustness over the explorer's range: sweep every shape slider (and a head turn) and judge the faces.
 
-A user of the explorer (``widgets.FaceExplorer``) drags one of the 15 shape sliders to +-3 sigma while the others
+A user of the explorer (``apps.widgets.FaceExplorer``) drags one of the 15 shape sliders to +-3 sigma while the others
 stay at 0, or turns the head. A generator can fail there in two ways that the card's numbers (faces drawn from
 N(0, I), where +-3 sigma is rare) do not see:
 
@@ -31,20 +31,20 @@ judged by the dlib judges (``judges``: detection, 68 landmarks, 128-D descriptor
   (the descriptor is trained to be pose-invariant: a generator that keeps the identity while turning scores a rho
   near 0, ``study/U`` 0.32), so for ``"yaw"`` the landmarks: ``follow`` clipped to [0, 1].
 
-Beside the headline, per sweep: per-position detection rate, landmark NME against the face model's own landmarks
-(inner points 17-67, ``metrics.nme``), energy ratio, intact share, descriptor distance from the centre face, and
-``follow`` for every sweep whose model landmarks move enough (``min_motion_px``): the regression gain of dlib's
-landmark motion on the model's (``landmark_follow``; 0 = the landmarks stand still, 1 = they move together). Its
-scale, measured: a real photo warped with the model's landmark motion (thin-plate spline, ``tests/test_sweep.py``)
-scores 0.9-1.1 on components 0 and 5 and 0.76 on the head turn; ``study/U`` 0.42-0.83 on components 0, 5 and 7 and
-1.19 on the head turn. It is the geometric reading of "ignores the slider" for shape too, but most components move
-the model's landmarks by less than half a pixel at 64 px (they change depth, not outline), where dlib's landmarks
-cannot measure it, so the headline uses the descriptor there.
+Beside the headline, per sweep: per-position detection rate, landmark NME against the face model's own landmarks (inner
+points 17-67, ``evaluation.measures.nme``), energy ratio, intact share, descriptor distance from the centre face, and
+``follow`` for every sweep whose model landmarks move enough (``min_motion_px``): the regression gain of dlib's landmark
+motion on the model's (``landmark_follow``; 0 = the landmarks stand still, 1 = they move together). Its scale, measured:
+a real photo warped with the model's landmark motion (thin-plate spline, ``tests/test_sweep.py``) scores 0.9-1.1 on
+components 0 and 5 and 0.76 on the head turn; ``study/U`` 0.42-0.83 on components 0, 5 and 7 and 1.19 on the head turn.
+It is the geometric reading of "ignores the slider" for shape too, but most components move the model's landmarks by
+less than half a pixel at 64 px (they change depth, not outline), where dlib's landmarks cannot measure it, so the
+headline uses the descriptor there.
 
 Head turn: ``yaw_pivot="eyes"`` (default) turns the head about the midpoint of the outer eye corners, i.e. shifts
 the turned head sideways so that the eyes stay where they are in the frontal render. That is how the generators'
 training photos are framed (CelebA is aligned on the eyes: the poses fitted to them shift x by -0.165 cm per degree
-of yaw, which keeps the eyes in place); ``"head"`` turns about the model's origin as ``rasterize.apply_pose`` does,
+of yaw, which keeps the eyes in place); ``"head"`` turns about the model's origin as ``render.rasterize.apply_pose`` does,
 which moves the face 4.8 px sideways at 15 degrees (64 px) - a change of framing as much as a head turn.
 """
 
@@ -105,7 +105,7 @@ class SweepInputs:
 def sweep_inputs(model, render, n_components: int = 15, sigmas=SWEEP_SIGMAS, yaws=SWEEP_YAWS, n_codes: int = 8,
                  seed: int = 0, z_dim: int = 8, components=None, yaw_pivot: str = "eyes",
                  base_pose=NEUTRAL_POSE) -> SweepInputs:
-    """Depth maps, masks and the face model's own landmarks (``evaluation.model_landmarks``) of every sweep:
+    """Depth maps, masks and the face model's own landmarks (``evaluation.context.model_landmarks``) of every sweep:
 
     - ``"c<k>"`` for k in ``components`` (default ``range(n_components)``): coefficient k at each of ``sigmas``,
       every other coefficient 0, pose ``base_pose`` (neutral: what the explorer shows);
@@ -113,7 +113,7 @@ def sweep_inputs(model, render, n_components: int = 15, sigmas=SWEEP_SIGMAS, yaw
       (``yaw_pivot="eyes"``, ``eye_pivot_shift``) or about the head centre (``"head"``).
 
     Every position is rendered ``n_codes`` times, once per appearance code; the codes z ~ N(0, I) (``z_dim``-D,
-    ``draws.normal``, seeded) are drawn once and shared by every position, so two positions of one slider with the
+    ``io.draws.normal``, seeded) are drawn once and shared by every position, so two positions of one slider with the
     same code differ by the slider alone. Both ranges must contain 0, the centre every measure is taken from."""
     from ..render.rasterize import render_depth
     from .context import model_landmarks
@@ -304,13 +304,13 @@ def slider_sweep(generate, model, render, z_dim: int, judges: J.FaceJudges | Non
                  noise_tolerance: float = NOISE_TOLERANCE, min_motion_px: float = MIN_MOTION_PX,
                  workers: int = 1, batch_size: int = 256, inputs: SweepInputs | None = None,
                  return_images: bool = False) -> dict:
-    """Sweep a generator over the explorer's range and judge it: ``generate(depth (B, 1, S, S), mask (B, 1, S, S)
-    float, z (B, z_dim) or None) -> images (B, 3, S, S) in [-1, 1]`` (e.g. ``evaluation.generator_fn``), rendered
-    with ``render`` (the generator's input convention, e.g. ``PretrainedGenerator.render``; framing "fixed").
-    ``judges``: a ``judges.FaceJudges`` (default the shared one); ``fallback_box``: the box (fractions) where dlib
-    finds no face (pass the median detection box of real photos, as ``pretrained.face_scores`` does, to compare NME
-    with the card's); ``workers``: processes for dlib. ``inputs``: a ``sweep_inputs`` result to reuse (then the
-    sweep arguments are ignored). Returns ``score_sweeps``' numbers (plus the images with ``return_images``)."""
+    """Sweep a generator over the explorer's range and judge it: ``generate(depth (B, 1, S, S), mask (B, 1, S, S) float,
+    z (B, z_dim) or None) -> images (B, 3, S, S) in [-1, 1]`` (e.g. ``evaluation.context.generator_fn``), rendered with
+    ``render`` (the generator's input convention, e.g. ``PretrainedGenerator.render``; framing "fixed"). ``judges``: a
+    ``evaluation.judges.FaceJudges`` (default the shared one); ``fallback_box``: the box (fractions) where dlib finds no
+    face (pass the median detection box of real photos, as ``pretrained.scoring.face_scores`` does, to compare NME with
+    the card's); ``workers``: processes for dlib. ``inputs``: a ``sweep_inputs`` result to reuse (then the sweep
+    arguments are ignored). Returns ``score_sweeps``' numbers (plus the images with ``return_images``)."""
     if inputs is None:
         inputs = sweep_inputs(model, render, n_components, sigmas, yaws, n_codes, seed, z_dim, components,
                               yaw_pivot, base_pose)

@@ -1,4 +1,4 @@
-"""Stage 3, the face model: ICT-FaceKit shape and expressions, .obj/.ply, fitting to landmarks, framing, the appearance model."""
+"""Stage 3, the face model: shape and expressions, .obj/.ply, fitting to landmarks, framing, the appearance model."""
 
 from ..io.moved import stage_getattr
 

@@ -1,8 +1,8 @@
 """The face model's appearance half: per-vertex colour learned from the photos through their fits.
 
-Every CelebA photo of the paired set is already fitted (identity, expression, pose; ``fitting.py``). Projecting the
-fitted mesh into the photo gives each visible vertex its colour; a PCA of those colours over the training split is
-an appearance model in the face model's own topology, as FLAME's texture space was built from fitted photos.
+Every CelebA photo of the paired set is already fitted (identity, expression, pose; ``facemodel/fitting.py``).
+Projecting the fitted mesh into the photo gives each visible vertex its colour; a PCA of those colours over the training
+split is an appearance model in the face model's own topology, as FLAME's texture space was built from fitted photos.
 
 Steps (``build_appearance``):
 
@@ -174,7 +174,7 @@ class AppearanceModel:
         # the paired set's render configuration (RenderConfig dict): the framing the photos, and so the model, live in
         self.render = render
         # render poses (M, 6) and expressions (M, E) of the fitted training photos: where new faces draw pose and
-        # expression from without the data (``depthdata.FittedFaceParams``)
+        # expression from without the data (``facemodel.fitting.FittedFaceParams``)
         self.face_table = face_table
 
     @property
@@ -297,7 +297,7 @@ class AppearanceModel:
         return RenderConfig.from_dict(self.render)
 
     def fitted_face_params(self):
-        """The training photos' fitted poses and expressions as a ``depthdata.FittedFaceParams`` table."""
+        """The training photos' fitted poses and expressions as a ``facemodel.fitting.FittedFaceParams`` table."""
         from .fitting import FittedFaceParams
 
         if self.face_table is None:
@@ -316,7 +316,7 @@ def load_appearance(path=None) -> AppearanceModel:
         return AppearanceModel.load(path)
     if not SHIPPED.exists():
         raise FileNotFoundError(f"{SHIPPED}: no shipped appearance model; build one with `python -m "
-                                "frankenstein_utils.facemodel.appearance build` and pass its path")
+                                "frankenstein_utils.data.appearance_build build` and pass its path")
     want = SHIPPED_SUM.read_text().split()[0] if SHIPPED_SUM.exists() else None
     if want != sha256_of(SHIPPED):
         raise ValueError(f"{SHIPPED}: SHA-256 differs from {SHIPPED_SUM.name} (a damaged or replaced file)")

@@ -25,7 +25,7 @@ def model_landmarks(model, coeffs: torch.Tensor, render, poses: torch.Tensor | N
     """The face model's own 68 iBUG landmark vertices (``landmarks68``) projected exactly as ``render_depth`` projects
     the mesh (pose about the head centre, then ``to_pixels`` with the render's framing): (N, 68, 2) in continuous
     pixel coordinates of the depth map (pixel i covers [i, i + 1)). The ICT jaw points 0-16 are fixed vertices standing
-    in for silhouette points; use ``judges.INNER_POINTS`` for errors."""
+    in for silhouette points; use ``evaluation.judges.INNER_POINTS`` for errors."""
     if render.framing != "fixed":
         raise ValueError("model_landmarks: needs framing='fixed' (a 'fit' frame depends on the whole rendered mesh)")
     lm = getattr(model, "landmarks68", None)
@@ -105,7 +105,7 @@ def composite(colour: torch.Tensor, mask: torch.Tensor, background: torch.Tensor
 
 
 def codes_and_lights(gen, params, z, who: str):
-    """What a generator of faces from their parameters (``RawRender``, ``buffers.BufferGenerator``) draws first:
+    """What a generator of faces from their parameters (``RawRender``, ``data.buffers.BufferGenerator``) draws first:
     (n, the codes z: given, or N(0, I) seeded by ``gen.seed``; the lights drawn after them from the same stream)."""
     if params is None:
         raise ValueError(f"{who} needs the faces' parameters (coeffs, poses, expressions), not only depth")

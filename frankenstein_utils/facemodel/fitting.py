@@ -274,7 +274,7 @@ def fitted_model_points(model: FaceModel, corr: Correspondence, fit: Fit) -> np.
 
 
 def render_poses(fit: Fit, crop, size: int, window_cm) -> np.ndarray:
-    """Render pose vectors (B, 6) (yaw, pitch, roll, scale, tx, ty; see ``rasterize.apply_pose``) that put each
+    """Render pose vectors (B, 6) (yaw, pitch, roll, scale, tx, ty; see ``render.rasterize.apply_pose``) that put each
     fitted face where it sits in the photo cropped to ``crop`` (left, top, right, bottom; one box (4,) for all photos
     or one per photo (B, 4)) and resized to ``size``, rendered through the fixed window ``window_cm`` = (x0, x1, y0,
     y1)."""
@@ -342,7 +342,8 @@ def fit_summary(fit: Fit, cfg: FitConfig, n_missing: int = 0) -> dict:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m frankenstein_utils.facemodel.fitting", description="Fit the ICT face model to a landmarks_mediapipe.npz and report.")
+    ap = argparse.ArgumentParser(prog="python -m frankenstein_utils.facemodel.fitting",
+                                 description="Fit the ICT face model to a landmarks_mediapipe.npz and report.")
     ap.add_argument("--landmarks", default=None, help="landmarks_mediapipe.npz (default: the shipped CelebA one)")
     ap.add_argument("--out", default=None, help="write the fit (npz) here")
     ap.add_argument("--components", type=int, default=FitConfig.n_components)

@@ -222,7 +222,7 @@ class FaceModel:
 
 def render_faces(model: FaceModel, coeffs: torch.Tensor, cfg=None, poses: torch.Tensor | None = None,
                  expressions: torch.Tensor | None = None):
-    """``rasterize.render_depth`` with expressions: depth maps and masks (B, H, W) of faces with identity
+    """``render.rasterize.render_depth`` with expressions: depth maps and masks (B, H, W) of faces with identity
     coefficients (B, K), optional poses (B, 6) and optional expression weights (B, E). Same render path
     (``render_mesh_depth``) as ``render_depth``, so neutral faces give identical maps."""
     from ..render.rasterize import RenderConfig, render_mesh_depth
@@ -373,7 +373,8 @@ def _ply_np(t: str) -> str:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m frankenstein_utils.facemodel.model", description="Export an ICT-FaceKit FaceXModel folder of .obj files as one .npz")
+    ap = argparse.ArgumentParser(prog="python -m frankenstein_utils.facemodel.model",
+                                 description="Export an ICT-FaceKit FaceXModel folder of .obj files as one .npz")
     ap.add_argument("--from-obj", required=True, help="folder with generic_neutral_mesh.obj and identityNNN.obj")
     ap.add_argument("--out", required=True)
     ap.add_argument("--debug", action="store_true", help="show the traceback of expected errors too")

@@ -1,1 +1,1 @@
-"""Stage 1, what every stage reads and writes: atomic files and folder locks, data discovery, images, figures, seeded draws."""
+"""Stage 1, what every stage reads and writes: atomic files, locks, data discovery, images, figures, seeded draws."""

@@ -65,5 +65,6 @@ def find_dataset(name: str, must_contain: str | None = None) -> Path:
 
 
 def find_data_root() -> Path:
-    """The first existing data root (``$FRANKENSTEIN_DATA``, ``data/``, ``../shared/data``) that holds the face model."""
+    """The first existing data root (``$FRANKENSTEIN_DATA``, ``data/``, ``../shared/data``) that holds the face
+    model."""
     return find_dataset("ict_facekit").parent

@@ -1,6 +1,6 @@
 """The flagship generator and the peers pix2pix and BicycleGAN: networks, objectives and training steps.
 
-Three trainer modes live here (registered in ``OBJECTIVES``; ``training.Trainer`` delegates to them):
+Three trainer modes live here (registered in ``OBJECTIVES``; ``train.trainer.Trainer`` delegates to them):
 
 - ``flagship``: a deep encoder-decoder (bottleneck ``fs_bottleneck`` px, 4x4 at 64 px), resize-then-conv upsampling,
   every decoder level modulated by the appearance code z (AdaIN-style per-channel scale/shift) and by the depth map

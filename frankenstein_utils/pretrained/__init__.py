@@ -1,4 +1,4 @@
-"""Stage 9, shipped models: safetensors files and checksums, loading, model cards, their scoring, conversion of old files."""
+"""Stage 9, shipped models: safetensors files and checksums, loading, cards, their scoring, conversion of old files."""
 
 from ..io.moved import stage_getattr
 

@@ -46,7 +46,7 @@ ABLATION_SECTION = "Ablations and peers at one N (short equal budget)"
 
 
 def ablation_section(results: dict, command: str) -> str:
-    """The flagship card's section for ``flagship.run_study`` results scored at one N (KID on descriptors), every
+    """The flagship card's section for ``study.ablation.run_study`` results scored at one N (KID on descriptors), every
     number from ``results``; rows in order of KID."""
     first = next(iter(results.values()))
     n, n_ref, steps = first["n"], first["n_reference"], first["steps"]
@@ -57,7 +57,7 @@ def ablation_section(results: dict, command: str) -> str:
         f"{r['diversity_share']:.3f} | {r['checkerboard']:.1e} | {r['wall_s']:.0f} |"
         for k, r in sorted(results.items(), key=lambda kv: kv[1]["kid"]))
     return (f"## {ABLATION_SECTION}\n\nEach run: {steps} steps, batch 8, width 8 (a budget far below this model's), "
-            f"one seed, retrained and scored by `flagship.run_study` (`{command}`): N = {n} generated faces "
+            f"one seed, retrained and scored by `study.ablation.run_study` (`{command}`): N = {n} generated faces "
             f"({first['inputs']}) against all {n_ref} test photos. KID x 10^3 on dlib descriptors (± its standard "
             f"error over subsets), NME against the face model's landmarks, detection, diversity share (of the test "
             f"photos'), checkerboard (test photos: {first['reference_checkerboard']:.1e}). It replaces the section "
@@ -67,7 +67,7 @@ def ablation_section(results: dict, command: str) -> str:
 
 
 def ship_ablation(results_path, command: str, name: str = "flagship", weights_dir=None) -> dict:
-    """Store ``flagship.run_study``'s one-N results (``results_path``) in the shipped ``name``'s card
+    """Store ``study.ablation.run_study``'s one-N results (``results_path``) in the shipped ``name``'s card
     (``ablation_n``) and write them as its MODEL_CARD.md's section ``ABLATION_SECTION``. Returns the results."""
     results = json.loads(Path(results_path).read_text())
     section = ablation_section(results, command)
@@ -134,7 +134,7 @@ def card_sections(card: dict, size: int, gen, curve: list, study: dict) -> dict:
         f"Load with `frankenstein_utils.pretrained.shipped.load_pretrained('flagship')` (float32, CPU, eval mode).")
     sec["Data and terms"] = (
         "- Photos: the 10,000-image CelebA subset in `../shared/data/celeba_10k` (img_align_celeba 000001-010000, "
-        "downscaled 2x), cropped and resized as `datasets.PairedConfig`; per-image split train/val/test 90/5/5 % "
+        "downscaled 2x), cropped and resized as `data.pairs.PairedConfig`; per-image split train/val/test 90/5/5 % "
         "(seed 0; no identity labels, so one celebrity can be in train and test). **CelebA may be used only for "
         "non-commercial research and educational purposes**; these weights are derived from it and carry the same "
         "restriction.\n"
@@ -165,7 +165,7 @@ def card_sections(card: dict, size: int, gen, curve: list, study: dict) -> dict:
         f"{card['config']['out_dir']}/checkpoint.pt --wall-s {card['wall_s']:.0f} --command \"...\"`.")
     sec["Evaluation at export (superseded)"] = (
         SUPERSEDED.format(n=ev['n']) + "\n\n" +
-        f"{ev['n']} fixed synthetic inputs (`pretrained.fixed_inputs`, seed 2024: identity ~ N(0, I), pose and "
+        f"{ev['n']} fixed synthetic inputs (`pretrained.scoring.fixed_inputs`, seed 2024: identity ~ N(0, I), pose and "
         f"expression drawn from the training photos' fits) with z ~ N(0, I), judged by dlib "
         f"(`judges`: HOG detector, 68-point shape predictor, ResNet descriptor; images upsampled bicubic to 256 px); "
         f"reference = the first {ev['n']} test photos (never trained on). face-FD: Fréchet distance of dlib "
@@ -189,7 +189,7 @@ def card_sections(card: dict, size: int, gen, curve: list, study: dict) -> dict:
         sec["Ablations and peers (short equal budget; superseded measure)"] = (
             SUPERSEDED.format(n=128) + "\n\n" +
             f"Each run: {next(iter(study.values()))['steps']} steps, batch 8, width 8 (a budget far below this "
-            f"model's), scored by `flagship.run_study` on 128 fixed synthetic inputs vs 128 test photos; inputs: "
+            f"model's), scored by `study.ablation.run_study` on 128 fixed synthetic inputs vs 128 test photos; inputs: "
             f"{'; '.join(sorted({v.get('inputs', 'not recorded') for v in study.values()}))}.\n\n"
             "| run | face-FD | NME | detection | diversity | checkerboard | wall s |\n|---|---|---|---|---|---|---|\n" +
             "\n".join(_row(k, v, keys) for k, v in study.items()))
@@ -227,8 +227,8 @@ def study_card_sections(name: str, card: dict, size: int, run) -> dict:
         f"- Settings that differ from `TrainConfig`'s defaults: `{json.dumps(card['changed'])}`\n"
         f"- Retrain (resumes if interrupted): `{card['command']}`")
     sec["Curve"] = (
-        f"Scored after every segment on {card['n_eval']} fixed synthetic inputs (`pretrained.fixed_inputs`, seed "
-        f"2024) against as many test photos, dlib judges (`pretrained.face_scores`):\n\n| step | train min | face-FD | NME | detection | "
+        f"Scored after every segment on {card['n_eval']} fixed synthetic inputs (`pretrained.scoring.fixed_inputs`, seed "
+        f"2024) against as many test photos, dlib judges (`pretrained.scoring.face_scores`):\n\n| step | train min | face-FD | NME | detection | "
         "diversity |\n|---|---|---|---|---|---|\n" +
         "\n".join(f"| {p['step']} | {p['train_s'] / 60:.1f} | {p['face_fd']:.3f} | {p['nme']:.3f} | "
                   f"{p['detection']:.3f} | {p['diversity']:.3f} |" for p in pts))
@@ -239,7 +239,7 @@ def study_card_sections(name: str, card: dict, size: int, run) -> dict:
 
 
 # the card line that states the small-set numbers (written by the card sections and by ``rescore_shipped``)
-SMALL_SET_LINE = {"flagship": "Small fixed set recomputed by `tests/test_pretrained.py` (`pretrained.card_numbers`, "
+SMALL_SET_LINE = {"flagship": "Small fixed set recomputed by `tests/test_pretrained.py` (`pretrained.scoring.card_numbers`, "
                               "64 inputs, generated in float64 so that every CPU judges the same 8-bit images): ",
                   "study": "`card_numbers` of the float16 weights (recomputed by `tests/test_pretrained.py`), "
                            "generated in float64 so that every CPU judges the same 8-bit images: "}
@@ -262,7 +262,7 @@ def write_study_index(folder, params_path) -> None:
     text = ("# The study at one equal budget (shipped)\n\nEvery model of the study trained with the same steps, batch, "
             f"width and data by `python -m frankenstein_utils.study.variants {params_path} --export` (the parameter "
             "file states the budget); each card has the model's curve and the command that retrains it alone. "
-            "Numbers: `pretrained.card_numbers` of the shipped float16 weights (64 fixed synthetic inputs vs 64 test "
+            "Numbers: `pretrained.scoring.card_numbers` of the shipped float16 weights (64 fixed synthetic inputs vs 64 test "
             f"photos). Files: `<model>.safetensors` (reading one runs no code), SHA-256 in [`{CHECKSUMS}`](../"
             f"{CHECKSUMS}) and in each card, checked by `load_pretrained`.\n\n"
             "| model | size | steps | train min | face-FD | NME | detection |\n|---|---|---|---|---|---|---|\n"

@@ -1,4 +1,4 @@
-"""The shipped models' command line: export, evaluate, sweep, rescore, ablation (python -m frankenstein_utils.pretrained)."""
+"""The shipped models' command line (python -m frankenstein_utils.pretrained): export, evaluate, sweep, rescore."""
 
 from __future__ import annotations
 
@@ -49,7 +49,8 @@ def main(argv=None):
         b = ab.parse_args(argv[1:])
         ship_ablation(b.results, b.command, b.name)
         return
-    ap = argparse.ArgumentParser(prog="python -m frankenstein_utils.pretrained", epilog="python -m frankenstein_utils.pretrained rescore [NAME ...]: recompute the "
+    ap = argparse.ArgumentParser(prog="python -m frankenstein_utils.pretrained",
+                                 epilog="python -m frankenstein_utils.pretrained rescore [NAME ...]: recompute the "
                                         "small-set numbers of shipped models (after a change of the scoring); "
                                         "python -m frankenstein_utils.pretrained evaluate [NAME ...]: every shipped "
                                         "model and every control at N = 500 (weights/EVALUATION.md); "

@@ -17,8 +17,8 @@ UNPICKLE_WARNING = ("WARNING: converting unpickles {old}, which runs any code in
 
 def convert(old, new) -> str:
     """Rewrite a file of the older, pickled formats so that it is read without unpickling: a training checkpoint
-    (numpy's RNG state and every other value as tensors and plain values; ``new``: a ``.pt`` file) or a shipped
-    model (``pretrained.export``'s old ``.pt``; ``new``: a ``.safetensors`` file, its SHA-256 recorded beside it).
+    (numpy's RNG state and every other value as tensors and plain values; ``new``: a ``.pt`` file) or a shipped model
+    (``pretrained.shipped.export``'s old ``.pt``; ``new``: a ``.safetensors`` file, its SHA-256 recorded beside it).
     Reading ``old`` UNPICKLES it, which runs any code inside it: only for files the user trusts (the command says so
     each time). Returns what was written."""
     import sys

@@ -108,8 +108,8 @@ def evaluate_for_card(generate, model, train, test, n: int = 256, seed: int = 20
     """The card's evaluation on ``n`` fixed synthetic inputs (``fixed_inputs``) against ``n`` test photos, with the
     reference rows the targets are stated against: training photos (real, and blurred with sigma = 2 px) vs the test
     photos (face-FD), the real-photo oracle and shuffled rows for landmark error (test photos' dlib landmarks vs their
-    own MediaPipe landmarks mapped to iBUG, ``evaluation.mediapipe_ibug_map``), identity AUC under the
-    depth-blind-proof design (``evaluation.identity_set``), checkerboard score beside real photos'."""
+    own MediaPipe landmarks mapped to iBUG, ``evaluation.context.mediapipe_ibug_map``), identity AUC under the
+    depth-blind-proof design (``evaluation.context.identity_set``), checkerboard score beside real photos'."""
     from ..evaluation import context as EV
     from ..evaluation import judges as J
     from ..evaluation import measures as M
@@ -144,8 +144,8 @@ def evaluate_for_card(generate, model, train, test, n: int = 256, seed: int = 20
 
 
 def _identity(out, generate, model, render, pose, seed, z_dim, jd, box):
-    """Identity AUC under the matched pair design (``metrics.identity_pairs``): 2 codes x 50 identities x 5 poses
-    (``evaluation.identity_set``), interval by bootstrap over identities."""
+    """Identity AUC under the matched pair design (``evaluation.measures.identity_pairs``): 2 codes x 50 identities x 5
+    poses (``evaluation.context.identity_set``), interval by bootstrap over identities."""
     from ..evaluation import context as EV
     from ..evaluation import measures as M
 
@@ -197,7 +197,7 @@ def evaluate_shipped(names=None, workers: int = 2, out_md=None, **context_kw) ->
     command = "python -m frankenstein_utils.pretrained evaluate" + ("" if names == available() else " " + " ".join(names))
     table = EV.results_table(refs, rows, checks)
     checks_md = "\n".join(f"- {k}: {'passed' if v['ok'] else '**FAILED**'} ({v['rule']})" for k, v in checks.items())
-    text = (f"# {EVALUATION_SECTION}\n\nN = {n} synthetic inputs per model (`evaluation.build_context`: identity "
+    text = (f"# {EVALUATION_SECTION}\n\nN = {n} synthetic inputs per model (`evaluation.context.build_context`: identity "
             f"~ N(0, I) over 15 components, pose and expression drawn from the training photos' fits), judged with "
             f"descriptors against all {n_ref} test photos; identity on {ctx.id_ids.max() + 1} identities x "
             f"{ctx.id_poses.max() + 1} poses x {ctx.id_codes.max() + 1} codes. KID x 10^3 on dlib descriptors "
@@ -235,11 +235,11 @@ def evaluate_shipped(names=None, workers: int = 2, out_md=None, **context_kw) ->
 
 
 def sweep_shipped(names=None, workers: int = 2, md=None, **sweep_kw) -> dict:
-    """Every shipped model (or ``names``) swept over the explorer's range (``sweep.slider_sweep``: each of the 15
-    shape components at -3 ... 3 sigma and a head turn of -30 ... 30 degrees, 8 codes) beside the depth-as-image
-    reference; writes the section ``SWEEP_SECTION`` of ``weights/EVALUATION.md``: one headline number per sweep
-    (score = min(intact share, response), 1 = robust) and the summary, and stores each model's summary in its file's
-    card (``sweep``). Returns {name: sweep result}."""
+    """Every shipped model (or ``names``) swept over the explorer's range (``evaluation.sweep.slider_sweep``: each of
+    the 15 shape components at -3 ... 3 sigma and a head turn of -30 ... 30 degrees, 8 codes) beside the depth-as-image
+    reference; writes the section ``SWEEP_SECTION`` of ``weights/EVALUATION.md``: one headline number per sweep (score =
+    min(intact share, response), 1 = robust) and the summary, and stores each model's summary in its file's card
+    (``sweep``). Returns {name: sweep result}."""
     import time
 
     from ..evaluation import context as EV
@@ -276,7 +276,7 @@ def sweep_shipped(names=None, workers: int = 2, md=None, **sweep_kw) -> dict:
                      f"{', '.join(sm['ignored']) or '–'} |")
     section = (f"## {SWEEP_SECTION}\n\nEach of the 15 shape components at -3, -1.5, 0, 1.5, 3 sigma (others 0, "
                f"neutral pose) and the mean face turned -30 ... 30 degrees about the eyes, each position with the "
-               f"same 8 codes (`sweep.slider_sweep`); per sweep one number, score = min(intact, response): intact = "
+               f"same 8 codes (`evaluation.sweep.slider_sweep`); per sweep one number, score = min(intact, response): intact = "
                f"the worst share over positions of codes whose face dlib detects and whose high-frequency energy "
                f"is at most 1.25x the same code's centre face (breaks show), response = Spearman's correlation of "
                f"slider distance and descriptor distance, yaw: landmark follow (ignores show). 1 = robust. Broken: "

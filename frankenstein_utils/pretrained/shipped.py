@@ -121,10 +121,10 @@ def shipped_blob(run, render: RenderConfig, pose: PoseJitter, card: dict, latent
 
 
 def export(run, path, render: RenderConfig, pose: PoseJitter, card: dict, latent: dict | None = None) -> int:
-    """Write ``shipped_blob`` of a trained run (float16 G and encoder with its settings, input convention, card
-    numbers and ``latent``: the encoder's main directions for appearance sliders, ``widgets.latent_directions`` of
-    training photos) to ``path`` (a ``.safetensors`` file, atomically; its SHA-256 recorded). Returns the file size
-    in bytes."""
+    """Write ``shipped_blob`` of a trained run (float16 G and encoder with its settings, input convention, card numbers
+    and ``latent``: the encoder's main directions for appearance sliders, ``pretrained.shipped.latent_directions`` of
+    training photos) to ``path`` (a ``.safetensors`` file, atomically; its SHA-256 recorded). Returns the file size in
+    bytes."""
     return write_shipped(path, shipped_blob(run, render, pose, card, latent))
 
 

@@ -24,7 +24,7 @@ def from_run(run, render: RenderConfig, pose: PoseJitter) -> PretrainedGenerator
 
 
 def export_study(params_path, params: dict, names=None, machine_note: str = "", weights_dir=None) -> dict:
-    """Ship every finished model of the budget study (``experiments.budget_study``) as
+    """Ship every finished model of the budget study (``study.variants.budget_study``) as
     ``weights/study/<model>.safetensors``
     (G and encoder in float16, no EMA: these objectives keep none) with ``<model>_MODEL_CARD.md``: its curve, the
     card numbers of the shipped weights (``card_numbers``: 64 fixed synthetic inputs), training time and the

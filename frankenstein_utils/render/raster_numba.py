@@ -1,4 +1,4 @@
-"""The rasterizer of ``rasterize.py`` compiled with numba: loops over triangles per face, threads over faces.
+"""The rasterizer of ``render/rasterize.py`` compiled with numba: loops over triangles per face, threads over faces.
 
 It returns fragments: per pixel the winning (nearest) triangle, its barycentric weights and its z. It repeats the
 torch path's float32 arithmetic step by step (bounding box of pixel centres, edge tests relative to each triangle's
@@ -7,8 +7,8 @@ index), so both give the same fragments bit for bit; the torch path stays for CU
 38k triangles cover at most one or two pixel centres, which a plain loop handles with a few dozen instructions each,
 where the torch path needs ~60 batched tensor operations and their gathers (bench/bench_depth.py compares the two).
 
-``interpolate_numba`` turns fragments into attribute and normal buffers in one pass over the pixels, with the
-arithmetic of ``rasterize.interpolate``'s torch path (separately rounded products and sums), so again the same bits.
+``interpolate_numba`` turns fragments into attribute and normal buffers in one pass over the pixels, with the arithmetic
+of ``render.rasterize.interpolate``'s torch path (separately rounded products and sums), so again the same bits.
 
 The first call compiles the kernel (seconds) and caches it next to this file (``__pycache__``); later processes load
 it from there.
@@ -162,7 +162,7 @@ def rasterize_numba(verts: np.ndarray, faces: np.ndarray, height: int, width: in
     """Numpy in and out: ``verts`` (B, N, 3) pixel coordinates, ``faces`` (T, 3) -> fragments ``(triangle, bary,
     z, mask)``: (B, H, W) int64 (-1 uncovered), (B, H, W, 3) float32, (B, H, W) float32, bool (0 uncovered).
 
-    Same contract as ``rasterize.rasterize`` (which calls this for CPU tensors). ``threads`` Python threads split
+    Same contract as ``render.rasterize.rasterize`` (which calls this for CPU tensors). ``threads`` Python threads split
     the faces; the kernel releases the GIL. (Not numba's ``parallel=True``: its OpenMP layer aborts DataLoader
     workers forked after the first parallel call, "fork() called from a process already using GNU OpenMP".)"""
     P, F = _mesh_arrays(verts, faces)
@@ -193,10 +193,10 @@ def rasterize_depth_numba(verts: np.ndarray, faces: np.ndarray, height: int, wid
 
 @numba.njit(cache=True, nogil=True)
 def _vertex_normals_faces(P, F, out, start, stop):
-    """Area-weighted unit vertex normals of meshes ``start:stop`` of ``P`` (B, N, 3) into ``out`` (B, N, 3), with
-    the arithmetic of ``rasterize.vertex_normals``' torch path in its order, so that both give the same bits: cross
-    products without fused multiply-adds; sums triangle by triangle, corners in order (``index_add`` over the
-    flattened faces); the length's square root in float64 (torch's float32 one is not correctly rounded)."""
+    """Area-weighted unit vertex normals of meshes ``start:stop`` of ``P`` (B, N, 3) into ``out`` (B, N, 3), with the
+    arithmetic of ``render.rasterize.vertex_normals``' torch path in its order, so that both give the same bits: cross
+    products without fused multiply-adds; sums triangle by triangle, corners in order (``index_add`` over the flattened
+    faces); the length's square root in float64 (torch's float32 one is not correctly rounded)."""
     T, N = F.shape[0], P.shape[1]
     tiny = _F(1e-12)
     for b in range(start, stop):
@@ -221,7 +221,7 @@ def _vertex_normals_faces(P, F, out, start, stop):
 
 def vertex_normals_numba(verts: np.ndarray, faces: np.ndarray, *, threads: int = 1) -> np.ndarray:
     """Area-weighted unit vertex normals (B, N, 3) float32 of meshes ``verts`` (B, N, 3) sharing ``faces`` (T, 3):
-    the CPU path of ``rasterize.vertex_normals``, ~10x its batched torch form (which moves ~1 MB per face through
+    the CPU path of ``render.rasterize.vertex_normals``, ~10x its batched torch form (which moves ~1 MB per face through
     memory)."""
     P, F = _mesh_arrays(verts, faces)
     B = P.shape[0]
@@ -242,7 +242,7 @@ def _vertex_triangles(F, N):
     """The triangles around each vertex, as ``start`` (N + 1,) and ``corners`` (3T, 3): vertex v's triangles are
     ``corners[start[v]:start[v + 1]]`` (their three corners, as in ``F``), in the order of the flattened ``F``
     (triangle by triangle, corners in order), the order in which ``index_add`` sums them in
-    ``rasterize.vertex_normals``. A counting sort, ~0.2 ms for the face mesh."""
+    ``render.rasterize.vertex_normals``. A counting sort, ~0.2 ms for the face mesh."""
     T = F.shape[0]
     start = np.zeros(N + 1, np.int64)
     for t in range(T):
@@ -355,11 +355,11 @@ def _empty(shape, dtype) -> np.ndarray:
 def interpolate_numba(triangle: np.ndarray, bary: np.ndarray, faces: np.ndarray, attributes=(), normals_of=None, *,
                       threads: int = 1):
     """Numpy in and out: fragments ``triangle`` (B, H, W) int64 and ``bary`` (B, H, W, 3) float32 of meshes with
-    ``faces`` (T, 3) -> a list of (B, H, W, C) per attribute of ``attributes`` (each (N, C) or (1 or B, N, C),
-    float32 or float64, out in its dtype) and, with ``normals_of`` (the meshes (B, N, 3) float32), their unit
-    normal buffer (B, H, W, 3) float32 (else None). The CPU path of ``rasterize.interpolate`` and
-    ``rasterize.render_mesh_buffers``, with the same arithmetic, so the same bits; 0 where uncovered. One pass over
-    the pixels per attribute, the normals with the first; ``threads`` Python threads split the faces."""
+    ``faces`` (T, 3) -> a list of (B, H, W, C) per attribute of ``attributes`` (each (N, C) or (1 or B, N, C), float32
+    or float64, out in its dtype) and, with ``normals_of`` (the meshes (B, N, 3) float32), their unit normal buffer (B,
+    H, W, 3) float32 (else None). The CPU path of ``render.rasterize.interpolate`` and
+    ``render.rasterize.render_mesh_buffers``, with the same arithmetic, so the same bits; 0 where uncovered. One pass
+    over the pixels per attribute, the normals with the first; ``threads`` Python threads split the faces."""
     tri = np.ascontiguousarray(triangle, dtype=np.int64)
     wts = np.ascontiguousarray(bary, dtype=np.float32)
     F = np.ascontiguousarray(faces, dtype=np.int32)

@@ -35,7 +35,7 @@ def preset(name: str, **overrides) -> dict:
 
 # ---- the ablation and peer study (short runs at one equal budget) ---------------------------------------------------
 def study_data(size: int = 64, n_synthetic: int = 2000, seed: int = 0, cache_dir="outputs/cache", limit=None):
-    """The streams every study run trains on (as ``train.py`` builds them): paired CelebA (depth of the fitted face
+    """The streams every study run trains on (as ``train/cli.py`` builds them): paired CelebA (depth of the fitted face
     model), the same training photos as unpaired reals, face-model depth with the paired set's framing, pose and
     expression drawn from the photos' fits (``train.synthetic``)."""
     from ..data.pairs import PairedConfig, PairedFaceDataset
@@ -52,7 +52,7 @@ def run_study(out_dir, names: list[str], steps: int, n_eval: int = 500, progress
               workers: int = 1, n_test: int | None = None, cache_dir="outputs/cache", limit: int | None = None,
               **common) -> dict:
     """Train each named run (``flagship``, an ``ABLATIONS`` key, ``pix2pix``, ``bicyclegan``) for ``steps`` with the
-    ``common`` settings, then score it with the evaluation's dlib judges at one N (``evaluation.build_context``,
+    ``common`` settings, then score it with the evaluation's dlib judges at one N (``evaluation.context.build_context``,
     judges only): ``n_eval`` synthetic inputs from the fitted distribution with z ~ N(0, I), against all test photos
     (``n_test``: the first that many, for a quick check only): KID x 10^3 on descriptors (the headline, unbiased at
     any N) with its standard error, NME against the face model's landmarks, detection, diversity share, and the
@@ -95,8 +95,8 @@ STUDY_SMALL = dict(image_size=64, width=8, d_width=8, encoder_width=8, batch_siz
 
 
 def main(argv=None):
-    """python -m frankenstein_utils.study.ablation OUT --steps 250 [--names NAME ...]: the flagship's ablations and peers
-    at one short budget (``STUDY_SMALL``), each scored at one N (``run_study``)."""
+    """python -m frankenstein_utils.study.ablation OUT --steps 250 [--names NAME ...]: the flagship's ablations and
+    peers at one short budget (``STUDY_SMALL``), each scored at one N (``run_study``)."""
     import argparse
 
     names = ["flagship", *ABLATIONS, "pix2pix", "bicyclegan"]

@@ -3,15 +3,15 @@
 Measure and ship a buffers generator: its training curve, the comparison with the raw render and the depth-only
 flagship, the sweep over the explorer's range, contact sheets, and the shipped file with its card.
 
-    python -m frankenstein_utils.study.buffers_report curve RUN_DIR [--n 200]        # score every snapshot not yet scored
-    python -m frankenstein_utils.study.buffers_report compare CHECKPOINT [--out DIR] # the comparison at N = 500
+    python -m frankenstein_utils.study.buffers_report curve RUN_DIR [--n 200]        # score every snapshot not yet
+    scored python -m frankenstein_utils.study.buffers_report compare CHECKPOINT [--out DIR] # the comparison at N = 500
     python -m frankenstein_utils.study.buffers_report ship CHECKPOINT --compare DIR --command "..." [--name buffers]
 
 Every number comes from the evaluation's measures (``evaluation``: KID on dlib descriptors against all test photos,
 NME against the face model's own landmarks with the fitted-photo oracle, detection, diversity and code spread as
 shares of the real photos', identity AUC under the matched design with its controls, memorisation) plus two checks
-of the picture itself: the checkerboard score (``flagship.checkerboard_score``) and the ring at the mask edge
-(``metrics.edge_ring``), each beside the test photos' own value.
+of the picture itself: the checkerboard score (``evaluation.measures.checkerboard_score``) and the ring at the mask edge
+(``evaluation.measures.edge_ring``), each beside the test photos' own value.
 """
 
 from __future__ import annotations
@@ -44,8 +44,9 @@ def _data(size: int = 64, cache_dir=None):
 
 
 def picture_checks(images: torch.Tensor, mask: torch.Tensor) -> dict:
-    """Checkerboard score, edge ring (``metrics.edge_ring``: dip in grey levels, roughness along the contour) and
-    ``metrics.staircase_contrast`` (dots at the input mask's pixel corners) of images with their masks."""
+    """Checkerboard score, edge ring (``evaluation.measures.edge_ring``: dip in grey levels, roughness along the
+    contour) and ``evaluation.measures.staircase_contrast`` (dots at the input mask's pixel corners) of images with
+    their masks."""
     from ..evaluation.measures import checkerboard_score
 
     ring = M.edge_ring(images, mask)
@@ -142,7 +143,7 @@ def sheet(images: torch.Tensor, ncol: int) -> bytes:
 
 def contact_faces(f, model, app, n_faces: int = 16, n_poses: int = 5, seed: int = 0) -> torch.Tensor:
     """Row i: one synthetic identity with one appearance and network code, in ``n_poses`` poses and expressions of
-    fitted training photos (as ``facerender.contact_sheet``)."""
+    fitted training photos (as ``evaluation.raw_render.contact_sheet``)."""
     from ..data.depth_sets import DepthSetConfig, sample_face_params
 
     render = f.render
@@ -329,7 +330,7 @@ def report_text(result: dict) -> str:
             f"frankenstein_utils.study.buffers_report compare {result['source'].split(' ')[0]} --n {result['n']} "
             f"--seed {result['seed']}`.\n\n"
             f"## Ladders and controls\n\n{checks_md}\n\n## Table\n\n{table}\n\n## The picture itself\n\n"
-            f"Checkerboard score (power on the Nyquist lines) and the ring at the mask edge (`metrics.edge_ring`: "
+            f"Checkerboard score (power on the Nyquist lines) and the ring at the mask edge (`evaluation.measures.edge_ring`: "
             f"grey level in the 2 px on both sides of the edge minus the bands beside it; negative = darker; the "
             f"test photos with their own fitted masks are the reference; edge roughness: grey-level change along the "
             f"contour in that ring over the bands beside it, which dots strung along the edge raise; staircase: "
@@ -498,7 +499,7 @@ resize upsampling, bottleneck {cfg['fs_bottleneck']} px), the EMA of its weights
 ({n_e:,} parameters; the latent sliders' directions are its codes of 2,000 training photos). It is
 `load_pretrained()`'s default; `python -m frankenstein_utils.apps.generate` and `FaceExplorer.with_pretrained` use it.
 It reads the shipped appearance model (`appearance.safetensors`, SHA-256 `{card['appearance_sha256']}`, checked when
-loaded): `evaluation.generator_fn` renders the buffers from a face's parameters (`buffers.BufferGenerator`).{aa}
+loaded): `evaluation.context.generator_fn` renders the buffers from a face's parameters (`data.buffers.BufferGenerator`).{aa}
 
 File: `{name}.safetensors` ({size / 2 ** 20:.2f} MiB, float16).
 
@@ -534,7 +535,7 @@ N = {card['comparison']['n']} generated faces per row against all test photos, o
 seed {card['comparison'].get('seed', 0)})
 (`python -m frankenstein_utils.study.buffers_report compare`, full table with intervals and controls in
 `{compare_dir}/EVALUATION.md`, not shipped). Edge dip: grey level along the mask edge minus the bands beside it
-(`metrics.edge_ring`; negative = a dark ring), to compare with the test photos' own.
+(`evaluation.measures.edge_ring`; negative = a dark ring), to compare with the test photos' own.
 
 {table}
 ## Targets (issue 22), computed

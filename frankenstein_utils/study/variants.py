@@ -49,8 +49,9 @@ SUPERVISED = ("U", "V", "F", "NU", "cvae")  # notebook 02's models (training.sup
 
 
 def model_config(name: str, **settings) -> TrainConfig:
-    """The ``TrainConfig`` of any named model of the study: a supervised one (``SUPERVISED``), a variant of notebook
-    03 (``VARIANTS``) or a peer preset (``flagship.PRESETS``: pix2pix, bicyclegan, flagship), on top of ``settings``."""
+    """The ``TrainConfig`` of any named model of the study: a supervised one (``SUPERVISED``), a variant of notebook 03
+    (``VARIANTS``) or a peer preset (``study.ablation.PRESETS``: pix2pix, bicyclegan, flagship), on top of
+    ``settings``."""
     if name in SUPERVISED:
         return supervised_config(name, **settings)
     if name in VARIANTS:
@@ -132,9 +133,9 @@ BASELINES = ("mean training photo", "linear map of depth")
 
 
 def supervised_table(runs: dict, train, val, seconds: dict | None = None, seed: int = 0) -> list[dict]:
-    """Validation metrics (``metrics.paired_metrics``: inside the face mask and over the whole image) of the two
-    baselines and every supervised run; a cvae run gives two rows (z = E(photo), z ~ N(0, I) seeded by ``seed``).
-    ``dB vs mean (mask)`` is a row's masked PSNR minus the mean photo's."""
+    """Validation metrics (``evaluation.metric_nets.paired_metrics``: inside the face mask and over the whole image) of
+    the two baselines and every supervised run; a cvae run gives two rows (z = E(photo), z ~ N(0, I) seeded by
+    ``seed``). ``dB vs mean (mask)`` is a row's masked PSNR minus the mean photo's."""
     from ..evaluation.metric_nets import LinearDepthBaseline, MeanPhotoBaseline, evaluate_paired
     from ..nets.layers import count_parameters
 
@@ -235,9 +236,9 @@ def load_budget_params(path) -> dict:
 
 def budget_study(params: dict, names=None, progress: bool = False) -> dict:
     """Every model of ``params['models']`` (or ``names``) at the same budget, each with its curve: face-FD, landmark
-    error, detection and diversity (``pretrained.face_scores``) on ``n_eval`` fixed synthetic inputs
-    (``pretrained.fixed_inputs``: identity N(0, I), pose and expression from the photos' fits) against as many
-    test photos. Data: ``flagship.study_data`` (fitted pairs, the training photos as unpaired reals, synthetic
+    error, detection and diversity (``pretrained.scoring.face_scores``) on ``n_eval`` fixed synthetic inputs
+    (``pretrained.scoring.fixed_inputs``: identity N(0, I), pose and expression from the photos' fits) against as many
+    test photos. Data: ``study.ablation.study_data`` (fitted pairs, the training photos as unpaired reals, synthetic
     inputs from the fitted distribution). Writes ``out_dir/<model>/curve.json`` and ``out_dir/results.json``."""
     from ..evaluation.context import generator_fn
     from ..pretrained.scoring import _analysed_reference, face_scores, fixed_inputs

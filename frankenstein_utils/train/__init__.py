@@ -1,4 +1,4 @@
-"""Stage 7, training: the config, the trainer, checkpoints, replay pools and the command line (python -m frankenstein_utils.train)."""
+"""Stage 7, training: config, trainer, checkpoints, replay pools, command line (python -m frankenstein_utils.train)."""
 
 from ..io.moved import stage_getattr
 

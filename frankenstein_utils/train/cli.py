@@ -43,7 +43,8 @@ def parse_bool(s: str) -> bool:
 
 
 def _parser(preset: str | None = None):
-    ap = argparse.ArgumentParser(prog="python -m frankenstein_utils.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m frankenstein_utils.train",
+                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = asdict(TrainConfig(**PRESETS[preset])) if preset else asdict(TrainConfig())
     for f in fields(TrainConfig):
         if f.name in ("data", "image_size", "input_convention"):

@@ -29,7 +29,7 @@ class TrainConfig:
     z_dim: int = 8  # appearance code (cvae) or noise (NU)
     flat_layers: int = 6
     mask_input: bool = False  # feed the face mask as a second input channel
-    # attribute buffers fed beside depth (``buffers.BUFFERS``, comma-separated, 3 channels each: e.g.
+    # attribute buffers fed beside depth (``data.buffers.BUFFERS``, comma-separated, 3 channels each: e.g.
     # "colour,normal"), rendered from the face model's appearance half with ``appearance_k`` components; "" = depth only
     buffers: str = ""
     appearance_k: int = 0
@@ -216,12 +216,12 @@ def _uses_code(c: TrainConfig) -> str:
 
 def _size_problem(c: TrainConfig) -> str:
     """Why the networks of config ``c`` cannot take ``c.image_size`` px images ("" if they can), from the convolution
-    arithmetic of ``models.py`` and ``flagship.py``, so a size that is too small fails here in one line instead of in
-    the first step, after the data is built. A 4x4 stride-2 conv halves a size, a 4x4 stride-1 conv with padding 1
+    arithmetic of ``nets/study.py`` and ``nets/flagship.py``, so a size that is too small fails here in one line instead
+    of in the first step, after the data is built. A 4x4 stride-2 conv halves a size, a 4x4 stride-1 conv with padding 1
     takes 1 off it, and instance normalisation needs at least 2x2. Hence: the PatchGAN (3 layers) needs 12 px; the
-    4-layer PatchGAN of pix2pix, BicycleGAN and the flagship 24 px at each of its scales (each scale halves the
-    size); the U/V/NU generators (and the R net of gan+recon, the cross-encoder's codes) with instance norm 8 px
-    (their bottleneck is a quarter of the size); the small discriminator with instance norm 8 px."""
+    4-layer PatchGAN of pix2pix, BicycleGAN and the flagship 24 px at each of its scales (each scale halves the size);
+    the U/V/NU generators (and the R net of gan+recon, the cross-encoder's codes) with instance norm 8 px (their
+    bottleneck is a quarter of the size); the small discriminator with instance norm 8 px."""
     S, mode = c.image_size, c.mode
     needs = []  # (smallest size, the network that needs it)
     if mode == "flagship":

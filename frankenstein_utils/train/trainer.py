@@ -1,8 +1,9 @@
 """The trainer: one loop for every mode, with checkpoints, exact resume, TensorBoard, samples, DDP and autocast.
 
 One trainer for every mode: a dataclass config (saved in every checkpoint), atomic checkpoints, exact resume,
-TensorBoard scalars, sample grids, tqdm, NaN guard, DDP, CPU or CUDA (bf16 autocast). Each mode's networks, losses
-and step are its objective's, one small class each (``objectives.py``; flagship, pix2pix, BicycleGAN: ``flagship.py``).
+TensorBoard scalars, sample grids, tqdm, NaN guard, DDP, CPU or CUDA (bf16 autocast). Each mode's networks, losses and
+step are its objective's, one small class each (``objectives/study.py``; flagship, pix2pix, BicycleGAN:
+``objectives/flagship.py``, ``objectives/peers.py``).
 
 Data comes as named streams of dict batches: ``paired`` (image, depth, mask: a photo and its own depth),
 ``synthetic`` (depth, mask: face-model renders, the inputs we care about) and ``real`` (image: unpaired photos).
@@ -115,8 +116,9 @@ def pick_device(name: str) -> torch.device:
 
 class Trainer:
     """What every mode shares: the loop, data streams, checkpoints, exact resume, logging, the NaN guard, DDP and the
-    replay pools. The mode's networks, losses and step are its objective's (``objectives.py``; flagship, pix2pix and
-    BicycleGAN in ``flagship.py``). Build, then ``fit()``; resumes from ``out_dir/checkpoint.pt`` if present."""
+    replay pools. The mode's networks, losses and step are its objective's (``objectives/study.py``; flagship, pix2pix
+    and BicycleGAN in ``objectives/flagship.py`` and ``objectives/peers.py``). Build, then ``fit()``; resumes from
+    ``out_dir/checkpoint.pt`` if present."""
 
     def __init__(self, cfg: TrainConfig, data: dict[str, Dataset], val: Dataset | None = None, resume: bool = True):
         self.cfg = cfg
