@@ -131,6 +131,18 @@ def test_every_old_module_name_resolves_to_where_its_code_lives_now():
         assert getattr(old_module, name) is getattr(importlib.import_module(f"frankenstein_utils.{home}"), name), old
         with pytest.raises(AttributeError, match="moved to"):
             getattr(old_module, "no_such_name_anywhere")
+    # names whose meaning moved with them: the old registries held the study's modes, or the flagship's and peers'
+    from frankenstein_utils.objectives.registry import PEER_OBJECTIVES, PEER_PRESETS, STUDY_OBJECTIVES
+
+    assert importlib.import_module("frankenstein_utils.objectives").OBJECTIVES is STUDY_OBJECTIVES
+    assert importlib.import_module("frankenstein_utils.flagship").OBJECTIVES is PEER_OBJECTIVES
+    assert importlib.import_module("frankenstein_utils.training").OBJECTIVES is PEER_OBJECTIVES
+    assert importlib.import_module("frankenstein_utils.flagship").PRESETS is PEER_PRESETS
+    # every name the package's files and tests took from the old modules before
+    for old, name in [("models", "init_weights"), ("models", "count_parameters"), ("pretrained", "generator_fn"),
+                      ("experiments", "train_with_curve"), ("datasets", "normalize_depth"),
+                      ("flagship", "generator_input"), ("training", "EncoderDecoder")]:
+        assert getattr(importlib.import_module(f"frankenstein_utils.{old}"), name) is not None
     # ``from OLD import NAME``, the form of older scripts and of the shipped cards' snippets
     from frankenstein_utils.training import TrainConfig
 

@@ -227,13 +227,18 @@ def test_flagship_card_takes_the_ablation_at_one_n(tmp_path):
     row = lambda kid, se: {"kid": kid, "kid_se": se, "nme": 0.06, "detection": 0.9, "diversity_share": 0.5,
                            "checkerboard": 2e-4, "reference_checkerboard": 4e-4, "wall_s": 60.0, "n": 500,
                            "n_reference": 497, "steps": 250, "inputs": "the inputs"}
-    res = {"flagship": row(900.0, 30.0), "-R1": row(700.0, 25.0), "pix2pix": row(1500.0, 40.0)}
+    res = {"flagship": row(900.0, 30.0), "-R1": row(700.0, 25.0), "pix2pix": row(1500.0, 40.0),
+           "-EMA": {"status": "diverged", "message": "d_real is nan at step 3\nmore", "wall_s": 5.0,
+                    "history": [{"step": 1}], "config": {"steps": 250}}}
+    res["-R1"].update(status="ok", train_s=40.0, history=[{"step": 1, "l1": 0.5}], config={"steps": 250})
     (tmp_path / "results.json").write_text(json.dumps(res))
     ship_ablation(tmp_path / "results.json", "the command", weights_dir=tmp_path)
     text = (tmp_path / "flagship_MODEL_CARD.md").read_text()
     sec = text[text.index(f"## {ABLATION_SECTION}"):]
     assert "N = 500" in sec and "497 test photos" in sec and "250 steps" in sec and "the command" in sec
     assert sec.index("| -R1 | 700.0 ± 25.0") < sec.index("| flagship | 900.0 ± 30.0") < sec.index("| pix2pix |")
+    assert "| 40 |" in sec.split("| -R1 |")[1].split("\n")[0]  # training time, not training and scoring
+    assert "Not finished: -EMA (diverged: d_real is nan at step 3)" in sec and "| -EMA |" not in sec
     head = f"## {ABLATION_SECTION}\n"
     if head in before:  # the shipped card has the real section: it is replaced, the rest kept
         start = before.index(head)
@@ -241,7 +246,8 @@ def test_flagship_card_takes_the_ablation_at_one_n(tmp_path):
         before = before[:start] + (before[nxt:] if nxt >= 0 else "")
     for line in before.splitlines():  # nothing else of the card is lost (the file's checksum line is rewritten)
         assert line in text or "SHA-256" in line
-    assert read_shipped(tmp_path / "flagship.safetensors")["card"]["ablation_n"]["results"]["-R1"]["kid"] == 700.0
+    stored = read_shipped(tmp_path / "flagship.safetensors")["card"]["ablation_n"]["results"]
+    assert stored["-R1"]["kid"] == 700.0 and not {"history", "config", "message"} & set(stored["-R1"])
     res["-R1"]["kid"] = 650.0
     (tmp_path / "results.json").write_text(json.dumps(res))
     ship_ablation(tmp_path / "results.json", "the command", weights_dir=tmp_path)

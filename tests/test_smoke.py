@@ -292,7 +292,14 @@ def test_one_runner_keeps_going_skips_what_is_done_and_retrains_what_changed(tmp
     assert scored == [2, 2, 4] and again["b"]["steps"] == 4  # changed: trained on from its checkpoint, scored
     run_each(["a (first)"], config_of, streams(), tmp_path, score=score, rescore=True)
     assert scored == [2, 2, 4, 2]
-    curve = run_each(["c"], lambda n, f: variant_config("supervised-l1", None, out_dir=str(f), steps=4, **SMALL),
-                     streams(), tmp_path, score=score, curve_every=2)
+    c_config = lambda n, f: variant_config("supervised-l1", None, out_dir=str(f), steps=4, **SMALL)  # noqa: E731
+    curve = run_each(["c"], c_config, streams(), tmp_path, score=score, curve_every=2)
     assert [p["step"] for p in json.loads((tmp_path / "c" / "curve.json").read_text())["points"]] == [2, 4]
-    assert curve["c"]["step"] == 4 and curve["c"]["score"] == 4.0
+    assert curve["c"]["step"] == 4 and curve["c"]["score"] == 4.0 and curve["c"]["steps"] == 4
+    again = run_each(["c"], c_config, streams(), tmp_path, score=score, curve_every=2)  # every point there already
+    assert scored == [2, 2, 4, 2, 2, 4] and again["c"]["steps"] == 4 and again["c"]["history"]
+    # an entry of the older ablation runner (no status, no config) counts as done, as it did
+    results = json.loads((tmp_path / "results.json").read_text())
+    (tmp_path / "results.json").write_text(json.dumps({**results, "old": {"kid": 1.0, "n": 3}}))
+    assert run_each(["old"], c_config, streams(), tmp_path, score=score)["old"] == {"kid": 1.0, "n": 3}
+    assert scored == [2, 2, 4, 2, 2, 4]

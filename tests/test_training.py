@@ -93,6 +93,9 @@ def test_config_checks(tmp_path):
         TrainConfig.from_dict({"stpes": 3})
     with pytest.raises(ValueError, match="steps must be int"):
         TrainConfig.from_dict({"steps": "3"})
+    for mode in ("flagship", "pix2pix", "bicyclegan"):  # their objectives train with Adam, whatever the config says
+        with pytest.raises(ValueError, match="trains with Adam"):
+            TrainConfig(mode=mode, optimizer="rmsprop")
     with pytest.raises(ValueError, match="unknown mode"):
         TrainConfig(mode="diffusion")
     Trainer(cfg(tmp_path, steps=3), {"paired": ToyPairs()}).fit(progress=False)

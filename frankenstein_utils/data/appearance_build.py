@@ -474,7 +474,7 @@ def ship(src=None, max_components: int | None = None, command: str = "", alterna
     card = f"""# Appearance model (the face model's colour half)
 
 Per-vertex colour over the ICT face model's `{app.config.region}` region ({r['vertices']} vertices), learned from the
-fitted CelebA training photos: `frankenstein_utils/facemodel/appearance.py` (sampling through each photo's fit with z-buffer
+fitted CelebA training photos: `frankenstein_utils/data/appearance_build.py` (sampling through each photo's fit with z-buffer
 and facing visibility, mirror fill {'on' if app.config.mirror else 'off'}, harmonic fill, missing-data PCA with
 {app.config.rounds} imputation rounds, K chosen on the validation split). Light: **{app.config.light}**.
 

@@ -21,43 +21,55 @@ MOVED: dict[str, tuple[str, ...]] = {
     "apply": ('apps.apply',),
     "buffers": ('data.buffers',),
     "buffers_report": ('study.buffers_report',),
-    "datasets": ('data.pairs', 'data.photos', 'facemodel.framing', 'io.images'),
+    "datasets": ('data.pairs', 'data.photos', 'facemodel.framing', 'io.images', 'render.rasterize'),
     "depthdata": ('data.depth_sets', 'facemodel.fitting'),
     "draws": ('io.draws',),
     "evaluation": ('evaluation.context',),
-    "experiments": ('study.variants',),
+    "experiments": ('study.variants', 'study.runner'),  # runner.train_with_curve takes (cfg, data, score, folder, every)
     "facemodel": ('facemodel.model',),
     "facerender": ('evaluation.raw_render', 'facemodel.appearance_render'),
     "figures": ('io.figures',),
     "fileio": ('io.files',),
     "fitting": ('facemodel.fitting',),
     "flagship": ('study.ablation', 'objectives.flagship', 'evaluation.measures', 'nets.flagship', 'nets.peers',
-                 'objectives.flagship_parts', 'objectives.peers', 'objectives.registry'),
+                 'objectives.flagship_parts', 'objectives.peers', 'objectives.registry', 'objectives.base'),
     "generate": ('apps.generate',),
     "judges": ('evaluation.judges', 'facemodel.framing'),
     "landmark_regressor": ('apps.downstream',),
     "landmarks": ('data.landmarks',),
     "losses": ('objectives.losses',),
     "metrics": ('evaluation.measures', 'evaluation.metric_nets'),
-    "models": ('nets.study',),
+    "models": ('nets.study', 'nets.layers'),
     "notebooks": ('apps.notebooks',),
     "objectives": ('objectives.study', 'nets.study', 'objectives.base', 'objectives.registry', 'data.buffers'),
     "paths": ('io.paths',),
     "pretrained": ('pretrained.cli', 'pretrained.shipped', 'pretrained.cards', 'pretrained.scoring',
-                   'pretrained.study_export', 'pretrained.convert'),
+                   'pretrained.study_export', 'pretrained.convert', 'evaluation.context'),
     "raster_numba": ('render.raster_numba',),
     "rasterize": ('render.rasterize',),
     "replay": ('train.replay',),
     "splat": ('render.splat',),
     "sweep": ('evaluation.sweep', 'facemodel.framing'),
     "train": ('train.cli',),
-    "training": ('pretrained.convert', 'train.trainer', 'train.checkpoint', 'train.config', 'objectives.registry'),
+    "training": ('pretrained.convert', 'train.trainer', 'train.checkpoint', 'train.config', 'objectives.registry',
+                 'nets.study'),
     "widgets": ('apps.widgets', 'io.images', 'pretrained.shipped'),
 }
 
 
+# names whose meaning moved with them: (old module, name) -> (new module, name there)
+RENAMED = {("objectives", "OBJECTIVES"): ("objectives.registry", "STUDY_OBJECTIVES"),  # the study's seven modes
+           ("flagship", "OBJECTIVES"): ("objectives.registry", "PEER_OBJECTIVES"),  # the flagship and its peers
+           ("training", "OBJECTIVES"): ("objectives.registry", "PEER_OBJECTIVES"),
+           ("training", "BUILTIN_OBJECTIVES"): ("objectives.registry", "STUDY_OBJECTIVES"),
+           ("flagship", "PRESETS"): ("objectives.registry", "PEER_PRESETS")}
+
+
 def attribute_of(old: str, name: str):
-    """``name`` of the old module ``old``, from the first of its new homes that has it."""
+    """``name`` of the old module ``old``: renamed (``RENAMED``), or from the first of its new homes that has it."""
+    if (old, name) in RENAMED:
+        home, new = RENAMED[(old, name)]
+        return getattr(importlib.import_module(f"{PACKAGE}.{home}"), new)
     for home in MOVED[old]:
         module = importlib.import_module(f"{PACKAGE}.{home}")
         if hasattr(module, name):

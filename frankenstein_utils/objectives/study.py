@@ -1,7 +1,7 @@
 """The 2017 study's objectives, one small class each: L1, cVAE, GAN, GAN+recon, L1+GAN, cVAE-GAN, cross-encoder.
 
 The study's training objectives, one small class each: its networks, its losses and its step (as
-pytorch-CycleGAN-and-pix2pix's ``models/`` and labml's experiments). The ``Trainer`` (training.py) keeps what every
+pytorch-CycleGAN-and-pix2pix's ``models/`` and labml's experiments). The ``Trainer`` (train/trainer.py) keeps what every
 mode shares: the loop, data streams, checkpoints, resume, logging, the NaN guard, DDP and the replay pools.
 
 An objective is built with its trainer ``t`` and uses from it: ``t._next(stream)`` (the next batch), ``t.tn`` (the

@@ -47,14 +47,18 @@ ABLATION_SECTION = "Ablations and peers at one N (short equal budget)"
 
 def ablation_section(results: dict, command: str) -> str:
     """The flagship card's section for ``study.ablation.run_study`` results scored at one N (KID on descriptors), every
-    number from ``results``; rows in order of KID."""
+    number from ``results``; rows in order of KID; runs that did not finish are named below the table."""
+    failed = {k: r for k, r in results.items() if r.get("status", "ok") != "ok"}
+    results = {k: r for k, r in results.items() if k not in failed}
+    if not results:
+        raise ValueError(f"no run of the ablation finished: {sorted(failed)}")
     first = next(iter(results.values()))
     n, n_ref, steps = first["n"], first["n_reference"], first["steps"]
     if any((r["n"], r["n_reference"], r["steps"]) != (n, n_ref, steps) for r in results.values()):
         raise ValueError("the ablation's runs were scored at different N or trained for different steps")
     rows = "\n".join(
         f"| {k} | {r['kid']:.1f} ± {r['kid_se']:.1f} | {r['nme']:.3f} | {r['detection']:.3f} | "
-        f"{r['diversity_share']:.3f} | {r['checkerboard']:.1e} | {r['wall_s']:.0f} |"
+        f"{r['diversity_share']:.3f} | {r['checkerboard']:.1e} | {r.get('train_s') or r['wall_s']:.0f} |"
         for k, r in sorted(results.items(), key=lambda kv: kv[1]["kid"]))
     return (f"## {ABLATION_SECTION}\n\nEach run: {steps} steps, batch 8, width 8 (a budget far below this model's), "
             f"one seed, retrained and scored by `study.ablation.run_study` (`{command}`): N = {n} generated faces "
@@ -62,8 +66,10 @@ def ablation_section(results: dict, command: str) -> str:
             f"error over subsets), NME against the face model's landmarks, detection, diversity share (of the test "
             f"photos'), checkerboard (test photos: {first['reference_checkerboard']:.1e}). It replaces the section "
             f"headed \"Ablations and peers (short equal budget; superseded measure)\".\n\n"
-            f"| run | KID x 10^3 | NME | detection | diversity share | checkerboard | wall s |\n"
-            f"|---|---|---|---|---|---|---|\n{rows}\n")
+            f"| run | KID x 10^3 | NME | detection | diversity share | checkerboard | training s |\n"
+            f"|---|---|---|---|---|---|---|\n{rows}\n"
+            + "".join(f"\nNot finished: {k} ({r['status']}: {(r.get('message') or '').split(chr(10))[0]})"
+                      for k, r in failed.items()) + ("\n" if failed else ""))
 
 
 def ship_ablation(results_path, command: str, name: str = "flagship", weights_dir=None) -> dict:
@@ -72,7 +78,8 @@ def ship_ablation(results_path, command: str, name: str = "flagship", weights_di
     results = json.loads(Path(results_path).read_text())
     section = ablation_section(results, command)
     folder = Path(weights_dir) if weights_dir else WEIGHTS_DIR
-    update_card(folder / f"{name}.safetensors", ablation_n={"command": command, "results": results})
+    kept = {k: {f: v for f, v in r.items() if f not in ("history", "config", "message")} for k, r in results.items()}
+    update_card(folder / f"{name}.safetensors", ablation_n={"command": command, "results": kept})
     replace_card_section(folder / f"{name}_MODEL_CARD.md", ABLATION_SECTION, section)
     return results
 
@@ -96,7 +103,6 @@ def _row(name, r, keys):
 def card_sections(card: dict, size: int, gen, curve: list, study: dict) -> dict:
     """The model card's text, every number from ``card`` (nothing typed in)."""
     ev, m, cfg = card["evaluation"], card["evaluation"]["model"], card["config"]
-    defaults = {}
     from ..train.config import TrainConfig
 
     base = asdict(TrainConfig())

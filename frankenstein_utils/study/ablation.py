@@ -114,7 +114,9 @@ def main(argv=None):
         ap.error(f"unknown run(s) {bad}; choose from {names}")
     torch.set_num_threads(1)
     res = run_study(a.out, a.names, a.steps, n_eval=a.n_eval, rescore=a.rescore, workers=a.workers, **STUDY_SMALL)
-    print(json.dumps(res, indent=1))
+    for name, r in res.items():
+        print(name, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()
+                     if k not in ("history", "config", "final_losses")}, flush=True)
     return 0
 
 

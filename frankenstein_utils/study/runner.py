@@ -15,6 +15,11 @@ from ..io.files import atomic_write_json, update_json
 from ..train.trainer import NonFiniteLossError, Trainer, load_run
 
 
+def _plain(obj):
+    """``obj`` as JSON reads it back (tuples become lists), so that a stored config compares equal to its run's."""
+    return json.loads(json.dumps(obj))
+
+
 def folder_name(name: str) -> str:
     """A run's folder: its name without spaces, slashes or parentheses (the ablation's names have them)."""
     return name.replace(" ", "_").replace("/", "-").replace("(", "").replace(")", "")
@@ -57,10 +62,12 @@ def run_each(names, config_of, data, out_dir, *, score=None, val=None, curve_eve
     that many steps instead (``train_with_curve``; the entry holds the last point).
 
     Each entry of ``out_dir/results.json`` (written after every run): status (``ok``, ``diverged``: a non-finite loss,
-    ``error``: any other exception, with its traceback), message, steps, wall_s (this call's training and scoring),
-    final_losses, history, config, checkpoint, and the scores. A run whose entry is ``ok`` with the same config is
-    not trained or scored again (``rescore``: its checkpoint is scored again by the current ``score``); any other is
-    trained, resuming exactly from its checkpoint."""
+    ``error``: any other exception, with its traceback), message, steps, train_s (this call's training), wall_s (its
+    training and scoring), final_losses, history, config, checkpoint, and the scores. A run whose entry is ``ok`` with
+    the same config is not trained or scored again (``rescore``: its checkpoint is scored again by the current
+    ``score``); any other is trained, resuming exactly from its checkpoint. A curve is always resumed (its finished
+    points are kept, so a longer ``steps`` extends it). An entry of the older runners without a status (the ablation's)
+    counts as done; one without a config is trained again (resuming)."""
     out = Path(out_dir)
     res_path = out / "results.json"
     results = json.loads(res_path.read_text()) if res_path.exists() else {}
@@ -69,14 +76,17 @@ def run_each(names, config_of, data, out_dir, *, score=None, val=None, curve_eve
         cfg = config_of(name, folder)
         ckpt = folder / "checkpoint.pt"
         old = results.get(name, {})
-        if old.get("status") == "ok" and old.get("config", asdict(cfg)) == asdict(cfg):  # entries of before: no config
+        same = old.get("config") == _plain(asdict(cfg))  # as JSON gives it back: tuples are lists
+        done = old.get("status") == "ok" and same or (old and "status" not in old)  # the old ablation's: no status
+        if done and not curve_every:
             if rescore and score is not None:
                 old.update(score(load_run(ckpt)))
                 results = update_json(res_path, {name: old})
             continue
-        entry = {"status": "ok", "message": "", "config": asdict(cfg), "checkpoint": str(ckpt)}
+        entry = {"status": "ok", "message": "", "config": _plain(asdict(cfg)), "checkpoint": str(ckpt)}
         t0 = time.perf_counter()
         trainer = None
+        train_s = None
         try:
             if curve_every:
                 trainer, curve = train_with_curve(cfg, data, score, folder, curve_every, val, progress)
@@ -84,6 +94,7 @@ def run_each(names, config_of, data, out_dir, *, score=None, val=None, curve_eve
             else:
                 trainer = Trainer(cfg, data, val)
                 trainer.fit(progress=progress)
+                train_s = round(time.perf_counter() - t0, 1)
                 if score is not None:
                     entry.update(score(trainer))
         except NonFiniteLossError as e:
@@ -92,7 +103,10 @@ def run_each(names, config_of, data, out_dir, *, score=None, val=None, curve_eve
             entry["status"] = "error"
             entry["message"] = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"
         entry["wall_s"] = round(time.perf_counter() - t0, 1)
+        entry["train_s"] = entry.get("train_s", train_s)  # a curve's point holds the curve's training time
         if trainer is not None:
             entry.update(steps=trainer.step, final_losses=final_losses(trainer.history), history=trainer.history)
+        elif curve_every:  # every point was there: what the last call recorded stays
+            entry.update({k: old[k] for k in ("steps", "final_losses", "history") if k in old})
         results = update_json(res_path, {name: entry})
     return results

@@ -190,7 +190,7 @@ def variants_table(results: dict, names) -> list[dict]:
     for name in names:
         r = results[name]
         fl = r.get("final_losses", {})
-        rows.append({"variant": name, "status": r["status"], "steps": r.get("steps", 0), "seconds": r["wall_s"],
+        rows.append({"variant": name, "status": r["status"], "steps": r.get("steps", 0), "seconds": r.get("wall_s", r.get("seconds")),
                      "output spread": r.get("output_spread", nan), "d_real": fl.get("d_real", nan),
                      "d_fake": fl.get("d_fake", nan), "g_adv": fl.get("g_adv", nan)})
     return rows
@@ -328,11 +328,12 @@ def main(argv=None):
     try:
         params = load_budget_params(a.params)
     except ValueError as e:
-        print(f"experiments: error: {e}", file=sys.stderr)
+        print(f"study.variants: error: {e}", file=sys.stderr)
         return 1
     res = budget_study(params, a.models, progress=False)
     for k, r in res.items():
-        print(k, {x: (round(v, 3) if isinstance(v, float) else v) for x, v in r.items()}, flush=True)
+        print(k, {x: (round(v, 3) if isinstance(v, float) else v) for x, v in r.items()
+                  if x not in ("history", "config", "final_losses", "streams")}, flush=True)
     if a.export:
         from ..pretrained.study_export import export_study
 

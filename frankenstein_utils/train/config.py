@@ -79,7 +79,7 @@ class TrainConfig:
     latent_weight: float = 0.5
     code_weight: float = 10.0
     pretrain_steps: int = 200  # cross-encoder: shared encoder + two decoders
-    # flagship / peers (modes flagship, pix2pix, bicyclegan: frankenstein_utils/flagship.py)
+    # flagship / peers (modes flagship, pix2pix, bicyclegan: objectives/flagship.py, objectives/peers.py)
     fs_bottleneck: int = 4  # generator bottleneck in px (4 at 64 px: one unit sees the whole face)
     fs_upsample: str = "resize"  # resize (nearest x2 then conv) | transpose
     fs_modulation: str = "spade"  # spade (depth per pixel + z per channel) | adain (z only) | none
@@ -123,6 +123,9 @@ class TrainConfig:
             raise ValueError(f"unknown mode {self.mode!r}; choose one of {MODES}")
         if self.optimizer not in ("adam", "rmsprop"):
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose adam or rmsprop")
+        if self.optimizer != "adam" and self.mode in ("flagship", "pix2pix", "bicyclegan"):
+            raise ValueError(f"mode {self.mode!r} trains with Adam (its paper's setting); optimizer "
+                             f"{self.optimizer!r} is for the study's modes")
         if self.image_size % 4 or self.image_size < 4:
             raise ValueError(f"image_size must be a positive multiple of 4, got {self.image_size}")
         for k in ("steps", "batch_size", "width", "d_width", "encoder_width", "n_critic", "adaptive_max_d"):
