@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..facemodel.appearance_render import codes_and_lights
+from ..facemodel.appearance_render import face_batches
 from ..io.draws import normal
 from .depth_sets import DEPTH_SCALE
 
@@ -306,13 +306,10 @@ class BufferGenerator:
 
     @torch.no_grad()
     def __call__(self, depth, mask, z=None, params=None):
-        n, z, lights = codes_and_lights(self, params, z, "a buffers generator")
         out = []
-        for s in range(0, n, self.batch_size):
-            sl = slice(s, s + self.batch_size)
-            p = {k: (None if v is None else v[sl]) for k, v in params.items()}
-            d, b = self.buffers(p, z[sl], None if lights is None else lights[sl])
-            code = z[sl, self.k:] if self.code_dim else None
+        for p, zz, lights in face_batches(self, params, z, "a buffers generator"):
+            d, b = self.buffers(p, zz, lights)
+            code = zz[:, self.k:] if self.code_dim else None
             out.append(self.net.generate(d, (d > 0).float(), z=code, buffers=b))
         return torch.cat(out)
 

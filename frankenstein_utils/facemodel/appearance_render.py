@@ -104,15 +104,20 @@ def composite(colour: torch.Tensor, mask: torch.Tensor, background: torch.Tensor
     return out * 2 - 1
 
 
-def codes_and_lights(gen, params, z, who: str):
-    """What a generator of faces from their parameters (``RawRender``, ``data.buffers.BufferGenerator``) draws first:
-    (n, the codes z: given, or N(0, I) seeded by ``gen.seed``; the lights drawn after them from the same stream)."""
+def face_batches(gen, params, z, who: str):
+    """The batches a generator of faces from their parameters (``RawRender``, ``data.buffers.BufferGenerator``)
+    draws: yields (the batch's params, its codes, its lights), ``gen.batch_size`` faces at a time. The codes z are
+    given, or N(0, I) seeded by ``gen.seed``; the lights are drawn after them from the same stream."""
     if params is None:
         raise ValueError(f"{who} needs the faces' parameters (coeffs, poses, expressions), not only depth")
     n = len(params["coeffs"])
     g = torch.Generator().manual_seed(gen.seed)
     z = normal(n, gen.z_dim, generator=g) if z is None else torch.as_tensor(z, dtype=torch.float32)
-    return n, z, gen.app.sample_light(n, generator=g)
+    lights = gen.app.sample_light(n, generator=g)
+    for s in range(0, n, gen.batch_size):
+        sl = slice(s, s + gen.batch_size)
+        yield ({k: (None if v is None else v[sl]) for k, v in params.items()}, z[sl],
+               None if lights is None else lights[sl])
 
 
 class RawRender:
@@ -135,16 +140,10 @@ class RawRender:
 
     @torch.no_grad()
     def __call__(self, depth, mask, z=None, params=None):
-        n, z, lights = codes_and_lights(self, params, z, "RawRender")
         out = []
-        for s in range(0, n, self.batch_size):
-            sl = slice(s, s + self.batch_size)
-            coeffs = params["coeffs"][sl]
-            a = appearance_coefficients(self.app, z[sl], coeffs, self.mode)
-            expr = params.get("expressions")
-            buf = render_face(self.model, self.app, coeffs, a, self.render, params.get("poses")[sl]
-                              if params.get("poses") is not None else None,
-                              None if expr is None else expr[sl], None if lights is None else lights[sl],
-                              normals=False)
+        for p, zz, lights in face_batches(self, params, z, "RawRender"):
+            a = appearance_coefficients(self.app, zz, p["coeffs"], self.mode)
+            buf = render_face(self.model, self.app, p["coeffs"], a, self.render, p.get("poses"), p.get("expressions"),
+                              lights, normals=False)
             out.append(composite(buf["colour"], buf["mask"], self.background))
         return torch.cat(out)
