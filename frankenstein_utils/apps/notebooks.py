@@ -144,7 +144,7 @@ def _depth_sources():
 
 
 # the synthetic inputs' sources (depthdata.DepthSetConfig's pose_source / expression_source) and notebook 04's SHIPPED
-POSE_SOURCES, EXPRESSION_SOURCES, SHIPPED = ("fitted", "jitter"), ("fitted", "neutral"), ("all", "flagship", "none")
+POSE_SOURCES, EXPRESSION_SOURCES, SHIPPED = ("fitted", "jitter"), ("fitted", "neutral"), ("default", "all", "flagship", "none")
 
 
 def _overrides(v) -> str:
