@@ -21,11 +21,10 @@ def test_package_data_globs_cover_every_shipped_file():
 def test_the_wheel_holds_every_module_of_every_stage_and_every_shipped_file(tmp_path):
     """``pip install .`` installs what ``pip wheel .`` builds: every file of the package's stage folders (a stage
     missing from the package discovery would install a package that cannot import) and every shipped weight."""
+    import shutil
     import subprocess
     import sys
     import zipfile
-
-    import shutil
 
     src = tmp_path / "src"  # a copy: pip builds in the tree, and a stale build/ there would hide a missing stage
     shutil.copytree(ROOT / "frankenstein_utils", src / "frankenstein_utils", ignore=shutil.ignore_patterns("__pycache__"))

@@ -143,7 +143,8 @@ def _depth_sources():
     return DEPTH_SOURCES
 
 
-# the synthetic inputs' sources (data.depth_sets.DepthSetConfig's pose_source / expression_source) and notebook 04's SHIPPED
+# the synthetic inputs' sources (data.depth_sets.DepthSetConfig's pose_source / expression_source) and notebook 04's
+# SHIPPED
 POSE_SOURCES, EXPRESSION_SOURCES = ("fitted", "jitter"), ("fitted", "neutral")
 SHIPPED = ("default", "all", "flagship", "none")
 
