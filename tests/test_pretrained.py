@@ -146,13 +146,19 @@ def test_budget_study_scores_each_segment_resumes_and_ships(tmp_path, face_model
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(params))
     p = X.load_budget_params(path)
-    res = X.budget_study(p)
+    res = X.budget_study(p, n_kid_reference=16)
     assert res["U"]["streams"] == ["paired"] and res["gan-log"]["streams"] == ["real", "synthetic"]
     curve = json.loads((tmp_path / "out" / "U" / "curve.json").read_text())
     assert [q["step"] for q in curve["points"]] == [1, 2]
+    # realism on the evaluation's measure: KID of the n_eval faces against the given test photos, not n_eval of them
+    assert all(q["kid_n"] == 8 and q["kid_n_reference"] == 16 and q["kid_se"] > 0 for q in curve["points"])
+    # each point's checkpoint is kept and is that point's run (a re-scoring reads the generator of that step)
+    from frankenstein_utils.train.trainer import load_run
+    kept = sorted((tmp_path / "out" / "U" / "points").glob("step_*.pt"))
+    assert [k.name for k in kept] == ["step_000001.pt", "step_000002.pt"] and load_run(kept[0]).step == 1
     assert curve["config"]["input_convention"]["synthetic"]["pose"] == "fitted"
     first = curve["points"][0]
-    X.budget_study({**p, "steps": 3}, ["U"])  # a longer budget resumes: the old points stay as they were
+    X.budget_study({**p, "steps": 3}, ["U"], n_kid_reference=16)  # a longer budget resumes: the old points stay as they were
     curve = json.loads((tmp_path / "out" / "U" / "curve.json").read_text())
     assert [q["step"] for q in curve["points"]] == [1, 2, 3] and curve["points"][0] == first
     cards = export_study(path, p, ["gan-log"], weights_dir=tmp_path / "w")

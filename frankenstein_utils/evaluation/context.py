@@ -251,6 +251,15 @@ def load_orl(size: int, n_people: int = 20, per_person: int = 5, grayscale: bool
     return torch.stack(imgs), np.array(ids)
 
 
+def kid_reference(jd, train_images, test_images, n_map: int = 1000, n_embed: int = 500, workers: int = 1):
+    """KID's two real sets, judged by ``jd``: the test photos (the reference every generator is compared with) and
+    the faces of its standardisation (``measures.standardizer``): the first ``max(n_embed, 64)`` training photos
+    of the ``n_map`` that fit the MediaPipe map, so neither the reference nor the real rung. Returns (test faces,
+    standardisation faces)."""
+    return (jd.analyse(test_images, workers=workers),
+            jd.analyse(train_images[:n_map][:max(n_embed, 64)], workers=workers))
+
+
 def build_context(model, train, test, n_synthetic: int = 500, n_codes: int = 2, n_ids: int = 50, n_poses: int = 5,
                   n_embed: int = 500, n_map: int = 1000, orl_people: int = 20, orl_per_person: int = 5,
                   seed: int = 0, feature_steps: int = 600, depth_steps: int = 800, c2st_steps: int = 200,
@@ -292,15 +301,13 @@ def build_context(model, train, test, n_synthetic: int = 500, n_codes: int = 2, 
                                       cache=cache / f"depth_estimator_{key}_{depth_steps}.pt" if cache else None)
     jd = J.judges()
     mp_map = mediapipe_ibug_map(train, jd, n_map, cache, workers)
-    test_faces = jd.analyse(vi, workers=workers)
+    test_faces, std_faces = kid_reference(jd, ti, vi, n_map, n_embed, workers)
     box = np.median(test_faces.boxes[test_faces.found], 0) / vi.shape[-1] if test_faces.found.any() else None
     fallback = tuple(float(v) for v in box) if box is not None else jd.fallback_box
     # the real rung: training photos not used to fit the landmark map, as many as a run gets descriptors for
     real_train = ti[n_map:] if len(ti) > n_map + n_embed else ti
     train_mp = photo_mediapipe(train)[n_map:] if len(ti) > n_map + n_embed else photo_mediapipe(train)
     orl, orl_ids = load_orl(vi.shape[-1], orl_people, orl_per_person, grayscale=vi.shape[1] == 1)
-    # KID's standardisation: real faces that are neither the reference nor the real rung
-    std_faces = jd.analyse(ti[:n_map][:max(n_embed, 64)], workers=workers)
     return EvalContext(
         real_train=real_train, real_test=vi, test_depth=vd, test_mask=vm,
         test_landmarks=photo_fitted_landmarks(model, test, render)[:n_test],

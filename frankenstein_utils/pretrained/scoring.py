@@ -39,11 +39,14 @@ def fixed_inputs(model, render: RenderConfig, pose: PoseJitter, n: int = 64, see
     return d[:, None], m[:, None].float(), model_landmarks(model, coeffs, render, poses), z
 
 
-def face_scores(images: torch.Tensor, target_landmarks: np.ndarray, reference: torch.Tensor, ref=None) -> dict:
+def face_scores(images: torch.Tensor, target_landmarks: np.ndarray, reference: torch.Tensor, ref=None,
+                kid=None) -> dict:
     """dlib judges (``judges``; measures of ``metrics``) on generated faces: detection rate, landmark NME against
     the face model's own landmarks (inner points 17-67, fallback box = the reference photos' median detection box),
     face-FD of descriptors against ``reference`` photos, diversity of descriptors (beside the reference's own).
-    ``ref``: the reference photos already analysed (``judges().analyse(reference)``), to score many generators."""
+    ``ref``: the reference photos already analysed (``judges().analyse(reference)``), to score many generators.
+    ``kid`` = (reference descriptors, standardisation): adds KID of the faces' descriptors against them
+    (``measures.kernel_distance_features``, unbiased at this N: "kid", "kid_se", "kid_n", "kid_n_reference")."""
     from ..evaluation import judges as J
     from ..evaluation import measures as M
 
@@ -52,7 +55,11 @@ def face_scores(images: torch.Tensor, target_landmarks: np.ndarray, reference: t
     box = tuple(float(v) for v in np.median(ref.boxes[ref.found], 0) / reference.shape[-1])
     faces = jd.analyse(images, fallback_box=box)
     det, e = M.detection_rate(faces.found), M.nme(faces.landmarks, target_landmarks, J.INNER_POINTS)
-    return {"detection": float(det["rate"]), "detection_ci": [float(v) for v in det["ci"]],
+    out = {}
+    if kid is not None:
+        k = M.kernel_distance_features(faces.embeddings, kid[0], kid[1])
+        out = {"kid": k["kid"], "kid_se": k["kid_se"], "kid_n": k["n_a"], "kid_n_reference": k["n_b"]}
+    return out | {"detection": float(det["rate"]), "detection_ci": [float(v) for v in det["ci"]],
             "nme": float(e["nme"]), "nme_ci": [float(v) for v in e["ci"]],
             "face_fd": float(M.frechet_distance_features(faces.embeddings, ref.embeddings)),
             "diversity": float(M.mean_pairwise_distance(faces.embeddings)),

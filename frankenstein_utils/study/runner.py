@@ -11,7 +11,7 @@ import traceback
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from ..io.files import atomic_write_json, update_json
+from ..io.files import atomic_write_bytes, atomic_write_json, update_json
 from ..train.trainer import NonFiniteLossError, Trainer, load_run
 
 
@@ -32,11 +32,13 @@ def final_losses(history: list[dict], last: int = 20) -> dict:
     return {k: sum(h[k] for h in rows if k in h) / max(1, sum(k in h for h in rows)) for k in sorted(keys)}
 
 
-def train_with_curve(cfg, data, score, folder, every: int, val=None, progress: bool = False):
+def train_with_curve(cfg, data, score, folder, every: int, val=None, progress: bool = False,
+                     keep_points: bool = False):
     """Train ``cfg`` in segments of ``every`` steps (each resumes the last exactly, so together they are one run),
     scoring the generator after each with ``score(trainer) -> dict``. Returns (the last segment's trainer or None
     when every point was already there, the curve); writes ``folder/curve.json``: {"points": [{step, train_s,
-    **scores}], "config", "streams"}. Finished points are kept when the run is resumed."""
+    **scores}], "config", "streams"}. Finished points are kept when the run is resumed. ``keep_points``: each
+    point's checkpoint is also kept, as ``folder/points/step_<step>.pt``."""
     path = Path(folder) / "curve.json"
     curve = json.loads(path.read_text()) if path.exists() else {"points": []}
     points = curve["points"]
@@ -49,6 +51,10 @@ def train_with_curve(cfg, data, score, folder, every: int, val=None, progress: b
         trainer = Trainer(replace(cfg, steps=step), data, val)
         trainer.fit(progress=progress)
         train_s += time.perf_counter() - t0
+        if keep_points:
+            keep = Path(folder) / "points" / f"step_{trainer.step:06d}.pt"
+            keep.parent.mkdir(exist_ok=True)
+            atomic_write_bytes(keep, (Path(folder) / "checkpoint.pt").read_bytes())
         points.append({"step": trainer.step, "train_s": round(train_s, 1), **score(trainer)})
         curve = {"points": points, "config": asdict(trainer.cfg), "streams": trainer.streams_used}
         atomic_write_json(path, curve)
@@ -56,10 +62,11 @@ def train_with_curve(cfg, data, score, folder, every: int, val=None, progress: b
 
 
 def run_each(names, config_of, data, out_dir, *, score=None, val=None, curve_every: int = 0, rescore: bool = False,
-             progress: bool = False) -> dict:
+             keep_points: bool = False, progress: bool = False) -> dict:
     """Train each of ``names`` with ``config_of(name, folder) -> TrainConfig`` into ``out_dir/<folder_name(name)>``
     and score the finished generator with ``score(trainer) -> dict``; ``curve_every`` > 0 scores it after every
-    that many steps instead (``train_with_curve``; the entry holds the last point).
+    that many steps instead (``train_with_curve``; the entry holds the last point; ``keep_points``: with each
+    point's checkpoint).
 
     Each entry of ``out_dir/results.json`` (written after every run): status (``ok``, ``diverged``: a non-finite loss,
     ``error``: any other exception, with its traceback), message, steps, train_s (this call's training), wall_s (its
@@ -89,7 +96,8 @@ def run_each(names, config_of, data, out_dir, *, score=None, val=None, curve_eve
         train_s = None
         try:
             if curve_every:
-                trainer, curve = train_with_curve(cfg, data, score, folder, curve_every, val, progress)
+                trainer, curve = train_with_curve(cfg, data, score, folder, curve_every, val, progress,
+                                                  keep_points)
                 entry.update(curve["points"][-1], streams=curve["streams"])
             else:
                 trainer = Trainer(cfg, data, val)

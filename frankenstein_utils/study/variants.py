@@ -234,13 +234,20 @@ def load_budget_params(path) -> dict:
     return p
 
 
-def budget_study(params: dict, names=None, progress: bool = False) -> dict:
-    """Every model of ``params['models']`` (or ``names``) at the same budget, each with its curve: face-FD, landmark
-    error, detection and diversity (``pretrained.scoring.face_scores``) on ``n_eval`` fixed synthetic inputs
-    (``pretrained.scoring.fixed_inputs``: identity N(0, I), pose and expression from the photos' fits) against as many
-    test photos. Data: ``study.ablation.study_data`` (fitted pairs, the training photos as unpaired reals, synthetic
-    inputs from the fitted distribution). Writes ``out_dir/<model>/curve.json`` and ``out_dir/results.json``."""
-    from ..evaluation.context import generator_fn
+def budget_study(params: dict, names=None, progress: bool = False, n_kid_reference: int | None = None) -> dict:
+    """Every model of ``params['models']`` (or ``names``) at the same budget, each with its curve: KID of dlib
+    descriptors against every test photo (or the first ``n_kid_reference``, standardised on as many training photos,
+    at least 64; by default as in ``evaluation.context``, so the same measure as the evaluation's at a smaller N), face-FD against as many test
+    photos as inputs (biased at this N: kept to compare with older curves), landmark error, detection and diversity
+    (``pretrained.scoring.face_scores``) on ``n_eval`` fixed synthetic inputs (``pretrained.scoring.fixed_inputs``:
+    identity N(0, I), pose and expression from the photos' fits). Data: ``study.ablation.study_data`` (fitted pairs,
+    the training photos as unpaired reals, synthetic inputs from the fitted distribution). Writes
+    ``out_dir/<model>/curve.json``, ``out_dir/results.json`` and each point's checkpoint
+    (``out_dir/<model>/points/``, so that a curve can be scored again without training)."""
+    from ..data.pairs import PairedConfig, PairedFaceDataset
+    from ..evaluation.context import generator_fn, kid_reference
+    from ..evaluation.judges import judges
+    from ..evaluation.measures import standardizer
     from ..pretrained.scoring import _analysed_reference, face_scores, fixed_inputs
     from .ablation import study_data
 
@@ -253,12 +260,17 @@ def budget_study(params: dict, names=None, progress: bool = False) -> dict:
                                      "input_convention": input_convention(render, train.config.depth_source, syn)}}
     d, m, lm, z = fixed_inputs(model, render, pose, params["n_eval"], train=train)
     ref, ref_faces = _analysed_reference(params["n_eval"], size)  # once for every point of every curve
+    test = PairedFaceDataset("test", PairedConfig(size=size), model=model, progress=False)
+    test_faces, std_faces = kid_reference(judges(), train.tensors()[0], test.tensors()[0][:n_kid_reference],
+                                          n_embed=n_kid_reference or 500)
+    kid = (test_faces.embeddings, standardizer(std_faces.embeddings))
 
     def scorer(run):
         f = generator_fn(run)
         imgs = f(d, m, z[:, :f.z_dim] if f.z_dim else None)
-        r = face_scores(imgs, lm, ref, ref_faces)
-        return {k: r[k] for k in ("face_fd", "nme", "detection", "diversity", "reference_diversity")}
+        r = face_scores(imgs, lm, ref, ref_faces, kid=kid)
+        return {k: r[k] for k in ("kid", "kid_se", "kid_n", "kid_n_reference", "face_fd", "nme", "detection",
+                                  "diversity", "reference_diversity")}
 
     def config_of(name, folder):
         every = params["eval_every"]
@@ -266,7 +278,7 @@ def budget_study(params: dict, names=None, progress: bool = False) -> dict:
                                      "checkpoint_every": every, "sample_every": 0, "log_every": max(every // 10, 1)})
 
     return run_each(names or params["models"], config_of, data, params["out_dir"], score=scorer,
-                    curve_every=params["eval_every"], progress=progress)
+                    curve_every=params["eval_every"], keep_points=True, progress=progress)
 
 
 def settled(points: list[dict], key: str, tail: int = 3, tol: float = 0.1) -> bool:
