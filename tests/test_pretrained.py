@@ -174,6 +174,7 @@ def test_budget_study_scores_each_segment_resumes_and_ships(tmp_path, face_model
     assert card_numbers(g, face_model)["nme"] == pytest.approx(cards["gan-log"]["small_set"]["nme"], rel=1e-6)
     text = (tmp_path / "w" / "study" / "gan-log_MODEL_CARD.md").read_text()
     assert "non-commercial" in text and f"study.variants {path} --models 'gan-log'" in text
+    assert "| step | train min | KID x 10^3 | face-FD |" in text and "against all 16 test photos" in text
     path.write_text(yaml.safe_dump({**params, "step": 5}))
     with pytest.raises(ValueError, match=r"p.yaml: keys must be .*unknown \['step'\]"):
         X.load_budget_params(path)
@@ -263,3 +264,28 @@ def test_flagship_card_takes_the_ablation_at_one_n(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps(res))
     with pytest.raises(ValueError, match="different N"):
         ship_ablation(tmp_path / "results.json", "the command", weights_dir=tmp_path)
+
+
+def test_sweep_table_replaces_the_swept_rows_and_keeps_the_others():
+    """``pretrained sweep NAME`` replaces NAME's row of the sweep section and keeps the other shipped models' rows
+    (in the shipped order); rows of models no longer shipped go, and nothing is kept from a table with other
+    columns (another sweep)."""
+    from frankenstein_utils.pretrained.scoring import sweep_table
+    from frankenstein_utils.pretrained.shipped import available
+
+    def result(score, sweeps=("c0", "yaw")):
+        return {"sweeps": {k: {"score": score} for k in sweeps},
+                "summary": {"score": score, "worst_sweep": sweeps[0], "broken": [], "ignored": []}}
+
+    reference = {"sweeps": {"c0": {"descriptor_response": 0.5}, "yaw": {"descriptor_response": 0.7}}}
+    a, b, c = available()[:3]
+    old, kept = sweep_table(reference, {c: result(0.3), a: result(0.1), "study/gone": result(0.4)})
+    assert kept == [] and [r[2:].split(" |")[0] for r in old[3:]] == [a, c, "study/gone"]
+    section = "## Sweeps\n\nWhat it measures.\n\n" + "\n".join(old) + "\n\n## Next\n"
+    lines, kept = sweep_table(reference, {b: result(0.9)}, section)
+    assert kept == [a, c]
+    assert [r[2:].split(" |")[0] for r in lines[3:]] == [a, b, c]
+    assert lines[3] == old[3] and lines[5] == old[4] and "0.90" in lines[4]
+    other = {"sweeps": {"c0": {"descriptor_response": 0.5}}}  # other columns: the old rows measured something else
+    lines, kept = sweep_table(other, {b: result(0.9, ("c0",))}, section)
+    assert kept == [] and len(lines) == 4

@@ -250,6 +250,22 @@ def test_curve_trend():
     assert trend(pts(0.1, 0.1, 0.1), "nme", window=2) is None  # too few points
 
 
+def test_curve_figure_puts_kid_on_a_log_axis():
+    """KID spans three decades from near-real to broken models: on a linear axis every good curve is a flat line at
+    the bottom. A log axis where every value is positive; linear for other metrics, and for KID with a value <= 0
+    (the unbiased estimate can go below 0 for a near-real model)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from frankenstein_utils.io.figures import plot_metric_curves
+
+    curves = {"a": [{"step": 1, "kid": 2.0, "nme": 0.1}, {"step": 2, "kid": 0.01, "nme": 0.05}]}
+    fig = plot_metric_curves(curves, keys=("kid", "nme"))
+    assert [ax.get_yscale() for ax in fig.axes[:2]] == ["log", "linear"]
+    curves["b"] = [{"step": 1, "kid": -0.001, "nme": 0.1}]
+    assert plot_metric_curves(curves, keys=("kid",)).axes[0].get_yscale() == "linear"
+
+
 def test_ranking_agreement():
     from frankenstein_utils.study.variants import ranking_agreement
 

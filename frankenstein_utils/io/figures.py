@@ -56,6 +56,8 @@ def plot_loss_curves(histories: dict, keys=None, window: int = 25):
                 ax.plot(np.arange(len(s)) + (len(ys) - len(s)) + 1, s, label=run)
         ax.set_title(key)
         ax.set_xlabel("step")
+        if key in log_keys and all(p[key] > 0 for pts in curves.values() for p in pts):
+            ax.set_yscale("log")
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
@@ -70,9 +72,10 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None, digits: i
     return "\n".join(lines)
 
 
-def plot_metric_curves(curves: dict, keys=("face_fd", "nme", "detection")):
+def plot_metric_curves(curves: dict, keys=("face_fd", "nme", "detection"), log_keys=("kid",)):
     """One subplot per metric, one line per model: ``curves`` = model -> [{step, metric...}, ...] (a budget study's
-    scored segments, e.g. the shipped study models' cards)."""
+    scored segments, e.g. the shipped study models' cards). Metrics in ``log_keys`` on a log axis where every value
+    is positive (KID spans three decades from real-looking to broken)."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
@@ -82,6 +85,8 @@ def plot_metric_curves(curves: dict, keys=("face_fd", "nme", "detection")):
             ax.plot([p["step"] for p in pts], [p[key] for p in pts], styles[(i // 10) % 4], marker=".", label=name)
         ax.set_title(key)
         ax.set_xlabel("step")
+        if key in log_keys and all(p[key] > 0 for pts in curves.values() for p in pts):
+            ax.set_yscale("log")
     axes[0][-1].legend(fontsize=6, ncol=2, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     return fig

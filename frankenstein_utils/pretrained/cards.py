@@ -232,12 +232,20 @@ def study_card_sections(name: str, card: dict, size: int, run) -> dict:
         f"{card['train_s'] / 60:.1f} min of training (scoring excluded) on {card['machine']}.\n"
         f"- Settings that differ from `TrainConfig`'s defaults: `{json.dumps(card['changed'])}`\n"
         f"- Retrain (resumes if interrupted): `{card['command']}`")
+    kid = all("kid" in p for p in pts)  # curves scored before KID have face-FD alone
     sec["Curve"] = (
         f"Scored after every segment on {card['n_eval']} fixed synthetic inputs (`pretrained.scoring.fixed_inputs`, seed "
-        f"2024) against as many test photos, dlib judges (`pretrained.scoring.face_scores`):\n\n| step | train min | face-FD | NME | detection | "
-        "diversity |\n|---|---|---|---|---|---|\n" +
-        "\n".join(f"| {p['step']} | {p['train_s'] / 60:.1f} | {p['face_fd']:.3f} | {p['nme']:.3f} | "
-                  f"{p['detection']:.3f} | {p['diversity']:.3f} |" for p in pts))
+        f"2024), dlib judges (`pretrained.scoring.face_scores`)"
+        + (f": KID x 10^3 of the descriptors (± its standard error) against all {pts[-1]['kid_n_reference']} test "
+           f"photos, the evaluation's realism measure (unbiased at N = {pts[-1]['kid_n']}, but noisier than at "
+           f"N = 500); face-FD against {card['n_eval']} test photos (biased at this N: kept to compare with older "
+           "curves)" if kid else " against as many test photos") +
+        ":\n\n| step | train min | " + ("KID x 10^3 | " if kid else "") + "face-FD | NME | detection | diversity |\n|"
+        + "---|" * (7 if kid else 6) + "\n" +
+        "\n".join(f"| {p['step']} | {p['train_s'] / 60:.1f} | "
+                  + (f"{1e3 * p['kid']:.0f} ± {1e3 * p['kid_se']:.0f} | " if kid else "")
+                  + f"{p['face_fd']:.3f} | {p['nme']:.3f} | {p['detection']:.3f} | {p['diversity']:.3f} |"
+                  for p in pts))
     sec["Evaluation of the shipped weights"] = (
         small_set_line("study", card["small_set"]))
     return sec

@@ -271,16 +271,10 @@ def sweep_shipped(names=None, workers: int = 2, md=None, **sweep_kw) -> dict:
         print(f"{name}: sweep score {sm['score']:.3f} (worst {sm['worst_sweep']}), broken {sm['broken']}, "
               f"ignored {sm['ignored']} ({time.time() - t0:.0f} s)", flush=True)
         update_card(gen.path, sweep=dict(sm))
-    sweeps = list(reference["sweeps"])
-    head = "| model | " + " | ".join(sweeps) + " | score (worst sweep) | broken | ignored |"
-    lines = [head, "|---|" + "---|" * (len(sweeps) + 3),
-             "| reference: depth maps as images (descriptor response only) | " + " | ".join(
-                 f"{reference['sweeps'][k]['descriptor_response']:.2f}" for k in sweeps) + " | – | – | – |"]
-    for name, r in out.items():
-        sm = r["summary"]
-        lines.append(f"| {name} | " + " | ".join(f"{r['sweeps'][k]['score']:.2f}" for k in sweeps) +
-                     f" | {sm['score']:.2f} ({sm['worst_sweep']}) | {', '.join(sm['broken']) or '–'} | "
-                     f"{', '.join(sm['ignored']) or '–'} |")
+    path = Path(md) if md else WEIGHTS_DIR / "EVALUATION.md"
+    body = path.read_text() if path.exists() else ""
+    mark = f"## {SWEEP_SECTION}"
+    lines, kept = sweep_table(reference, out, body[body.index(mark):] if mark in body else "")
     section = (f"## {SWEEP_SECTION}\n\nEach of the 15 shape components at -3, -1.5, 0, 1.5, 3 sigma (others 0, "
                f"neutral pose) and the mean face turned -30 ... 30 degrees about the eyes, each position with the "
                f"same 8 codes (`evaluation.sweep.slider_sweep`); per sweep one number, score = min(intact, response): intact = "
@@ -288,14 +282,41 @@ def sweep_shipped(names=None, workers: int = 2, md=None, **sweep_kw) -> dict:
                f"is at most 1.25x the same code's centre face (breaks show), response = Spearman's correlation of "
                f"slider distance and descriptor distance, yaw: landmark follow (ignores show). 1 = robust. Broken: "
                f"intact < 0.5; ignored: response < 0.5. {time.time() - t0:.0f} s on "
-               f"{__import__('os').cpu_count()} cores. Reproduce: `python -m frankenstein_utils.pretrained sweep`."
-               f"\n\n" + "\n".join(lines) + "\n")
-    path = Path(md) if md else WEIGHTS_DIR / "EVALUATION.md"
-    body = path.read_text() if path.exists() else ""
-    mark = f"## {SWEEP_SECTION}"
+               f"{__import__('os').cpu_count()} cores for {len(out)} model(s)"
+               + (f"; the rows of {len(kept)} other models are kept from an earlier run of the same sweep" if kept
+                  else "") + ". Reproduce: `python -m frankenstein_utils.pretrained sweep` (all; or `sweep NAME ...`: "
+               f"those rows alone are replaced).\n\n" + "\n".join(lines) + "\n")
     body = (body[:body.index(mark)] if mark in body else body.rstrip("\n") + "\n\n") + section
     atomic_write_bytes(path, body.encode())
     return out
+
+
+def sweep_table(reference: dict, swept: dict, old_section: str = "") -> tuple[list[str], list[str]]:
+    """The sweep section's table: the reference row, then one row per model, in ``available()``'s order: the models of
+    ``swept`` ({name: ``slider_sweep`` result}) and the rows of ``old_section`` (an earlier section) for models still
+    shipped and not swept now, where its table has the same columns. Returns (lines, names of the kept rows)."""
+    sweeps = list(reference["sweeps"])
+    head = "| model | " + " | ".join(sweeps) + " | score (worst sweep) | broken | ignored |"
+    lines = [head, "|---|" + "---|" * (len(sweeps) + 3),
+             "| reference: depth maps as images (descriptor response only) | " + " | ".join(
+                 f"{reference['sweeps'][k]['descriptor_response']:.2f}" for k in sweeps) + " | – | – | – |"]
+    shipped, rows = available(), {}
+    old = old_section.splitlines()
+    if head in old:  # same columns: the earlier rows measure the same thing
+        for line in old[old.index(head) + 3:]:
+            if not line.startswith("| "):
+                break
+            name = line[2:].split(" |", 1)[0]
+            if name in shipped and name not in swept:
+                rows[name] = line
+    kept = sorted(rows)
+    for name, r in swept.items():
+        sm = r["summary"]
+        rows[name] = (f"| {name} | " + " | ".join(f"{r['sweeps'][k]['score']:.2f}" for k in sweeps) +
+                      f" | {sm['score']:.2f} ({sm['worst_sweep']}) | {', '.join(sm['broken']) or '–'} | "
+                      f"{', '.join(sm['ignored']) or '–'} |")
+    order = {n: i for i, n in enumerate(shipped)}
+    return lines + [rows[n] for n in sorted(rows, key=lambda n: (order.get(n, len(order)), n))], kept
 
 
 def rescore_shipped(names=None) -> dict:
