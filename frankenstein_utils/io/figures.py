@@ -56,8 +56,6 @@ def plot_loss_curves(histories: dict, keys=None, window: int = 25):
                 ax.plot(np.arange(len(s)) + (len(ys) - len(s)) + 1, s, label=run)
         ax.set_title(key)
         ax.set_xlabel("step")
-        if key in log_keys and all(p[key] > 0 for pts in curves.values() for p in pts):
-            ax.set_yscale("log")
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
