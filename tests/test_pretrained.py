@@ -188,13 +188,17 @@ def test_every_study_model_of_the_parameter_file_is_shipped_and_recomputes_its_c
     from frankenstein_utils.study.variants import load_budget_params
 
     params = load_budget_params(WEIGHTS_DIR.parent.parent / "notebooks" / "params" / "study_budget.yaml")
-    train = PairedFaceDataset("train", PairedConfig(size=params["settings"]["image_size"]), progress=False)
+    pcfg = PairedConfig(size=params["settings"]["image_size"])
+    train = PairedFaceDataset("train", pcfg, progress=False)
+    n_test = len(PairedFaceDataset("test", pcfg, progress=False))
     for name in params["models"]:
         g = load_pretrained(f"study/{name}")
         card = g.card
         assert card["step"] == params["steps"] and card["curve"][-1]["step"] == params["steps"], name
         assert [p["step"] for p in card["curve"]] == list(range(params["eval_every"], params["steps"] + 1,
                                                                 params["eval_every"])), name
+        # the curve on the evaluation's realism measure: KID of its faces against every test photo
+        assert all(p["kid_n"] == params["n_eval"] and p["kid_n_reference"] == n_test for p in card["curve"]), name
         text = (WEIGHTS_DIR / "study" / f"{name}_MODEL_CARD.md").read_text()
         assert "non-commercial" in text and f"--models '{name}'" in text, name
         assert card_mismatches(card_numbers(g, face_model, train=train), card["small_set"]) == [], name

@@ -413,7 +413,9 @@ def ship(checkpoint, compare_dir, command: str, name: str = "buffers", wall_s: f
         "data": run.cfg.data, "note": note,
         "comparison": {k: cmp[k] for k in ("n", "seed", "rows", "targets", "source", "checks") if k in cmp},
         "references": {k: cmp["references"][EV.REFS[k]] for k in ("test", "blur1", "blur2", "train")},
-        "sweep": {k: v["summary"] for k, v in cmp["sweeps"].items()},
+        # the comparison's sweeps, one per compared generator ("sweep" is the shipped model's own, written by
+        # ``pretrained sweep``)
+        "comparison_sweeps": {k: v["summary"] for k, v in cmp["sweeps"].items()},
         "curve": [{**v, "written_utc": _utc(run_dir / "snapshots" / k)} for k, v in sorted(curve_pts.items())
                   if k.startswith("step_")],
         "raw_render_curve_line": curve_pts.get("raw_render"),
