@@ -158,7 +158,8 @@ def test_budget_study_scores_each_segment_resumes_and_ships(tmp_path, face_model
     assert [k.name for k in kept] == ["step_000001.pt", "step_000002.pt"] and load_run(kept[0]).step == 1
     assert curve["config"]["input_convention"]["synthetic"]["pose"] == "fitted"
     first = curve["points"][0]
-    X.budget_study({**p, "steps": 3}, ["U"], n_kid_reference=16)  # a longer budget resumes: the old points stay as they were
+    # a longer budget resumes: the old points stay as they were
+    X.budget_study({**p, "steps": 3}, ["U"], n_kid_reference=16)
     curve = json.loads((tmp_path / "out" / "U" / "curve.json").read_text())
     assert [q["step"] for q in curve["points"]] == [1, 2, 3] and curve["points"][0] == first
     cards = export_study(path, p, ["gan-log"], weights_dir=tmp_path / "w")

@@ -273,7 +273,8 @@ def test_loss_curve_figure_draws_one_panel_per_loss():
     matplotlib.use("Agg")
     from frankenstein_utils.io.figures import plot_loss_curves
 
-    h = {"a": [{"step": i, "g": 1.0 / (i + 1), "d": 0.5} for i in range(40)], "b": [{"step": i, "g": 0.2} for i in range(5)]}
+    h = {"a": [{"step": i, "g": 1.0 / (i + 1), "d": 0.5} for i in range(40)],
+         "b": [{"step": i, "g": 0.2} for i in range(5)]}
     fig = plot_loss_curves(h, window=10)
     assert [ax.get_title() for ax in fig.axes] == ["d", "g"]
     assert [len(ax.lines) for ax in fig.axes] == [1, 2] and len(fig.axes[1].lines[0].get_xdata()) == 31

@@ -237,11 +237,12 @@ def load_budget_params(path) -> dict:
 def budget_study(params: dict, names=None, progress: bool = False, n_kid_reference: int | None = None) -> dict:
     """Every model of ``params['models']`` (or ``names``) at the same budget, each with its curve: KID of dlib
     descriptors against every test photo (or the first ``n_kid_reference``, standardised on as many training photos,
-    at least 64; by default as in ``evaluation.context``, so the same measure as the evaluation's at a smaller N), face-FD against as many test
-    photos as inputs (biased at this N: kept to compare with older curves), landmark error, detection and diversity
-    (``pretrained.scoring.face_scores``) on ``n_eval`` fixed synthetic inputs (``pretrained.scoring.fixed_inputs``:
-    identity N(0, I), pose and expression from the photos' fits). Data: ``study.ablation.study_data`` (fitted pairs,
-    the training photos as unpaired reals, synthetic inputs from the fitted distribution). Writes
+    at least 64; by default as in ``evaluation.context``, so the same measure as the evaluation's at a smaller N),
+    face-FD against as many test photos as inputs (biased at this N: kept to compare with older curves), landmark
+    error, detection and diversity (``pretrained.scoring.face_scores``) on ``n_eval`` fixed synthetic inputs
+    (``pretrained.scoring.fixed_inputs``: identity N(0, I), pose and expression from the photos' fits). Data:
+    ``study.ablation.study_data`` (fitted pairs, the training photos as unpaired reals, synthetic inputs from the
+    fitted distribution). Writes
     ``out_dir/<model>/curve.json``, ``out_dir/results.json`` and each point's checkpoint
     (``out_dir/<model>/points/``, so that a curve can be scored again without training)."""
     from ..data.pairs import PairedConfig, PairedFaceDataset
