@@ -480,3 +480,41 @@ def test_ablation_study_scores_every_run_at_one_n_on_kid(tmp_path):
     assert "--n-eval" in subprocess.run([*cli, "--help"], capture_output=True, text=True).stdout
     bad = subprocess.run([*cli, str(tmp_path / "x"), "--names", "no such run"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown run" in bad.stderr.strip().splitlines()[-1]
+
+
+def test_linear_lr_decay_sets_every_optimizer_per_step_and_resumes_exactly(tmp_path):
+    """pix2pix's schedule: constant to lr_decay_from, linear to 0 at lr_decay_to. Each optimizer's rate during
+    each step (its own rate: D's d_lr) follows it, and a run stopped inside the decay and resumed equals the
+    uninterrupted one, bit for bit."""
+    from frankenstein_utils.train.config import lr_schedule_factor
+
+    assert [lr_schedule_factor(TrainConfig(lr_decay_from=100, lr_decay_to=300), s)
+            for s in (0, 100, 150, 200, 299, 300, 400)] == [1, 1, 0.75, 0.5, 0.005, 0, 0]
+    assert lr_schedule_factor(TrainConfig(), 10 ** 6) == 1
+    with pytest.raises(ValueError, match="lr_decay_to"):
+        TrainConfig(lr_decay_from=5)
+    with pytest.raises(ValueError, match="must be after lr_decay_from"):
+        TrainConfig(lr_decay_from=5, lr_decay_to=5)
+    sched = dict(lr=1e-3, d_lr=4e-4, lr_decay_from=1, lr_decay_to=5, fs_r1_every=1)
+    seen = []  # (optimizer, rate) at each optimizer step
+    t = Trainer(config("flagship", tmp_path / "full", steps=4, **sched), streams())
+    for name, opt in t.opts.items():
+        opt.register_step_pre_hook(lambda o, a, k, name=name: seen.append((name, o.param_groups[0]["lr"])))
+    t.fit(progress=False)
+    want = {"G": 1e-3, "E": 1e-3, "D": 4e-4}
+    assert {n for n, _ in seen} == set(want)
+    for name in want:
+        rates = [r for n, r in seen if n == name]
+        per_step = len(rates) // 4
+        assert per_step >= 1 and len(rates) == 4 * per_step, (name, rates)
+        for s, f in enumerate((1.0, 1.0, 0.75, 0.5)):
+            assert rates[s * per_step:(s + 1) * per_step] == [pytest.approx(want[name] * f)] * per_step, name
+    part = Trainer(config("flagship", tmp_path / "part", steps=2, **sched), streams())
+    part.fit(progress=False)
+    rest = Trainer(config("flagship", tmp_path / "part", steps=4, **sched), streams())
+    assert rest.step == 2
+    rest.fit(progress=False)
+    assert rest.history == t.history
+    for k in t.nets:
+        for a, b in zip(t.nets[k].state_dict().values(), rest.nets[k].state_dict().values()):
+            assert torch.equal(a, b), k

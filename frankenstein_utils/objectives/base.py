@@ -68,9 +68,14 @@ class Objective:
     def parameters_of(self, name: str):
         return [p for p in self.nets[name].parameters() if p.requires_grad]
 
+    def lr_of(self, name: str) -> float:
+        """The configured learning rate of ``name``'s optimizer (``d_lr`` for a discriminator where set)."""
+        c = self.cfg
+        return c.d_lr if (name in self.discriminators and c.d_lr > 0) else c.lr
+
     def optimizer(self, name: str):
         c = self.cfg
-        lr = c.d_lr if (name in self.discriminators and c.d_lr > 0) else c.lr
+        lr = self.lr_of(name)
         if c.optimizer == "adam":
             return torch.optim.Adam(self.parameters_of(name), lr=lr, betas=(c.beta1, c.beta2))
         return torch.optim.RMSprop(self.parameters_of(name), lr=lr)

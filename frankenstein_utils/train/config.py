@@ -42,6 +42,10 @@ class TrainConfig:
     steps: int = 1000
     optimizer: str = "adam"
     lr: float = 2e-4
+    # linear learning-rate decay (pix2pix's schedule): every optimizer's rate is constant up to step lr_decay_from,
+    # then falls linearly to 0 at step lr_decay_to; 0 = constant (lr_schedule_factor)
+    lr_decay_from: int = 0
+    lr_decay_to: int = 0
     beta1: float = 0.5
     beta2: float = 0.999
     l1_weight: float = 1.0
@@ -135,6 +139,11 @@ class TrainConfig:
                   "snapshot_every"):
             if getattr(self, k) < 0:
                 raise ValueError(f"{k} must be >= 0, got {getattr(self, k)}")
+        if self.lr_decay_to and not 0 <= self.lr_decay_from < self.lr_decay_to:
+            raise ValueError(f"lr_decay_to ({self.lr_decay_to}) must be after lr_decay_from ({self.lr_decay_from}) "
+                             f">= 0, or 0 for a constant learning rate")
+        if self.lr_decay_from and not self.lr_decay_to:
+            raise ValueError(f"lr_decay_from={self.lr_decay_from} needs lr_decay_to (the step the rate reaches 0)")
         if not self.lr > 0 or not self.d_lr >= 0:  # NaN fails both
             raise ValueError(f"lr must be > 0 and d_lr >= 0, got lr={self.lr}, d_lr={self.d_lr}")
         if self.out_channels not in (1, 3):
@@ -197,6 +206,19 @@ class TrainConfig:
         from ..data.buffers import buffer_names
 
         return (2 if self.mask_input else 1) + 3 * len(buffer_names(self.buffers))
+
+
+def lr_schedule_factor(cfg: TrainConfig, step: int) -> float:
+    """The share of its configured rate every optimizer uses for the step after ``step`` steps:
+
+    f(s) = 1 for s <= a;  f(s) = (b - s) / (b - a) for a < s < b;  f(s) = 0 for s >= b,
+
+    with a = ``lr_decay_from`` and b = ``lr_decay_to`` (b = 0: f = 1 always). A function of the step alone, so a
+    resumed run takes the same rates as an uninterrupted one."""
+    a, b = cfg.lr_decay_from, cfg.lr_decay_to
+    if not b or step <= a:
+        return 1.0
+    return max(0.0, (b - step) / (b - a))
 
 
 def critic_schedule(mode: str, gan_loss: str) -> dict:

@@ -51,12 +51,12 @@ from ..io.images import to_uint8
 from ..objectives.base import generator_input  # noqa: F401  (public names of this module before the split)
 from ..objectives.registry import OBJECTIVES  # flagship / peers: mode -> class owning its nets, losses and step
 from .checkpoint import _first_line, numpy_rng_state, read_checkpoint, set_numpy_rng_state, to_plain
-from .config import TrainConfig, critic_schedule
+from .config import TrainConfig, critic_schedule, lr_schedule_factor
 from .replay import ReplayBuffer
 
 # Settings a resumed run may change (recorded in the checkpoint's ``config_history``); any other difference is
 # another run and is refused.
-RESUME_FREE = ("steps", "lr", "d_lr", "max_loss", "max_param",
+RESUME_FREE = ("steps", "lr", "d_lr", "lr_decay_from", "lr_decay_to", "max_loss", "max_param",
                "amp", "channels_last")  # numerics on CUDA (bf16, layout): a change is said, not refused
 RESUME_FREE_SILENT = ("out_dir", "device", "num_workers", "checkpoint_every", "sample_every", "log_every", "compile")
 
@@ -301,12 +301,15 @@ class Trainer:
         t0 = time.perf_counter()
         with tqdm(total=c.steps, initial=self.step, desc=f"{c.mode}/{c.generator}", disable=not progress) as bar:
             while self.step < c.steps:
+                if c.lr_decay_to:
+                    self._schedule_lr()
                 losses = step_fn()
                 self.step += 1
                 self.history.append({"step": self.step, **losses})
                 if writer and (self.step % c.log_every == 0 or self.step == c.steps):
                     for k, v in losses.items():
                         writer.add_scalar(f"loss/{k}", v, self.step)
+                    writer.add_scalar("lr/factor", lr_schedule_factor(c, self.step - 1), self.step)
                 if main and c.sample_every and self.step % c.sample_every == 0:
                     self.save_samples()
                 if (c.checkpoint_every and self.step % c.checkpoint_every == 0) or self.step == c.steps:
@@ -319,6 +322,13 @@ class Trainer:
             writer.add_scalar("time/seconds_this_session", time.perf_counter() - t0, self.step)
             writer.close()
         return self.history
+
+    def _schedule_lr(self):
+        """Every optimizer's rate for the next step: its configured rate times ``lr_schedule_factor``."""
+        f = lr_schedule_factor(self.cfg, self.step)
+        for name, opt in self.opts.items():
+            for g in opt.param_groups:
+                g["lr"] = self.objective.lr_of(name) * f
 
     def _writer(self):
         try:
