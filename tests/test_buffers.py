@@ -373,3 +373,48 @@ def test_a_shipped_supersampled_generator_keeps_its_rendering(tiny_run, small, t
             "targets": []}, "references": {k: {} for k in ("test", "blur1", "blur2", "train")}}
     text = R.card_text("buffers", card, 1, gen, "cmp")
     assert "anti-aliased" in text and "--buffers-supersample 2" in text and "exactly the paired set's" not in text
+
+
+def test_curve_scores_the_shipped_reference_once_in_the_snapshots_context(tmp_path, monkeypatch):
+    """``buffers_report.curve(reference=NAME)``: the shipped generator is scored in the same evaluation context as
+    the run's snapshots (same faces, same judges), stored once under ``reference:NAME`` with the file's SHA-256, and
+    not scored again by a later call. The context and the scoring are stand-ins here (the real ones judge every
+    test photo with dlib); the test is about which generator is scored where, and how often."""
+    import json
+
+    from frankenstein_utils.evaluation import context as EV
+    from frankenstein_utils.facemodel.appearance import sha256_of
+    from frankenstein_utils.pretrained.shipped import load_pretrained
+    from frankenstein_utils.study import buffers_report as R
+
+    run = tmp_path / "run"
+    (run / "snapshots").mkdir(parents=True)
+    for s in (500, 1000):
+        (run / "snapshots" / f"step_{s:06d}.pt").write_bytes(b"")
+    (run / "curve.json").write_text(json.dumps({"raw_render": {"kid": 0.2}}))
+    contexts, scored = [], []
+
+    class Run:
+        def __init__(self, step):
+            self.step = step
+
+    monkeypatch.setattr(R, "_data", lambda cache_dir=None: (None, None, None))
+    monkeypatch.setattr(EV, "build_context", lambda *a, **k: contexts.append(object()) or contexts[-1])
+    monkeypatch.setattr(EV, "generator_fn", lambda m, seed=0: m)
+    monkeypatch.setattr("frankenstein_utils.train.trainer.load_run", lambda p: Run(int(p.stem[5:])))
+
+    def scores(ctx, f, n):
+        scored.append((ctx, f))
+        return {"n": n, "kid": 0.1 if isinstance(f, Run) else 0.3, "nme": 0.05, "detection": 1.0,
+                "code_spread": 0.7}
+
+    monkeypatch.setattr(R, "_curve_scores", scores)
+    points = R.curve(run, n=7, reference="buffers")
+    assert [p["step"] for p in points] == [500, 1000] and len(contexts) == 1
+    ref = json.loads((run / "curve.json").read_text())["reference:buffers"]
+    assert ref["kid"] == 0.3 and ref["n"] == 7
+    assert ref["sha256"] == sha256_of(load_pretrained("buffers").path)
+    assert all(ctx is contexts[0] for ctx, _ in scored) and len(scored) == 3  # the reference and two snapshots
+    assert R.curve(run, n=7, reference="buffers") == points and len(scored) == 3 and len(contexts) == 1
+    (run / "snapshots" / "step_001500.pt").write_bytes(b"")  # a new snapshot: only it is scored
+    assert [p["step"] for p in R.curve(run, n=7, reference="buffers")] == [500, 1000, 1500] and len(scored) == 4

@@ -56,12 +56,15 @@ def picture_checks(images: torch.Tensor, mask: torch.Tensor) -> dict:
 
 
 # ---- the training curve ---------------------------------------------------------------------------------------------
-def curve(run_dir, n: int = 200, workers: int = 1, seed: int = 0, cache_dir=None, follow: float = 0) -> list[dict]:
+def curve(run_dir, n: int = 200, workers: int = 1, seed: int = 0, cache_dir=None, follow: float = 0,
+          reference: str = "") -> list[dict]:
     """Score every ``snapshots/step_*.pt`` of a buffers run not yet in ``RUN_DIR/curve.json``: N = ``n`` synthetic
     faces (judges-only context, appearance from shape, fixed seed) against all test photos: KID x 10^3, NME,
     detection, diversity share, code spread, checkerboard and edge dip. The raw render's KID in the same context is
-    stored once as the line the network must get below. ``follow`` > 0: keep watching for new snapshots (polling
-    every ``follow`` s) until none has come for 30 minutes."""
+    stored once as the line the network must get below; ``reference`` names a shipped generator (e.g. the default,
+    ``buffers``) scored once in the same context, as ``reference:NAME``: a run built on another appearance build
+    or machine is compared with it on the same faces and judges, not with numbers from another context.
+    ``follow`` > 0: keep watching for new snapshots (polling every ``follow`` s) until none has come for 30 min."""
     from ..facemodel.appearance_render import RawRender
     from ..train.trainer import load_run
 
@@ -72,7 +75,8 @@ def curve(run_dir, n: int = 200, workers: int = 1, seed: int = 0, cache_dir=None
     path = run_dir / "curve.json"
     done = json.loads(path.read_text()) if path.exists() else {}
     todo = [s for s in snaps if s.name not in done]
-    if not todo:
+    ref_key = f"reference:{reference}" if reference else None
+    if not todo and (not ref_key or ref_key in done):
         return [v for k, v in sorted(done.items()) if k.startswith("step_")]
     model, train, test = _data(cache_dir=cache_dir)
     ctx = EV.build_context(model, train, test, n_synthetic=n, n_embed=n, n_ids=10, n_poses=5, judges_only=True,
@@ -87,6 +91,14 @@ def curve(run_dir, n: int = 200, workers: int = 1, seed: int = 0, cache_dir=None
                                ctx.syn_landmarks)
         done = update_json(path, {"raw_render": {"kid": fj["kid"], "kid_se": fj["kid_se"], "nme": fj["nme"],
                                                  "n": n}})
+    if ref_key and ref_key not in done:
+        from ..facemodel.appearance import sha256_of
+        from ..pretrained.shipped import load_pretrained
+
+        gen = load_pretrained(reference)
+        done = update_json(path, {ref_key: {"sha256": sha256_of(gen.path),
+                                            **_curve_scores(ctx, EV.generator_fn(gen, seed), n)}})
+        print(f"{ref_key}: KID x 10^3 {1e3 * done[ref_key]['kid']:.1f}", flush=True)
     last = time.time()
     while True:
         for snap in todo:
@@ -107,15 +119,18 @@ def _score_snapshot(ctx, snap, n, seed, path):
 
     t0 = time.time()
     run = load_run(snap)
-    f = EV.generator_fn(run, seed)
-    imgs, r = EV.score_at_one_n(ctx, f)
-    pt = {"step": run.step, "n": n, "kid": r["kid"], "kid_se": r["kid_se"], "nme": r["nme"],
-          "detection": r["detection"], "diversity_share": r["diversity_share"],
-          "code_spread": EV.code_spread(ctx, f, f.z_dim),
-          **picture_checks(imgs, ctx.syn_mask), "score_s": time.time() - t0}
+    pt = {"step": run.step, **_curve_scores(ctx, EV.generator_fn(run, seed), n), "score_s": time.time() - t0}
     update_json(path, {snap.name: pt})
     print(f"step {run.step}: KID x 10^3 {1e3 * pt['kid']:.1f}, NME {pt['nme']:.3f}, detection "
           f"{pt['detection']:.3f}, code spread {pt['code_spread']:.3f}", flush=True)
+
+
+def _curve_scores(ctx, f, n) -> dict:
+    """A curve point's numbers for the generator ``f`` in the curve's context ``ctx``."""
+    imgs, r = EV.score_at_one_n(ctx, f)
+    return {"n": n, "kid": r["kid"], "kid_se": r["kid_se"], "nme": r["nme"], "detection": r["detection"],
+            "diversity_share": r["diversity_share"], "code_spread": EV.code_spread(ctx, f, f.z_dim),
+            **picture_checks(imgs, ctx.syn_mask)}
 
 
 # ---- the comparison --------------------------------------------------------------------------------------------------
@@ -358,6 +373,8 @@ def main(argv=None):
     c.add_argument("--n", type=int, default=200)
     c.add_argument("--workers", type=int, default=1)
     c.add_argument("--follow", type=float, default=0, help="poll for new snapshots every this many seconds")
+    c.add_argument("--reference", default="", help="a shipped generator scored once in the same context "
+                                                   "(e.g. buffers, the default)")
     e = sub.add_parser("compare", help="the comparison at one N with every measure, sweeps and contact sheets")
     e.add_argument("source", help="a buffers checkpoint (.pt) or a shipped name")
     e.add_argument("--out", default="outputs/buffers/compare")
@@ -368,7 +385,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     if a.cmd == "curve":
-        for p in curve(a.run_dir, a.n, a.workers, follow=a.follow):
+        for p in curve(a.run_dir, a.n, a.workers, follow=a.follow, reference=a.reference):
             print(json.dumps(p))
     elif a.cmd == "compare":
         r = compare(a.source, a.out, a.n, a.workers, seed=a.seed, flagship=a.flagship)
