@@ -330,7 +330,9 @@ def run_appearance(cfg, cache_dir=None):
         if app_fingerprint(app) == want:
             return app
     raise ValueError(f"no appearance model with fingerprint {want} in {folder}; rebuild it with "
-                     "python -m frankenstein_utils.data.appearance_build build (the same settings give the same model)")
+                     "python -m frankenstein_utils.data.appearance_build build (the same settings give the same model "
+                     "on the same machine; a rebuild on another CPU may differ in its last bits, and so in its "
+                     "fingerprint)")
 
 
 
