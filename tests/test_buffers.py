@@ -418,3 +418,44 @@ def test_curve_scores_the_shipped_reference_once_in_the_snapshots_context(tmp_pa
     assert R.curve(run, n=7, reference="buffers") == points and len(scored) == 3 and len(contexts) == 1
     (run / "snapshots" / "step_001500.pt").write_bytes(b"")  # a new snapshot: only it is scored
     assert [p["step"] for p in R.curve(run, n=7, reference="buffers")] == [500, 1000, 1500] and len(scored) == 4
+
+
+def test_face_background_swap_composites_each_face_on_the_other_background_in_one_context(monkeypatch):
+    """``swap_regions`` takes the pixels inside the mask grown by a (2d+1)-px square from the face images and all
+    others from the background images; ``face_background_swap`` scores both generators and both swaps in one
+    context (the context, generators and KID are stand-ins here: the test is about which pixels go where)."""
+    from frankenstein_utils.evaluation import context as EV
+    from frankenstein_utils.study import buffers_report as R
+
+    mask = torch.zeros(1, 1, 9, 9)
+    mask[..., 4, 4] = 1
+    out = R.swap_regions(torch.ones(1, 3, 9, 9), torch.zeros(1, 3, 9, 9), mask, dilate=1)
+    assert out[0, :, 3:6, 3:6].eq(1).all() and out.sum() == 3 * 9  # the 3x3 square, every channel, nothing else
+    no_margin = R.swap_regions(torch.ones(1, 3, 9, 9), torch.zeros(1, 3, 9, 9), mask, dilate=0)
+    assert torch.equal(no_margin, mask.expand(1, 3, 9, 9))
+
+    class Ctx:
+        syn_depth = syn_params = None
+        syn_mask = mask.expand(2, 1, 9, 9)
+
+    contexts, scored = [], {}
+    monkeypatch.setattr(R, "_data", lambda cache_dir=None: (None, None, None))
+    monkeypatch.setattr(EV, "build_context", lambda *a, **k: contexts.append(Ctx()) or contexts[-1])
+    monkeypatch.setattr("frankenstein_utils.pretrained.shipped.load_pretrained", lambda name: name)
+    monkeypatch.setattr(EV, "generator_fn", lambda net, seed=0: net)
+    monkeypatch.setattr(EV, "call_generator", lambda f, d, m, z, p: torch.full((2, 3, 9, 9), 1.0 if f == "A" else -1.0))
+
+    def kid(ctx, images):
+        assert ctx is contexts[0]
+        scored[len(scored)] = images
+        return {"kid": float(images.mean()), "kid_se": 0.0, "detection": 1.0}
+
+    monkeypatch.setattr(R, "_kid_of", kid)
+    r = R.face_background_swap("A", "B", n=2, dilate=1)
+    assert len(contexts) == 1 and list(r["rows"]) == ["a: A", "b: B", "face of a, background of b",
+                                                      "face of b, background of a"]
+    a_on_b, b_on_a = scored[2], scored[3]
+    inside = torch.zeros(9, 9, dtype=torch.bool)
+    inside[3:6, 3:6] = True
+    assert a_on_b[:, :, inside].eq(1).all() and a_on_b[:, :, ~inside].eq(-1).all()
+    assert b_on_a[:, :, inside].eq(-1).all() and b_on_a[:, :, ~inside].eq(1).all()

@@ -3,9 +3,13 @@
 Measure and ship a buffers generator: its training curve, the comparison with the raw render and the depth-only
 flagship, the sweep over the explorer's range, contact sheets, and the shipped file with its card.
 
-    python -m frankenstein_utils.study.buffers_report curve RUN_DIR [--n 200]        # score every snapshot not yet
-    scored python -m frankenstein_utils.study.buffers_report compare CHECKPOINT [--out DIR] # the comparison at N = 500
+    python -m frankenstein_utils.study.buffers_report curve RUN_DIR [--n 200] [--reference buffers]
+    python -m frankenstein_utils.study.buffers_report swap CHECKPOINT_A CHECKPOINT_B [--n 200]
+    python -m frankenstein_utils.study.buffers_report compare CHECKPOINT [--out DIR]
     python -m frankenstein_utils.study.buffers_report ship CHECKPOINT --compare DIR --command "..." [--name buffers]
+
+(``curve``: every snapshot not yet scored; ``swap``: which region, face or background, carries a difference in
+realism between two generators; ``compare``: the comparison at N = 500.)
 
 Every number comes from the evaluation's measures (``evaluation``: KID on dlib descriptors against all test photos,
 NME against the face model's own landmarks with the fitted-photo oracle, detection, diversity and code spread as
@@ -131,6 +135,37 @@ def _curve_scores(ctx, f, n) -> dict:
     return {"n": n, "kid": r["kid"], "kid_se": r["kid_se"], "nme": r["nme"], "detection": r["detection"],
             "diversity_share": r["diversity_share"], "code_spread": EV.code_spread(ctx, f, f.z_dim),
             **picture_checks(imgs, ctx.syn_mask)}
+
+
+def swap_regions(face: torch.Tensor, background: torch.Tensor, mask: torch.Tensor, dilate: int = 2) -> torch.Tensor:
+    """Images with the pixels inside ``mask`` (grown by a (2d+1)-px square, ``objectives.losses.dilate_mask``) from
+    ``face`` and every other pixel from ``background``: m * face + (1 - m) * background."""
+    from ..objectives.losses import dilate_mask
+
+    m = dilate_mask(mask.float(), dilate)
+    return m * face + (1 - m) * background
+
+
+def face_background_swap(a, b, n: int = 200, workers: int = 2, seed: int = 0, dilate: int = 2,
+                         cache_dir=None) -> dict:
+    """Which region carries a difference in realism between two buffers generators ``a`` and ``b`` (checkpoints or
+    shipped names): KID x 10^3 of each on the curve's ``n`` faces and codes, and of the two swaps (the face of one
+    on the background of the other, ``swap_regions``), all in one context. If the face of ``a`` on the background
+    of ``b`` scores like ``a``, the difference is in the face."""
+    from ..pretrained.shipped import load_pretrained
+    from ..train.trainer import load_run
+
+    model, train, test = _data(cache_dir=cache_dir)
+    ctx = EV.build_context(model, train, test, n_synthetic=n, n_embed=n, n_ids=10, n_poses=5, judges_only=True,
+                           cache_dir=cache_dir or "outputs/cache", workers=workers, seed=seed)
+    imgs = []
+    for src in (a, b):
+        net = load_run(src) if str(src).endswith(".pt") else load_pretrained(src)
+        imgs.append(EV.call_generator(EV.generator_fn(net, seed), ctx.syn_depth, ctx.syn_mask, None, ctx.syn_params))
+    rows = {f"a: {a}": imgs[0], f"b: {b}": imgs[1],
+            "face of a, background of b": swap_regions(imgs[0], imgs[1], ctx.syn_mask, dilate),
+            "face of b, background of a": swap_regions(imgs[1], imgs[0], ctx.syn_mask, dilate)}
+    return {"n": n, "seed": seed, "dilate": dilate, "rows": {k: _kid_of(ctx, v) for k, v in rows.items()}}
 
 
 # ---- the comparison --------------------------------------------------------------------------------------------------
@@ -375,6 +410,12 @@ def main(argv=None):
     c.add_argument("--follow", type=float, default=0, help="poll for new snapshots every this many seconds")
     c.add_argument("--reference", default="", help="a shipped generator scored once in the same context "
                                                    "(e.g. buffers, the default)")
+    w = sub.add_parser("swap", help="KID of two generators and of their face/background swaps, in one context")
+    w.add_argument("a", help="a buffers checkpoint (.pt) or a shipped name")
+    w.add_argument("b", help="another")
+    w.add_argument("--n", type=int, default=200)
+    w.add_argument("--workers", type=int, default=2)
+    w.add_argument("--dilate", type=int, default=2, help="pixels the face mask grows by")
     e = sub.add_parser("compare", help="the comparison at one N with every measure, sweeps and contact sheets")
     e.add_argument("source", help="a buffers checkpoint (.pt) or a shipped name")
     e.add_argument("--out", default="outputs/buffers/compare")
@@ -387,6 +428,10 @@ def main(argv=None):
     if a.cmd == "curve":
         for p in curve(a.run_dir, a.n, a.workers, follow=a.follow, reference=a.reference):
             print(json.dumps(p))
+    elif a.cmd == "swap":
+        r = face_background_swap(a.a, a.b, a.n, a.workers, dilate=a.dilate)
+        for k, v in r["rows"].items():
+            print(f"{k}: KID x 10^3 {1e3 * v['kid']:.1f} +- {1e3 * v['kid_se']:.1f}, detection {v['detection']:.3f}")
     elif a.cmd == "compare":
         r = compare(a.source, a.out, a.n, a.workers, seed=a.seed, flagship=a.flagship)
         for t in r["targets"]:
