@@ -149,9 +149,9 @@ def swap_regions(face: torch.Tensor, background: torch.Tensor, mask: torch.Tenso
 def face_background_swap(a, b, n: int = 200, workers: int = 2, seed: int = 0, dilate: int = 2,
                          cache_dir=None) -> dict:
     """Which region carries a difference in realism between two buffers generators ``a`` and ``b`` (checkpoints or
-    shipped names): KID x 10^3 of each on the curve's ``n`` faces and codes, and of the two swaps (the face of one
-    on the background of the other, ``swap_regions``), all in one context. If the face of ``a`` on the background
-    of ``b`` scores like ``a``, the difference is in the face."""
+    shipped names): KID, its s.e. and detection (``_kid_of``) of each on the curve's ``n`` faces and codes, and of
+    the two swaps (the face of one on the background of the other, ``swap_regions``), all in one context. If the
+    face of ``a`` on the background of ``b`` scores like ``a``, the difference is in the face."""
     from ..pretrained.shipped import load_pretrained
     from ..train.trainer import load_run
 
