@@ -83,8 +83,7 @@ def curve(run_dir, n: int = 200, workers: int = 1, seed: int = 0, cache_dir=None
     if not todo and (not ref_key or ref_key in done):
         return [v for k, v in sorted(done.items()) if k.startswith("step_")]
     model, train, test = _data(cache_dir=cache_dir)
-    ctx = EV.build_context(model, train, test, n_synthetic=n, n_embed=n, n_ids=10, n_poses=5, judges_only=True,
-                           cache_dir=cache_dir or "outputs/cache", workers=workers, seed=seed)
+    ctx = _curve_context(model, train, test, n, workers, seed, cache_dir)
     if "raw_render" not in done:
         from ..data.buffers import run_appearance
 
@@ -129,6 +128,12 @@ def _score_snapshot(ctx, snap, n, seed, path):
           f"{pt['detection']:.3f}, code spread {pt['code_spread']:.3f}", flush=True)
 
 
+def _curve_context(model, train, test, n, workers, seed, cache_dir):
+    """The curve's evaluation context: ``n`` synthetic faces, judges only, against all test photos."""
+    return EV.build_context(model, train, test, n_synthetic=n, n_embed=n, n_ids=10, n_poses=5, judges_only=True,
+                            cache_dir=cache_dir or "outputs/cache", workers=workers, seed=seed)
+
+
 def _curve_scores(ctx, f, n) -> dict:
     """A curve point's numbers for the generator ``f`` in the curve's context ``ctx``."""
     imgs, r = EV.score_at_one_n(ctx, f)
@@ -156,8 +161,7 @@ def face_background_swap(a, b, n: int = 200, workers: int = 2, seed: int = 0, di
     from ..train.trainer import load_run
 
     model, train, test = _data(cache_dir=cache_dir)
-    ctx = EV.build_context(model, train, test, n_synthetic=n, n_embed=n, n_ids=10, n_poses=5, judges_only=True,
-                           cache_dir=cache_dir or "outputs/cache", workers=workers, seed=seed)
+    ctx = _curve_context(model, train, test, n, workers, seed, cache_dir)
     imgs = []
     for src in (a, b):
         net = load_run(src) if str(src).endswith(".pt") else load_pretrained(src)
