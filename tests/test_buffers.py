@@ -102,6 +102,32 @@ class _Recorder:
         return buffers[:, :3] * 2 - 1
 
 
+def test_raw_render_at_k_shows_the_colour_a_buffers_generator_reading_k_is_given(small):
+    """``RawRender(k=...)`` (the input realism ``buffers_report truncation`` scores) renders the face with exactly the
+    appearance a buffers generator reading k components gets: the same faces and codes through ``BufferGenerator``
+    with a stand-in network that returns its colour buffer agree inside the face to the buffers' 8-bit rounding."""
+    from frankenstein_utils.facemodel.appearance_render import RawRender
+
+    app, model = small["app"], small["model"]
+    K, k, n = app.n_components, 3, 6
+    syn = B.synthetic_buffer_set(n, app, model, k, "colour", seed=2, extended=0.0, progress=False)
+    params = {m: syn.params[m] for m in ("coeffs", "poses", "expressions")}
+    z = B.normal(n, K, generator=torch.Generator().manual_seed(5))
+    f = B.BufferGenerator(_Recorder(TrainConfig(mode="flagship", buffers="colour", appearance_k=k, z_dim=8)), model,
+                          app, app.render_config())
+    through_net = f(None, None, torch.cat([z[:, :k], torch.zeros(n, 8)], 1), params=params)
+    depth, _ = f.buffers(params, z[:, :k])
+    inside = (depth > 0).expand(-1, 3, -1, -1)
+    raw_k = RawRender(model, app, app.render_config(), k=k)(None, None, z, params)
+    raw_all = RawRender(model, app, app.render_config())(None, None, z, params)
+    assert (raw_k - through_net)[inside].abs().max() <= 1.01 / 255  # [-1, 1]: half an 8-bit level is 1 / 255
+    assert (raw_all - through_net)[inside].abs().max() > 10 / 255  # the components beyond k do change the face
+    assert torch.equal(raw_k[~inside], raw_all[~inside])  # the background is the mean photo either way
+    torch.testing.assert_close(RawRender(model, app, app.render_config(), k=K)(None, None, z, params), raw_all)
+    with pytest.raises(ValueError, match=f"k = {K + 1}: the appearance model has {K} components"):
+        RawRender(model, app, app.render_config(), k=K + 1)
+
+
 def test_buffer_generator_renders_what_training_saw_and_splits_its_code(small):
     app, model = small["app"], small["model"]
     k = 4
@@ -459,3 +485,42 @@ def test_face_background_swap_composites_each_face_on_the_other_background_in_on
     inside[3:6, 3:6] = True
     assert a_on_b[:, :, inside].eq(1).all() and a_on_b[:, :, ~inside].eq(-1).all()
     assert b_on_a[:, :, inside].eq(-1).all() and b_on_a[:, :, ~inside].eq(1).all()
+
+
+def test_input_truncation_scores_the_raw_render_at_each_k_with_the_same_codes_in_one_context(small, monkeypatch,
+                                                                                             tmp_path):
+    """``buffers_report truncation``: the raw render of the curve's faces at each k, the same codes at every k, all
+    scored in one context (the context and KID are stand-ins here; ``RawRender(k=...)`` is tested above)."""
+    from frankenstein_utils.evaluation import context as EV
+    from frankenstein_utils.facemodel.appearance import AppearanceModel
+    from frankenstein_utils.facemodel.appearance_render import RawRender
+    from frankenstein_utils.study import buffers_report as R
+
+    path = tmp_path / "app.safetensors"
+    small["app"].save(path)
+    app, model = AppearanceModel.load(path), small["model"]
+    K, n = app.n_components, 4
+    syn = B.synthetic_buffer_set(n, app, model, 2, "colour", seed=3, extended=0.0, progress=False)
+
+    class Ctx:
+        syn_depth = syn_mask = None
+        syn_params = {m: syn.params[m] for m in ("coeffs", "poses", "expressions")}
+
+    contexts, scored = [], []
+    monkeypatch.setattr(R, "_data", lambda cache_dir=None: (model, None, None))
+    monkeypatch.setattr(EV, "build_context", lambda *a, **k: contexts.append(Ctx()) or contexts[-1])
+
+    def kid(ctx, images):
+        assert ctx is contexts[0]
+        scored.append(images)
+        return {"kid": float(images.mean()), "kid_se": 0.0, "detection": 1.0}
+
+    monkeypatch.setattr(R, "_kid_of", kid)
+    r = R.input_truncation((K, 2), n=n, appearance=path)
+    assert len(contexts) == 1 and list(r["rows"]) == [K, 2] and r["appearance"] == B.app_fingerprint(app)
+    z = B.normal(n, K, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(scored[0], RawRender(model, app, app.render_config())(None, None, z, Ctx.syn_params))
+    torch.testing.assert_close(scored[1], RawRender(model, app, app.render_config(), k=2)(None, None, z,
+                                                                                          Ctx.syn_params))
+    with pytest.raises(ValueError, match=rf"k = \[{K + 1}\]: the appearance model has {K} components"):
+        R.input_truncation((2, K + 1), n=n, appearance=path)

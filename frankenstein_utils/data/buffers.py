@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..facemodel.appearance_render import face_batches
+from ..facemodel.appearance_render import appearance_coefficients, face_batches
 from ..io.draws import normal
 from .depth_sets import DEPTH_SCALE
 
@@ -264,13 +264,8 @@ def synthetic_buffer_set(n: int, app, model, k: int, names="colour,normal", rend
 
 
 def truncated_coefficients(app, z: torch.Tensor, shape, mode: str, k: int) -> torch.Tensor:
-    """The first k appearance coefficients from k standard-normal codes: the model's K-code formula with the codes
-    beyond k at 0. Exact for the first k: ``from-shape``'s residual factor is lower-triangular (Cholesky), so
-    coefficient i depends on codes 0..i only."""
-    z = torch.as_tensor(z, dtype=torch.float32)
-    full = torch.zeros(len(z), app.n_components)
-    full[:, :k] = z[:, :k]
-    return app.coefficients(full, mode, shape)[:, :k]
+    """The first k appearance coefficients from k standard-normal codes (``appearance_coefficients`` with ``k``)."""
+    return appearance_coefficients(app, z, shape, mode, k=k)
 
 
 class BufferGenerator:

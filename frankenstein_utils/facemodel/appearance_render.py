@@ -52,10 +52,18 @@ def model_landmarks(model, coeffs: torch.Tensor, render, poses: torch.Tensor | N
 
 
 def appearance_coefficients(app: AppearanceModel, z: torch.Tensor, coeffs: torch.Tensor, mode: str,
-                            shape_map: str = "whiten") -> torch.Tensor:
+                            shape_map: str = "whiten", k: int | None = None) -> torch.Tensor:
     """Appearance coefficients (B, K) from standard-normal codes z (B, K): ``free`` -> z; ``from-shape`` -> the
-    conditional Gaussian given the identity coefficients, z as its noise (``AppearanceModel.coefficients``)."""
-    return app.coefficients(z, mode, coeffs, shape_map)
+    conditional Gaussian given the identity coefficients, z as its noise (``AppearanceModel.coefficients``).
+    ``k``: the first k coefficients (B, k) from the first k codes, the codes beyond k at 0, which is what a buffers
+    generator reading k components gets. Exact for the first k: from-shape's residual factor is lower-triangular
+    (Cholesky), so coefficient i depends on codes 0..i only."""
+    if k is None:
+        return app.coefficients(z, mode, coeffs, shape_map)
+    z = torch.as_tensor(z, dtype=torch.float32)
+    full = torch.zeros(len(z), app.n_components)
+    full[:, :k] = z[:, :k]
+    return app.coefficients(full, mode, coeffs, shape_map)[:, :k]
 
 
 def render_face(model, app: AppearanceModel, coeffs, appearance, render: RenderConfig, poses=None,
@@ -125,14 +133,18 @@ class RawRender:
 
     Call as ``f(depth, mask, z=None, params=None)``; ``params`` = dict(coeffs, poses, expressions) of the faces
     whose depth maps were given (the evaluation passes them to generators with ``uses_face_params``). ``z`` (B, K)
-    standard-normal appearance codes; drawn seeded when None."""
+    standard-normal appearance codes; drawn seeded when None. ``k``: the first k components only
+    (``appearance_coefficients``), the colour that a buffers generator reading k components is given."""
 
     uses_face_params = True
 
     def __init__(self, model, app: AppearanceModel, render: RenderConfig, mode: str = "from-shape", seed: int = 0,
-                 background: torch.Tensor | None = None, batch_size: int = 128):
+                 background: torch.Tensor | None = None, batch_size: int = 128, k: int | None = None):
         if mode not in MODES:
             raise ValueError(f"appearance mode {mode!r}; choose one of {MODES}")
+        if k is not None and not 1 <= k <= app.n_components:
+            raise ValueError(f"k = {k}: the appearance model has {app.n_components} components")
+        self.k = k  # render the first k components only (None: all), as a buffers generator reading k sees the face
         self.model, self.app, self.render, self.mode, self.seed = model, app, render, mode, seed
         self.background = app.background if background is None else background
         self.z_dim = app.n_components
@@ -142,7 +154,7 @@ class RawRender:
     def __call__(self, depth, mask, z=None, params=None):
         out = []
         for p, zz, lights in face_batches(self, params, z, "RawRender"):
-            a = appearance_coefficients(self.app, zz, p["coeffs"], self.mode)
+            a = appearance_coefficients(self.app, zz, p["coeffs"], self.mode, k=self.k)
             buf = render_face(self.model, self.app, p["coeffs"], a, self.render, p.get("poses"), p.get("expressions"),
                               lights, normals=False)
             out.append(composite(buf["colour"], buf["mask"], self.background))

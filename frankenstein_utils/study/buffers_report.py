@@ -5,11 +5,13 @@ flagship, the sweep over the explorer's range, contact sheets, and the shipped f
 
     python -m frankenstein_utils.study.buffers_report curve RUN_DIR [--n 200] [--reference buffers]
     python -m frankenstein_utils.study.buffers_report swap CHECKPOINT_A CHECKPOINT_B [--n 200]
+    python -m frankenstein_utils.study.buffers_report truncation [--k 100 70 40 20] [--n 200]
     python -m frankenstein_utils.study.buffers_report compare CHECKPOINT [--out DIR]
     python -m frankenstein_utils.study.buffers_report ship CHECKPOINT --compare DIR --command "..." [--name buffers]
 
 (``curve``: every snapshot not yet scored; ``swap``: which region, face or background, carries a difference in
-realism between two generators; ``compare``: the comparison at N = 500.)
+realism between two generators; ``truncation``: how much realism the generator's input, the appearance colour
+with k components, keeps; ``compare``: the comparison at N = 500.)
 
 Every number comes from the evaluation's measures (``evaluation``: KID on dlib descriptors against all test photos,
 NME against the face model's own landmarks with the fitted-photo oracle, detection, diversity and code spread as
@@ -170,6 +172,31 @@ def face_background_swap(a, b, n: int = 200, workers: int = 2, seed: int = 0, di
             "face of a, background of b": swap_regions(imgs[0], imgs[1], ctx.syn_mask, dilate),
             "face of b, background of a": swap_regions(imgs[1], imgs[0], ctx.syn_mask, dilate)}
     return {"n": n, "seed": seed, "dilate": dilate, "rows": {k: _kid_of(ctx, v) for k, v in rows.items()}}
+
+
+def input_truncation(ks=(100, 70, 40, 20), n: int = 200, workers: int = 2, seed: int = 0, appearance=None,
+                     cache_dir=None) -> dict:
+    """How much realism the appearance colour keeps with its first k components, the colour a buffers generator
+    reading k components is given: the raw render, no network (``RawRender(k=...)``), of the curve's ``n`` drawn
+    faces with appearance from shape, the same codes at every k, scored (``_kid_of``: KID, its s.e., detection) in
+    the curve's context. ``appearance``: an appearance model file (default: the cached baked build)."""
+    from ..data.appearance_build import default_path
+    from ..data.buffers import app_fingerprint
+    from ..facemodel.appearance import AppearanceModel
+    from ..facemodel.appearance_render import RawRender
+
+    app = AppearanceModel.load(appearance or default_path("baked", cache_dir))
+    bad = [k for k in ks if not 1 <= k <= app.n_components]
+    if bad:
+        raise ValueError(f"k = {bad}: the appearance model has {app.n_components} components")
+    model, train, test = _data(cache_dir=cache_dir)
+    ctx = _curve_context(model, train, test, n, workers, seed, cache_dir)
+    z = normal(n, app.n_components, generator=torch.Generator().manual_seed(seed))
+    rows = {}
+    for k in ks:
+        f = RawRender(model, app, app.render_config(), "from-shape", seed=seed, k=k)
+        rows[k] = _kid_of(ctx, EV.call_generator(f, ctx.syn_depth, ctx.syn_mask, z, ctx.syn_params))
+    return {"n": n, "seed": seed, "appearance": app_fingerprint(app), "rows": rows}
 
 
 # ---- the comparison --------------------------------------------------------------------------------------------------
@@ -420,6 +447,12 @@ def main(argv=None):
     w.add_argument("--n", type=int, default=200)
     w.add_argument("--workers", type=int, default=2)
     w.add_argument("--dilate", type=int, default=2, help="pixels the face mask grows by")
+    t = sub.add_parser("truncation", help="KID of the raw render with the first k appearance components (what a "
+                                          "buffers generator reading k is given)")
+    t.add_argument("--k", type=int, nargs="+", default=[100, 70, 40, 20])
+    t.add_argument("--n", type=int, default=200)
+    t.add_argument("--workers", type=int, default=2)
+    t.add_argument("--appearance", default=None, help="an appearance model file (default: the cached baked build)")
     e = sub.add_parser("compare", help="the comparison at one N with every measure, sweeps and contact sheets")
     e.add_argument("source", help="a buffers checkpoint (.pt) or a shipped name")
     e.add_argument("--out", default="outputs/buffers/compare")
@@ -436,6 +469,13 @@ def main(argv=None):
         r = face_background_swap(a.a, a.b, a.n, a.workers, dilate=a.dilate)
         for k, v in r["rows"].items():
             print(f"{k}: KID x 10^3 {1e3 * v['kid']:.1f} +- {1e3 * v['kid_se']:.1f}, detection {v['detection']:.3f}")
+    elif a.cmd == "truncation":
+        r = input_truncation(a.k, a.n, a.workers, appearance=a.appearance)
+        print(f"raw render of {r['n']} drawn faces (appearance from shape, model {r['appearance']}), first k "
+              f"components:")
+        for k, v in r["rows"].items():
+            print(f"k = {k}: KID x 10^3 {1e3 * v['kid']:.1f} +- {1e3 * v['kid_se']:.1f}, detection "
+                  f"{v['detection']:.3f}")
     elif a.cmd == "compare":
         r = compare(a.source, a.out, a.n, a.workers, seed=a.seed, flagship=a.flagship)
         for t in r["targets"]:
