@@ -337,6 +337,11 @@ def _kid_of(ctx, images) -> dict:
     return {"kid": k["kid"], "kid_se": k["kid_se"], "n": len(images), "detection": float(faces.found.mean())}
 
 
+def _kid_line(r: dict) -> str:
+    """One ``_kid_of`` result as printed: KID x 10^3 with its s.e., and detection."""
+    return f"KID x 10^3 {1e3 * r['kid']:.1f} +- {1e3 * r['kid_se']:.1f}, detection {r['detection']:.3f}"
+
+
 def _mean_face_many_codes(f, model, render, n, seed):
     """The sweep's centre (mean shape, neutral pose) drawn with ``n`` codes: the realism the slider ends compare to."""
     from ..facemodel.framing import NEUTRAL_POSE
@@ -468,14 +473,13 @@ def main(argv=None):
     elif a.cmd == "swap":
         r = face_background_swap(a.a, a.b, a.n, a.workers, dilate=a.dilate)
         for k, v in r["rows"].items():
-            print(f"{k}: KID x 10^3 {1e3 * v['kid']:.1f} +- {1e3 * v['kid_se']:.1f}, detection {v['detection']:.3f}")
+            print(f"{k}: {_kid_line(v)}")
     elif a.cmd == "truncation":
         r = input_truncation(a.k, a.n, a.workers, appearance=a.appearance)
         print(f"raw render of {r['n']} drawn faces (appearance from shape, model {r['appearance']}), first k "
               f"components:")
         for k, v in r["rows"].items():
-            print(f"k = {k}: KID x 10^3 {1e3 * v['kid']:.1f} +- {1e3 * v['kid_se']:.1f}, detection "
-                  f"{v['detection']:.3f}")
+            print(f"k = {k}: {_kid_line(v)}")
     elif a.cmd == "compare":
         r = compare(a.source, a.out, a.n, a.workers, seed=a.seed, flagship=a.flagship)
         for t in r["targets"]:
