@@ -116,13 +116,18 @@ def test_sampling_reads_the_photo_at_each_visible_vertex_and_hides_the_far_side(
     assert 0.2 < v.float().mean() < 0.8
 
 
-def test_small_build_from_the_photos_saves_loads_and_reports(tmp_path, face_model):
+@pytest.fixture(scope="module")
+def small_build(tmp_path_factory, face_model):
     from frankenstein_utils.data.pairs import PairedConfig, PairedFaceDataset
 
-    paired = PairedFaceDataset("all", PairedConfig(limit=300, val_fraction=0.1), cache_dir=tmp_path,
-                               model=face_model, progress=False)
+    paired = PairedFaceDataset("all", PairedConfig(limit=300, val_fraction=0.1),
+                               cache_dir=tmp_path_factory.mktemp("pairs"), model=face_model, progress=False)
     cfg = A.AppearanceConfig(max_components=20, candidates=(2, 5, 10, 20), rounds=1, fill_iterations=10)
-    app = AB.build_appearance(cfg, paired=paired, model=face_model, progress=False)
+    return AB.build_appearance(cfg, paired=paired, model=face_model, progress=False)
+
+
+def test_small_build_from_the_photos_saves_loads_and_reports(tmp_path, small_build):
+    app = small_build
     r = app.report
     psnr = [r["val_psnr_visible_db"][str(k)] for k in (2, 5, 10, 20)]
     assert psnr[-1] > psnr[0] > r["val_psnr_mean_appearance_db"]  # components explain held-out photos
@@ -141,3 +146,68 @@ def test_small_build_from_the_photos_saves_loads_and_reports(tmp_path, face_mode
     (tmp_path / "bad.safetensors").write_bytes(b"not a file")
     with pytest.raises(ValueError, match="bad.safetensors"):
         A.AppearanceModel.load(tmp_path / "bad.safetensors")
+
+
+def test_an_eight_bit_copy_keeps_every_value_within_half_a_step_in_half_the_room(tmp_path, small_build):
+    app = small_build
+    half, eight = tmp_path / "half.safetensors", tmp_path / "eight.safetensors"
+    app.save(half, dtype=torch.float16, with_photos=False)
+    app.save(eight, dtype=torch.float16, with_photos=False, eight_bit=True)
+    back = A.AppearanceModel.load(eight)
+    # one offset and step per component: each basis entry within half its component's step
+    step = (app.basis.amax(dim=(1, 2)) - app.basis.amin(dim=(1, 2))) / 255
+    err = (back.basis - app.basis).abs().amax(dim=(1, 2))
+    assert (err <= step / 2 * 1.001).all() and (err > step / 10).all()  # rounded, not stored exactly
+    assert step.max() / step.min() > 1.5  # the components' ranges differ: one step for all would be coarser
+    e0, e1 = (torch.as_tensor(np.asarray(t, np.float32)) for t in (app.face_table[1], back.face_table[1]))
+    col_step = (e0.amax(0) - e0.amin(0)) / 255
+    assert ((e1 - e0).abs() <= col_step / 2 * 1.001 + 1e-7).all()
+    assert torch.equal(back.region_vertices, app.region_vertices) and back.region_vertices.dtype == torch.int64
+    np.testing.assert_allclose(back.face_table[0], app.face_table[0], rtol=1e-3, atol=1e-2)  # poses: float16
+    # the basis is most of the file: 1 byte per entry instead of 2
+    assert eight.stat().st_size < 0.6 * half.stat().st_size
+    a = torch.randn(200, app.n_components, generator=torch.Generator().manual_seed(0))
+    bound = (a.abs() * app.sd * step / 2).sum(1, keepdim=True)[:, :, None] + 1e-3  # + the float16 mean
+    assert ((back.colours(a) - app.colours(a)).abs() <= bound).all()
+    # a damaged 8-bit entry: one line naming the file
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    t = load_file(eight)
+    with safe_open(str(eight), framework="pt") as f:
+        meta = f.metadata()
+    del t["basis_u8_step"]
+    save_file(t, tmp_path / "broken.safetensors", metadata=meta)
+    with pytest.raises(ValueError, match="broken.safetensors.*basis"):
+        A.AppearanceModel.load(tmp_path / "broken.safetensors")
+
+
+def test_ship_writes_the_eight_bit_copy_with_a_table_subset_within_the_budget_or_refuses(tmp_path, small_build,
+                                                                                       monkeypatch):
+    src = tmp_path / "build.safetensors"
+    small_build.save(src)
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "other.bin").write_bytes(b"x" * 50_000)
+    for name, file in (("SHIPPED", "appearance.safetensors"), ("SHIPPED_CARD", "appearance_MODEL_CARD.md"),
+                       ("SHIPPED_SUM", "appearance.sha256")):
+        monkeypatch.setattr(AB, name, weights / file)
+    monkeypatch.setattr(AB, "SHIP_BUDGET_BYTES", 10_000_000)
+    out = AB.ship(src, eight_bit=True, table_rows=100)
+    back = A.AppearanceModel.load(weights / "appearance.safetensors")
+    assert out["components"] == back.n_components == small_build.n_components  # all fit in 10 MB
+    assert len(back.face_table[0]) == 100 and len(small_build.face_table[0]) > 100
+    # the subset is made of the build's rows (poses in float16)
+    full = np.asarray(small_build.face_table[0], np.float32)
+    shipped = np.asarray(back.face_table[0])
+    close = np.abs(shipped[:, None] - full[None]) <= 1e-3 * np.abs(full[None]) + 1e-3  # float16 rounding
+    assert close.all(-1).any(1).all()
+    card = (weights / "appearance_MODEL_CARD.md").read_text()
+    assert "8 bits" in card and "--eight-bit --table-rows 100" in card and "a seeded random subset" in card
+    assert (weights / "appearance.sha256").read_text().split()[0] == A.sha256_of(weights / "appearance.safetensors")
+    # a budget the copy cannot fit: one line, and the shipped file is left as it was
+    before = (weights / "appearance.safetensors").read_bytes()
+    monkeypatch.setattr(AB, "SHIP_BUDGET_BYTES", 60_000 + 10_000 + 1_000)
+    with pytest.raises(ValueError, match="budget"):
+        AB.ship(src, max_components=small_build.n_components, eight_bit=True)
+    assert (weights / "appearance.safetensors").read_bytes() == before

@@ -422,11 +422,29 @@ def cached_appearance(paired, config: AppearanceConfig | None = None, cache_dir=
     return app
 
 
-def ship(src=None, max_components: int | None = None, command: str = "", alternatives: dict | None = None) -> dict:
-    """Write the shipped copy: float16, without the photos' coefficients, the leading ``max_components`` (the most
-    that keeps every shipped file within ``SHIP_BUDGET_BYTES`` when None), a SHA-256 file that loading checks, and
-    a model card with the build report; ``alternatives`` (label -> built file) are other builds whose validation
-    PSNR the card shows beside this one's (e.g. with the mirror fill). Returns the card's numbers."""
+def eight_bit_colour_error(app: AppearanceModel, small: AppearanceModel, n: int = 500, seed: int = 0) -> dict:
+    """How far the 8-bit copy's colours are from the build's: ``n`` free draws of ``small``'s components, per-vertex
+    colour difference in 8-bit levels (max, mean)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        small.save(Path(tmp) / "copy.safetensors", torch.float16, with_photos=False, eight_bit=True)
+        back = AppearanceModel.load(Path(tmp) / "copy.safetensors")
+    a = torch.randn(n, small.n_components, generator=torch.Generator().manual_seed(seed))
+    d = (back.colours(a) - app.colours(a)).abs() * 255
+    return {"n": n, "max_levels": float(d.max()), "mean_levels": float(d.mean())}
+
+
+def ship(src=None, max_components: int | None = None, command: str = "", alternatives: dict | None = None,
+         eight_bit: bool = False, table_rows: int | None = None) -> dict:
+    """Write the shipped copy: float16 (with ``eight_bit`` the basis and the expression table in 8 bits with an
+    offset and step per component and per blendshape, ``facemodel.appearance.quantize_8bit``), without the photos'
+    coefficients, the leading ``max_components`` (the most that keeps every shipped file within
+    ``SHIP_BUDGET_BYTES`` when None), ``table_rows`` of the fitted poses and expressions (a seeded random subset: the
+    same distribution in less room; all when None), a SHA-256 file that loading checks, and a model card with the
+    build report; ``alternatives`` (label -> built file) are other builds whose validation PSNR the card shows
+    beside this one's (e.g. with the mirror fill). Returns the card's numbers. Refuses, in one line, a copy that
+    would take the shipped files over the budget."""
     import platform
 
     from ..io.files import atomic_write_bytes
@@ -439,27 +457,50 @@ def ship(src=None, max_components: int | None = None, command: str = "", alterna
         app.report["val_psnr_mask_db"] = validation_psnr_in_mask(
             app, PairedFaceDataset("all", progress=False), load_face_model(), app.config.candidates)
     evidence = shape_map_evidence(app)
+    table, n_table = app.face_table, None if app.face_table is None else len(app.face_table[0])
+    if table is not None and table_rows is not None and table_rows < n_table:
+        keep = np.sort(np.random.default_rng(0).choice(n_table, table_rows, replace=False))
+        table = (np.asarray(table[0])[keep], np.asarray(table[1])[keep])
+
+    def shipped_copy(k: int) -> AppearanceModel:
+        small = AppearanceModel(app.mean, app.basis[:k], app.sd[:k], app.region_vertices, app.config,
+                                {kk: v for kk, v in app.conditional.items()}, app.lights, None, None,
+                                {**app.report, "shipped_components": k, "shipped_eight_bit": eight_bit,
+                                 "shipped_table_rows": None if table is None else len(table[0])},
+                                app.background, app.render, table)
+        # the conditional was fitted for all K components: keep its first k rows (a marginal of a Gaussian)
+        c = small.conditional
+        c["app_mean"], c["regression"] = c["app_mean"][:k], c["regression"][:k]
+        c["residual_chol"] = torch.linalg.cholesky(
+            (app.conditional["residual_chol"] @ app.conditional["residual_chol"].T)[:k, :k])
+        return small
+
     others = sum(p.stat().st_size for p in SHIPPED.parent.rglob("*") if p.is_file()
                  and p not in (SHIPPED, SHIPPED_CARD, SHIPPED_SUM))
-    per_k = app.basis[0].numel() * 2
-    fixed = sum(v.numel() * 2 for k, v in app.tensors().items() if k != "basis") + 200_000  # + header, card
-    fit_k = int((SHIP_BUDGET_BYTES - others - fixed) // per_k)
-    k = min(app.n_components, fit_k if max_components is None else max_components)
-    if k < 1:
-        raise ValueError(f"no room for the appearance basis within {SHIP_BUDGET_BYTES} bytes of shipped files")
-    small = AppearanceModel(app.mean, app.basis[:k], app.sd[:k], app.region_vertices, app.config,
-                            {kk: v for kk, v in app.conditional.items()}, app.lights, None, None,
-                            {**app.report, "shipped_components": k}, app.background, app.render, app.face_table)
-    # the conditional was fitted for all K components: keep its first k rows (a marginal of a Gaussian)
-    c = small.conditional
-    c["app_mean"], c["regression"] = c["app_mean"][:k], c["regression"][:k]
-    c["residual_chol"] = torch.linalg.cholesky(
-        (app.conditional["residual_chol"] @ app.conditional["residual_chol"].T)[:k, :k])
-    small.save(SHIPPED, dtype=torch.float16, with_photos=False)
+    room = SHIP_BUDGET_BYTES - others - 10_000  # the card and the checksum file
+    size = lambda k: len(shipped_copy(k).to_bytes(torch.float16, False, eight_bit))  # noqa: E731
+    per_k = size(2) - size(1)
+    k = min(app.n_components, (room - size(1)) // per_k + 1 if max_components is None else max_components)
+    if k < 1 or size(k) > room:
+        raise ValueError(f"{SHIPPED}: {k} components{' in 8 bits' if eight_bit else ''} take {size(max(k, 1)):,} "
+                         f"bytes, the 20 MB budget of shipped files leaves {room:,} (others {others:,})")
+    small = shipped_copy(k)
+    small.save(SHIPPED, dtype=torch.float16, with_photos=False, eight_bit=eight_bit)
     digest = sha256_of(SHIPPED)
     atomic_write_bytes(SHIPPED_SUM, f"{digest}  {SHIPPED.name}\n".encode())
     r = app.report
     mask = r["val_psnr_mask_db"]
+    flags = (f"{f' --max-components {max_components}' if max_components else ''}{' --eight-bit' if eight_bit else ''}"
+             f"{f' --table-rows {table_rows}' if table_rows else ''}")
+    rows = ("no table of" if table is None else f"a table of {len(table[0]):,}" + (
+        "" if len(table[0]) == n_table else f" (a seeded random subset of the {n_table:,})")) + " training photos'"
+    precision = ""
+    if eight_bit:
+        err = eight_bit_colour_error(app, small)
+        precision = (f" with the basis and the expression table in 8 bits (an offset and a step per component and "
+                     f"per blendshape); colours of {err['n']} drawn appearances (free, all {k} components) differ "
+                     f"from the float32 build's by at most {err['max_levels']:.2f} 8-bit levels (mean "
+                     f"{err['mean_levels']:.2f})")
     tried = max(int(k_) for k_ in r["val_psnr_visible_db"])
     plateau = (f"Validation PSNR still rises at the largest K tried ({tried}), so K is that candidate."
                if app.n_components == tried else f"Validation PSNR levels off at K = {app.n_components}.")
@@ -467,7 +508,7 @@ def ship(src=None, max_components: int | None = None, command: str = "", alterna
         plateau += (f" The shipped copy keeps the leading {k}" + (" (`--max-components`: what the shipped buffers "
                     "generator reads, which leaves it room in the 20 MB budget of all shipped files)."
                     if max_components else " for size."))
-    rows = "\n".join(f"| {k_} | {r['variance_explained_observed'].get(k_, float('nan')):.3f} | {v:.2f} | "
+    k_rows = "\n".join(f"| {k_} | {r['variance_explained_observed'].get(k_, float('nan')):.3f} | {v:.2f} | "
                      f"{mask.get(f'K={k_}', float('nan')):.2f} |" for k_, v in r["val_psnr_visible_db"].items())
     ita = lambda d: ", ".join(f"{x:.1f}" for x in d["quantiles_5_25_50_75_95"])  # noqa: E731
     bands = lambda d: ", ".join(f"{n} {v:.0%}" for n, v in d["bands"].items())  # noqa: E731
@@ -479,10 +520,11 @@ and facing visibility, mirror fill {'on' if app.config.mirror else 'off'}, harmo
 {app.config.rounds} imputation rounds, K chosen on the validation split). Light: **{app.config.light}**.
 
 - **Data and terms**: {TERMS} {r['n_photos']['train']} training photos, {r['n_photos']['val']} validation.
-- **Shipped**: `appearance.safetensors`, float16, the leading {k} of {app.n_components} components (the 20 MB budget of
-  all shipped files), mean training photo, fitted poses/expressions table; SHA-256 `{digest}` (checked on load).
+- **Shipped**: `appearance.safetensors`, float16{precision}, the leading {k} of {app.n_components} components (the
+  20 MB budget of all shipped files), mean training photo, {rows} fitted poses/expressions; SHA-256 `{digest}`
+  (checked on load).
 - **Reproduce**: `python -m frankenstein_utils.data.appearance_build build --light {app.config.light}` then
-  `python -m frankenstein_utils.data.appearance_build ship{f' --max-components {max_components}' if max_components else ''}`{(' (' + command + ')') if command else ''}.
+  `python -m frankenstein_utils.data.appearance_build ship{flags}`{(' (' + command + ')') if command else ''}.
 - **Build**: {r['build_seconds']['total']:.0f} s on {__import__('os').cpu_count()} cores ({platform.machine()}; sampling
   {r['build_seconds']['sampling']:.0f} s, PCA {r['build_seconds']['pca']:.0f} s).
 - **Visibility**: {r['visible_share_per_photo']:.1%} of the vertices visible per photo; {r['never_visible_share']:.1%} never
@@ -499,7 +541,7 @@ vertices from the mean) {mask['raw colours']:.2f} dB; on visible colours the mea
 
 | K | variance explained | validation PSNR, visible colours (dB) | validation PSNR in mask (dB) |
 |---|---|---|---|
-{rows}
+{k_rows}
 
 ## Appearance that follows the shape
 
@@ -549,14 +591,17 @@ def main(argv=None):
     b.add_argument("--max-components", type=int, default=AppearanceConfig.max_components)
     b.add_argument("--rounds", type=int, default=AppearanceConfig.rounds)
     b.add_argument("--limit", type=int, help="first N photos only (quick runs)")
-    sh = sub.add_parser("ship", help="write the shipped float16 copy, its checksum and model card")
+    sh = sub.add_parser("ship", help="write the shipped float16 (or 8-bit) copy, its checksum and model card")
     sh.add_argument("--src", help=f"built model (default {default_path()})")
     sh.add_argument("--max-components", type=int)
+    sh.add_argument("--eight-bit", action="store_true", help="the basis and the expression table in 8 bits")
+    sh.add_argument("--table-rows", type=int, help="keep a seeded random subset of the fitted poses/expressions")
     sh.add_argument("--alternative", action="append", metavar="LABEL=FILE", help="another build to show beside it")
     a = ap.parse_args(argv)
     if a.cmd == "ship":
         alts = dict(x.split("=", 1) for x in a.alternative or [])
-        print(json.dumps(ship(a.src, a.max_components, alternatives=alts)))
+        print(json.dumps(ship(a.src, a.max_components, alternatives=alts, eight_bit=a.eight_bit,
+                              table_rows=a.table_rows)))
         return
     cfg = AppearanceConfig(light=a.light, mirror=a.mirror, max_components=a.max_components, rounds=a.rounds)
     app = build_appearance(cfg, limit=a.limit)

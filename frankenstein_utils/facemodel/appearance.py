@@ -236,7 +236,10 @@ class AppearanceModel:
         return self.lights[idx]
 
     # ---- files -------------------------------------------------------------------------------------------------
-    def tensors(self, dtype=torch.float32) -> dict:
+    def tensors(self, dtype=torch.float32, eight_bit: bool = False) -> dict:
+        """The file's tensors: floats in ``dtype``; with ``eight_bit`` the large ones (``EIGHT_BIT``) as 8-bit codes
+        with a float32 offset and step per slice, and the vertex indices in the smallest integer type that holds
+        them (a shipped copy: 1 byte instead of 2 per basis entry)."""
         out = {"mean": self.mean, "basis": self.basis, "sd": self.sd, "region_vertices": self.region_vertices,
                **{f"cond_{k}": v for k, v in self.conditional.items()}}
         if self.lights is not None:
@@ -246,25 +249,43 @@ class AppearanceModel:
         if self.face_table is not None:
             out["table_poses"] = torch.as_tensor(self.face_table[0])
             out["table_expressions"] = torch.as_tensor(self.face_table[1])
-        return {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in out.items()}
+        codes = {}
+        if eight_bit:  # from the float32 values, not from their float16 rounding
+            for name, axis in EIGHT_BIT.items():
+                if name in out:
+                    q, lo, step = quantize_8bit(out.pop(name).float(), axis)
+                    codes.update({f"{name}_u8": q, f"{name}_u8_lo": lo, f"{name}_u8_step": step})
+            if len(self.region_vertices) and int(self.region_vertices.max()) < 2 ** 15:
+                out["region_vertices"] = out["region_vertices"].to(torch.int16)
+        out = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in out.items()}
+        return {**out, **{k: v.contiguous() for k, v in codes.items()}}
 
-    def metadata(self) -> dict:
-        return {"config": json.dumps(asdict(self.config)), "report": json.dumps(self.report), "terms": TERMS,
+    def metadata(self, eight_bit: bool = False) -> dict:
+        meta = {"config": json.dumps(asdict(self.config)), "report": json.dumps(self.report), "terms": TERMS,
                 "format": "frankenstein appearance model 1", "render": json.dumps(self.render)}
+        if eight_bit:
+            meta["eight_bit"] = json.dumps([k for k in EIGHT_BIT if k != "table_expressions" or self.face_table
+                                            is not None])
+        return meta
 
-    def save(self, path, dtype=torch.float32, with_photos: bool = True) -> None:
-        """Safetensors file (loading it runs no code); ``with_photos`` adds every photo's coefficients."""
+    def to_bytes(self, dtype=torch.float32, with_photos: bool = True, eight_bit: bool = False) -> bytes:
+        """The safetensors file's bytes (loading it runs no code); ``with_photos`` adds every photo's coefficients,
+        ``eight_bit`` stores the basis and the expression table in 8 bits (``tensors``)."""
         from safetensors.torch import save as st_save
 
-        from ..io.files import atomic_write_bytes
-
-        t = self.tensors(dtype)
+        t = self.tensors(dtype, eight_bit)
         if with_photos and self.photo_coeffs is not None:
             t["photo_coeffs"] = torch.as_tensor(self.photo_coeffs, dtype=torch.float32)
-        meta = self.metadata()
+        meta = self.metadata(eight_bit)
         if with_photos and self.photo_names is not None:
             meta["photo_names"] = json.dumps([str(x) for x in self.photo_names])
-        atomic_write_bytes(path, st_save(t, metadata=meta))
+        return st_save(t, metadata=meta)
+
+    def save(self, path, dtype=torch.float32, with_photos: bool = True, eight_bit: bool = False) -> None:
+        """Write ``to_bytes`` atomically."""
+        from ..io.files import atomic_write_bytes
+
+        atomic_write_bytes(path, self.to_bytes(dtype, with_photos, eight_bit))
 
     @classmethod
     def load(cls, path) -> "AppearanceModel":
@@ -280,6 +301,11 @@ class AppearanceModel:
         if meta.get("format") != "frankenstein appearance model 1":
             raise ValueError(f"{path}: not an appearance model (format {meta.get('format')!r})")
         t = {k: (v.float() if v.is_floating_point() else v) for k, v in t.items()}
+        for name in json.loads(meta.get("eight_bit", "[]")):
+            parts = [t.pop(f"{name}_u8{x}", None) for x in ("", "_lo", "_step")]
+            if any(p is None for p in parts) or parts[0].dtype != torch.uint8:
+                raise ValueError(f"{path}: 8-bit tensor {name!r} lacks its uint8 codes, offset or step")
+            t[name] = dequantize_8bit(*parts)
         cond = {k[5:]: v for k, v in t.items() if k.startswith("cond_")}
         names = json.loads(meta["photo_names"]) if "photo_names" in meta else None
         pc = t["photo_coeffs"].numpy() if "photo_coeffs" in t else None
@@ -304,6 +330,26 @@ class AppearanceModel:
             raise ValueError("this appearance model carries no table of fitted poses and expressions")
         return FittedFaceParams(np.asarray(self.face_table[0], np.float32), np.asarray(self.face_table[1], np.float32),
                                 source="appearance model: fitted training photos")
+
+
+# tensors a shipped copy stores in 8 bits, and the axis along which each gets its own offset and step: one per
+# basis component (the components' ranges differ by 20x) and one per blendshape column
+EIGHT_BIT = {"basis": 0, "table_expressions": 1}
+
+
+def quantize_8bit(t: torch.Tensor, axis: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``t`` as ``lo + step * q`` with uint8 codes q, ``lo`` the minimum and ``step`` = range / 255 of each slice
+    along ``axis`` (float32, kept dimensions): every value within step / 2 of the original."""
+    dims = tuple(d for d in range(t.ndim) if d != axis % t.ndim)
+    lo = t.amin(dim=dims, keepdim=True)
+    step = ((t.amax(dim=dims, keepdim=True) - lo) / 255).clamp_min(torch.finfo(torch.float32).tiny)
+    q = ((t - lo) / step).round().clamp(0, 255).to(torch.uint8)
+    return q, lo.float(), step.float()
+
+
+def dequantize_8bit(q: torch.Tensor, lo: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """The float32 values of ``quantize_8bit``'s codes."""
+    return lo.float() + step.float() * q.float()
 
 
 SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "appearance.safetensors"
