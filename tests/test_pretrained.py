@@ -271,6 +271,32 @@ def test_flagship_card_takes_the_ablation_at_one_n(tmp_path):
         ship_ablation(tmp_path / "results.json", "the command", weights_dir=tmp_path)
 
 
+def test_evaluation_table_replaces_the_evaluated_rows_and_keeps_the_other_models():
+    """``pretrained evaluate NAME`` replaces NAME's row of the evaluation table, recomputes the reference rows and
+    keeps the other shipped models' rows in the shipped order; rows of models no longer shipped go, and nothing is
+    kept from a table with other columns."""
+    from frankenstein_utils.pretrained.scoring import table_with_kept_rows
+    from frankenstein_utils.pretrained.shipped import available
+
+    a, b, c = available()[:3]
+    head, rule = "| row | KID | NME |", "|---|---|---|"
+
+    def table(rows, header=head):
+        return "\n".join([header, rule] + [f"| {n} | {k} | {m} |" for n, k, m in rows])
+
+    first = table([("reference: photos", "5", "0.03"), (a, "10", "0.1"), (b, "20", "0.2"), (c, "30", "0.3"),
+                   ("study/gone", "40", "0.4")])
+    old = "# Evaluation\n\n## Table\n\n" + first + "\n\n## Sweeps\n"
+    out, kept = table_with_kept_rows(table([("reference: photos", "6", "0.03"), (b, "21", "0.25")]),
+                                     ["reference: photos"], old)
+    assert kept == [a, c]
+    assert out.splitlines() == [head, rule, "| reference: photos | 6 | 0.03 |", f"| {a} | 10 | 0.1 |",
+                                f"| {b} | 21 | 0.25 |", f"| {c} | 30 | 0.3 |"]
+    out, kept = table_with_kept_rows(table([("reference: photos", "6", "0.03"), (b, "21", "0.25")],
+                                           "| row | KID | NME | new column |"), ["reference: photos"], old)
+    assert kept == [] and len(out.splitlines()) == 4
+
+
 def test_sweep_table_replaces_the_swept_rows_and_keeps_the_others():
     """``pretrained sweep NAME`` replaces NAME's row of the sweep section and keeps the other shipped models' rows
     (in the shipped order); rows of models no longer shipped go, and nothing is kept from a table with other

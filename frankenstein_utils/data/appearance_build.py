@@ -520,8 +520,8 @@ and facing visibility, mirror fill {'on' if app.config.mirror else 'off'}, harmo
 {app.config.rounds} imputation rounds, K chosen on the validation split). Light: **{app.config.light}**.
 
 - **Data and terms**: {TERMS} {r['n_photos']['train']} training photos, {r['n_photos']['val']} validation.
-- **Shipped**: `appearance.safetensors`, float16{precision}, the leading {k} of {app.n_components} components (the
-  20 MB budget of all shipped files), mean training photo, {rows} fitted poses/expressions; SHA-256 `{digest}`
+- **Shipped**: `appearance.safetensors`, the leading {k} of {app.n_components} components (the 20 MB budget of all
+  shipped files), mean training photo, {rows} fitted poses/expressions; float16{precision}; SHA-256 `{digest}`
   (checked on load).
 - **Reproduce**: `python -m frankenstein_utils.data.appearance_build build --light {app.config.light}` then
   `python -m frankenstein_utils.data.appearance_build ship{flags}`{(' (' + command + ')') if command else ''}.

@@ -202,7 +202,9 @@ def evaluate_shipped(names=None, workers: int = 2, out_md=None, **context_kw) ->
               f"({time.time() - t0:.0f} s)", flush=True)
     n, n_ref = rows[names[0]]["n_judged"], rows[names[0]]["n_reference"]
     command = "python -m frankenstein_utils.pretrained evaluate" + ("" if names == available() else " " + " ".join(names))
-    table = EV.results_table(refs, rows, checks)
+    path = Path(out_md) if out_md else WEIGHTS_DIR / "EVALUATION.md"
+    old = path.read_text() if path.exists() else ""
+    table, kept = table_with_kept_rows(EV.results_table(refs, rows, checks), list(refs), old)
     checks_md = "\n".join(f"- {k}: {'passed' if v['ok'] else '**FAILED**'} ({v['rule']})" for k, v in checks.items())
     text = (f"# {EVALUATION_SECTION}\n\nN = {n} synthetic inputs per model (`evaluation.context.build_context`: identity "
             f"~ N(0, I) over 15 components, pose and expression drawn from the training photos' fits), judged with "
@@ -210,10 +212,12 @@ def evaluate_shipped(names=None, workers: int = 2, out_md=None, **context_kw) ->
             f"{ctx.id_poses.max() + 1} poses x {ctx.id_codes.max() + 1} codes. KID x 10^3 on dlib descriptors "
             f"(standardized by training photos') is the realism number; face-FD is shown at this N only. "
             f"Generated in float32 on {__import__('platform').machine()}; {time.time() - t0:.0f} s on "
-            f"{__import__('os').cpu_count()} cores. Reproduce: `{command}`.\n\n## Ladders and controls\n\n"
+            f"{__import__('os').cpu_count()} cores for {len(rows)} model(s)"
+            + (f"; the rows of {len(kept)} other models are kept from an earlier run of the same evaluation (the same "
+               f"context and columns; scoring is deterministic)" if kept else "")
+            + f". Reproduce: `{command}` (`evaluate NAME ...`: those rows alone are replaced).\n\n"
+            f"## Ladders and controls\n\n"
             f"{checks_md}\n\n## Table\n\n{table}\n")
-    path = Path(out_md) if out_md else WEIGHTS_DIR / "EVALUATION.md"
-    old = path.read_text() if path.exists() else ""
     mark = f"## {SWEEP_SECTION}"  # the sweeps (``sweep_shipped``) are kept
     text += ("\n" + old[old.index(mark):]) if mark in old else ""
     atomic_write_bytes(path, text.encode())
@@ -239,6 +243,29 @@ def evaluate_shipped(names=None, workers: int = 2, out_md=None, **context_kw) ->
                    f"{fmt('identity_mean_shape')}{'' if row.get('identity_mean_shape_ok') else ' (outside 0.4-0.6)'} |\n")
         replace_card_section(md, EVALUATION_SECTION, section)
     return {"references": refs, "checks": checks, "rows": rows}
+
+
+def table_with_kept_rows(table: str, references: list[str], old_text: str = "") -> tuple[str, list[str]]:
+    """The evaluation table ``table`` (``results_table``: the reference rows named in ``references``, then the
+    evaluated models) with the rows of the other shipped models kept from the table of an earlier EVALUATION.md
+    (``old_text``) where that table has the same header (the same columns), in ``available()``'s order; rows of
+    models no longer shipped go. Returns (table, names of the kept rows)."""
+    lines = table.splitlines()
+    head, rule = lines[:2]
+    name_of = lambda line: line[2:].split(" |", 1)[0]  # noqa: E731
+    new = {name_of(line): line for line in lines[2:]}
+    shipped, kept = available(), {}
+    old = old_text.splitlines()
+    if head in old:
+        for line in old[old.index(head) + 2:]:
+            if not line.startswith("| "):
+                break
+            if name_of(line) in shipped and name_of(line) not in new:
+                kept[name_of(line)] = line
+    models = {**kept, **{n: line for n, line in new.items() if n not in references}}
+    order = {n: i for i, n in enumerate(shipped)}
+    body = [new[n] for n in references] + [models[n] for n in sorted(models, key=lambda n: (order.get(n, len(order)), n))]
+    return "\n".join([head, rule, *body]), sorted(kept)
 
 
 def sweep_shipped(names=None, workers: int = 2, md=None, **sweep_kw) -> dict:
