@@ -180,6 +180,9 @@ def test_an_eight_bit_copy_keeps_every_value_within_half_a_step_in_half_the_room
     save_file(t, tmp_path / "broken.safetensors", metadata=meta)
     with pytest.raises(ValueError, match="broken.safetensors.*basis"):
         A.AppearanceModel.load(tmp_path / "broken.safetensors")
+    save_file(load_file(eight), tmp_path / "garbled.safetensors", metadata={**meta, "eight_bit": "[basis"})
+    with pytest.raises(ValueError, match="garbled.safetensors.*8-bit"):
+        A.AppearanceModel.load(tmp_path / "garbled.safetensors")
 
 
 def test_ship_writes_the_eight_bit_copy_with_a_table_subset_within_the_budget_or_refuses(tmp_path, small_build,
