@@ -404,7 +404,7 @@ def test_a_shipped_supersampled_generator_keeps_its_rendering(tiny_run, small, t
 def test_curve_scores_the_shipped_reference_once_in_the_snapshots_context(tmp_path, monkeypatch):
     """``buffers_report.curve(reference=NAME)``: the shipped generator is scored in the same evaluation context as
     the run's snapshots (same faces, same judges), stored once under ``reference:NAME`` with the file's SHA-256, and
-    not scored again by a later call. The context and the scoring are stand-ins here (the real ones judge every
+    not scored again by a later call unless another file ships under the name (the earlier row is kept). The context and the scoring are stand-ins here (the real ones judge every
     test photo with dlib); the test is about which generator is scored where, and how often."""
     import json
 
@@ -444,6 +444,15 @@ def test_curve_scores_the_shipped_reference_once_in_the_snapshots_context(tmp_pa
     assert R.curve(run, n=7, reference="buffers") == points and len(scored) == 3 and len(contexts) == 1
     (run / "snapshots" / "step_001500.pt").write_bytes(b"")  # a new snapshot: only it is scored
     assert [p["step"] for p in R.curve(run, n=7, reference="buffers")] == [500, 1000, 1500] and len(scored) == 4
+    # another file ships under the name: it is scored in the same context, the earlier row kept under its SHA
+    first = json.loads((run / "curve.json").read_text())["reference:buffers"]
+    monkeypatch.setattr("frankenstein_utils.facemodel.appearance.sha256_of", lambda p: "f" * 64)
+    R.curve(run, n=7, reference="buffers")
+    stored = json.loads((run / "curve.json").read_text())
+    assert stored["reference:buffers"]["sha256"] == "f" * 64 and len(scored) == 5
+    assert stored[f"reference:buffers@{first['sha256'][:12]}"] == first
+    R.curve(run, n=7, reference="buffers")
+    assert len(scored) == 5  # scored once
 
 
 def test_face_background_swap_composites_each_face_on_the_other_background_in_one_context(monkeypatch):

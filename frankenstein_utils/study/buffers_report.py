@@ -68,8 +68,10 @@ def curve(run_dir, n: int = 200, workers: int = 1, seed: int = 0, cache_dir=None
     faces (judges-only context, appearance from shape, fixed seed) against all test photos: KID x 10^3, NME,
     detection, diversity share, code spread, checkerboard and edge dip. The raw render's KID in the same context is
     stored once as the line the network must get below; ``reference`` names a shipped generator (e.g. the default,
-    ``buffers``) scored once in the same context, as ``reference:NAME``: a run built on another appearance build
-    or machine is compared with it on the same faces and judges, not with numbers from another context.
+    ``buffers``) scored once in the same context, as ``reference:NAME`` with its file's SHA-256 (scored again when
+    another file ships under that name; the earlier row is kept as ``reference:NAME@<SHA prefix>``): a run built on
+    another appearance build or machine is compared with it on the same faces and judges, not with numbers from
+    another context.
     ``follow`` > 0: keep watching for new snapshots (polling every ``follow`` s) until none has come for 30 min."""
     from ..facemodel.appearance_render import RawRender
     from ..train.trainer import load_run
@@ -82,6 +84,17 @@ def curve(run_dir, n: int = 200, workers: int = 1, seed: int = 0, cache_dir=None
     done = json.loads(path.read_text()) if path.exists() else {}
     todo = [s for s in snaps if s.name not in done]
     ref_key = f"reference:{reference}" if reference else None
+    ref_sha = None
+    if ref_key:
+        from ..facemodel.appearance import sha256_of
+        from ..pretrained.shipped import load_pretrained
+
+        ref_sha = sha256_of(load_pretrained(reference).path)
+        old = done.get(ref_key)
+        if old is not None and old.get("sha256") != ref_sha:
+            # another file now ships under this name: its row is kept under its own SHA, and the new one is scored
+            done = update_json(path, {f"{ref_key}@{str(old.get('sha256'))[:12]}": old})
+            done.pop(ref_key)
     if not todo and (not ref_key or ref_key in done):
         return [v for k, v in sorted(done.items()) if k.startswith("step_")]
     model, train, test = _data(cache_dir=cache_dir)
@@ -97,12 +110,8 @@ def curve(run_dir, n: int = 200, workers: int = 1, seed: int = 0, cache_dir=None
         done = update_json(path, {"raw_render": {"kid": fj["kid"], "kid_se": fj["kid_se"], "nme": fj["nme"],
                                                  "n": n}})
     if ref_key and ref_key not in done:
-        from ..facemodel.appearance import sha256_of
-        from ..pretrained.shipped import load_pretrained
-
         gen = load_pretrained(reference)
-        done = update_json(path, {ref_key: {"sha256": sha256_of(gen.path),
-                                            **_curve_scores(ctx, EV.generator_fn(gen, seed), n)}})
+        done = update_json(path, {ref_key: {"sha256": ref_sha, **_curve_scores(ctx, EV.generator_fn(gen, seed), n)}})
         print(f"{ref_key}: KID x 10^3 {1e3 * done[ref_key]['kid']:.1f}", flush=True)
     last = time.time()
     while True:
