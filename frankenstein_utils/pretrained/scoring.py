@@ -252,20 +252,34 @@ def table_with_kept_rows(table: str, references: list[str], old_text: str = "") 
     models no longer shipped go. Returns (table, names of the kept rows)."""
     lines = table.splitlines()
     head, rule = lines[:2]
-    name_of = lambda line: line[2:].split(" |", 1)[0]  # noqa: E731
-    new = {name_of(line): line for line in lines[2:]}
-    shipped, kept = available(), {}
-    old = old_text.splitlines()
+    new = {_row_name(line): line for line in lines[2:]}
+    kept = _kept_rows(head, old_text, set(new))
+    models = {**kept, **{n: line for n, line in new.items() if n not in references}}
+    body = [new[n] for n in references] + [models[n] for n in _shipped_order(models)]
+    return "\n".join([head, rule, *body]), sorted(kept)
+
+
+def _row_name(line: str) -> str:
+    return line[2:].split(" |", 1)[0]
+
+
+def _kept_rows(head: str, old_text: str, replaced) -> dict:
+    """{model: line} of an earlier markdown table in ``old_text`` with the header ``head`` (the same columns, so the
+    rows measure the same thing): the rows of models still shipped and not in ``replaced``."""
+    old, shipped, kept = old_text.splitlines(), available(), {}
     if head in old:
         for line in old[old.index(head) + 2:]:
             if not line.startswith("| "):
                 break
-            if name_of(line) in shipped and name_of(line) not in new:
-                kept[name_of(line)] = line
-    models = {**kept, **{n: line for n, line in new.items() if n not in references}}
-    order = {n: i for i, n in enumerate(shipped)}
-    body = [new[n] for n in references] + [models[n] for n in sorted(models, key=lambda n: (order.get(n, len(order)), n))]
-    return "\n".join([head, rule, *body]), sorted(kept)
+            if _row_name(line) in shipped and _row_name(line) not in replaced:
+                kept[_row_name(line)] = line
+    return kept
+
+
+def _shipped_order(names) -> list:
+    """``names`` in ``available()``'s order, others after them by name."""
+    order = {n: i for i, n in enumerate(available())}
+    return sorted(names, key=lambda n: (order.get(n, len(order)), n))
 
 
 def sweep_shipped(names=None, workers: int = 2, md=None, **sweep_kw) -> dict:
@@ -327,23 +341,14 @@ def sweep_table(reference: dict, swept: dict, old_section: str = "") -> tuple[li
     lines = [head, "|---|" + "---|" * (len(sweeps) + 3),
              "| reference: depth maps as images (descriptor response only) | " + " | ".join(
                  f"{reference['sweeps'][k]['descriptor_response']:.2f}" for k in sweeps) + " | – | – | – |"]
-    shipped, rows = available(), {}
-    old = old_section.splitlines()
-    if head in old:  # same columns: the earlier rows measure the same thing
-        for line in old[old.index(head) + 3:]:
-            if not line.startswith("| "):
-                break
-            name = line[2:].split(" |", 1)[0]
-            if name in shipped and name not in swept:
-                rows[name] = line
+    rows = _kept_rows(head, old_section, set(swept))  # the reference row is no shipped model: never kept
     kept = sorted(rows)
     for name, r in swept.items():
         sm = r["summary"]
         rows[name] = (f"| {name} | " + " | ".join(f"{r['sweeps'][k]['score']:.2f}" for k in sweeps) +
                       f" | {sm['score']:.2f} ({sm['worst_sweep']}) | {', '.join(sm['broken']) or '–'} | "
                       f"{', '.join(sm['ignored']) or '–'} |")
-    order = {n: i for i, n in enumerate(shipped)}
-    return lines + [rows[n] for n in sorted(rows, key=lambda n: (order.get(n, len(order)), n))], kept
+    return lines + [rows[n] for n in _shipped_order(rows)], kept
 
 
 def rescore_shipped(names=None) -> dict:

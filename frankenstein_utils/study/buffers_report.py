@@ -84,12 +84,13 @@ def curve(run_dir, n: int = 200, workers: int = 1, seed: int = 0, cache_dir=None
     done = json.loads(path.read_text()) if path.exists() else {}
     todo = [s for s in snaps if s.name not in done]
     ref_key = f"reference:{reference}" if reference else None
-    ref_sha = None
+    ref_gen = ref_sha = None
     if ref_key:
         from ..facemodel.appearance import sha256_of
         from ..pretrained.shipped import load_pretrained
 
-        ref_sha = sha256_of(load_pretrained(reference).path)
+        ref_gen = load_pretrained(reference)
+        ref_sha = sha256_of(ref_gen.path)
         old = done.get(ref_key)
         if old is not None and old.get("sha256") != ref_sha:
             # another file now ships under this name: its row is kept under its own SHA, and the new one is scored
@@ -110,8 +111,8 @@ def curve(run_dir, n: int = 200, workers: int = 1, seed: int = 0, cache_dir=None
         done = update_json(path, {"raw_render": {"kid": fj["kid"], "kid_se": fj["kid_se"], "nme": fj["nme"],
                                                  "n": n}})
     if ref_key and ref_key not in done:
-        gen = load_pretrained(reference)
-        done = update_json(path, {ref_key: {"sha256": ref_sha, **_curve_scores(ctx, EV.generator_fn(gen, seed), n)}})
+        done = update_json(path, {ref_key: {"sha256": ref_sha,
+                                            **_curve_scores(ctx, EV.generator_fn(ref_gen, seed), n)}})
         print(f"{ref_key}: KID x 10^3 {1e3 * done[ref_key]['kid']:.1f}", flush=True)
     last = time.time()
     while True:
