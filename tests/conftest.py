@@ -8,6 +8,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# the dlib judges are single-threaded: one process per core (up to 2) where a test does not say (same results)
+os.environ.setdefault("FRANKENSTEIN_JUDGE_WORKERS", str(min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture(scope="session")

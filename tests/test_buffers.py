@@ -533,3 +533,48 @@ def test_input_truncation_scores_the_raw_render_at_each_k_with_the_same_codes_in
                                                                                           Ctx.syn_params))
     with pytest.raises(ValueError, match=rf"k = \[{K + 1}\]: the appearance model has {K} components"):
         R.input_truncation((2, K + 1), n=n, appearance=path)
+
+
+def test_issue_targets_judge_memorisation_against_chance_and_give_the_sweeps_worst_interval():
+    """The comparison's targets: the held-out memorisation share is met up to chance + 2 standard errors at the
+    faces' N and missed above it; the sweep's detection target names the faces per point and the worst point's
+    Wilson interval; the Memorisation section lists both measures (stand-in numbers: the test is the rule)."""
+    from frankenstein_utils.evaluation import context as EV
+    from frankenstein_utils.evaluation import measures as M
+    from frankenstein_utils.study import buffers_report as R
+
+    photo = {"kid": 0.1, "nme": 0.05, "near_copy": 0.82, "near_copy_ci": (0.78, 0.85), "checkerboard": 1e-3,
+             "edge_dip": -10.0, "edge_roughness": 1.0, "train_neighbour": 0.95, "train_neighbour_ci": (0.93, 0.97),
+             "train_neighbour_null": 0.9, "train_neighbour_z": 0.1}
+    refs = {EV.REFS[k]: dict(photo) for k in ("test", "blur1", "blur2")}
+    null, n = 0.9, 400
+    se = (null * (1 - null) / n) ** 0.5
+    gen = {"kid": 0.2, "diversity_share": 0.8, "code_spread": 0.7, "nme": 0.05, "identity_auc": 0.9, "detection": 1.0,
+           "near_copy": 0.95, "checkerboard": 1e-3, "edge_dip": -5.0, "edge_roughness": 1.0, "n_judged": n,
+           "train_neighbour_null": null, "train_neighbour_z": 1.9}
+    sweep = {"sweeps": {"c0": {"worst_detection": 29 / 32}, "c1": {"worst_detection": 1.0}}, "n_codes": 32,
+             "end_kid": {"kid": 0.3}, "centre_kid": {"kid": 0.25}}
+
+    def targets(share):
+        rows = {"main from shape": {**gen, "train_neighbour": share}, "main free": dict(gen), "flag": dict(gen),
+                "raw": dict(gen)}
+        return R.issue_targets(refs, rows, {"main from shape": sweep}, "main from shape", "flag", "raw")
+
+    def find(ts, start):
+        return next(t for t in ts if t["target"].startswith(start))
+
+    ok, bad = (find(targets(share), "memorisation, held-out") for share in (null + 1.9 * se, null + 2.1 * se))
+    assert ok["met"] is True and bad["met"] is False
+    assert ok["bound"] == pytest.approx(null + 2 * se) and "chance 0.900; test photos 0.950" in ok["target"]
+    det = find(targets(null), "sweep: detection")
+    lo, hi = M.wilson_interval(29, 32)
+    assert det["measured"] == 29 / 32 and det["met"] is True and "32 faces per point" in det["target"]
+    assert f"[{lo:.2f}, {hi:.2f}]" in det["target"]
+    # a generator row without the held-out reference gets no held-out target (an older context), not a crash
+    plain = {k: v for k, v in gen.items() if not k.startswith("train_neighbour")}
+    rows = {"m from shape": plain, "m free": plain, "flag": plain, "raw": plain}
+    assert not any("held-out" in t["target"] for t in R.issue_targets(refs, rows, {"m from shape": sweep},
+                                                                      "m from shape", "flag", "raw"))
+    text = R.memorisation_text(refs, {"gen": {**gen, "train_neighbour": 0.91, "train_neighbour_ci": (0.88, 0.93),
+                                              "near_copy_ci": (0.93, 0.97)}})
+    assert "chance 0.900" in text and "| gen | 0.950 [0.930, 0.970] | 0.910 [0.880, 0.930] | +1.9 |" in text

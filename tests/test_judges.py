@@ -198,3 +198,32 @@ def test_a_generator_that_ignores_its_code_shows_it(data, face_model):
     by_code = EV.z_only_generator(photos)
     assert EV.code_spread(ctx, by_depth, 8) == 0
     assert EV.code_spread(ctx, by_code, 8) > 0.7
+
+
+def test_memorisation_against_a_held_out_split_on_real_photos(data, face_model):
+    """Photos of neither split sit at the chance share, blurred or not, where the fixed-threshold share calls blurred
+    photos copies; training photos and their 1 px blur are copies (share 1); the context's held-out reference is
+    every training photo and the held-out split, judged once and cached, and a generator's row carries the share."""
+    jd, tr, te = data["jd"], data["tr"], data["te"]
+    ti, vi = tr.tensors()[0], te.tensors()[0]
+    ctx = EV.build_context(face_model, tr, te, n_synthetic=8, n_codes=1, n_ids=2, n_poses=2, n_embed=8, n_map=150,
+                           orl_people=2, orl_per_person=2, judges_only=True, cache_dir=data["cache"], heldout=te)
+    T, V = ctx.copy_reference
+    assert T.shape == (len(ti), 128) and V.shape == (len(vi), 128)
+    cached = list(data["cache"].glob("copy_reference_*.npz"))
+    assert len(cached) == 1 and np.array_equal(EV.copy_reference(jd, tr, te, data["cache"])[0], T)
+    # the test split's second half is of neither split when the first half is the held-out one
+    H, half = V[:45], slice(45, None)
+    queries = {"photos": V[half], **{f"blur{s:g}": jd.analyse(EV.gaussian_blur(vi[half], s)).embeddings
+                                     for s in (1.0, 2.0)}}
+    for name, q in queries.items():
+        r = M.training_neighbour_share(q, T, H)
+        assert abs(r["z"]) < 3 and r["null"] == pytest.approx(len(T) / (len(T) + 45)), (name, r)
+    thr = {k: M.near_copy_share(q, T)["share"] for k, q in queries.items()}
+    assert thr["blur2"] > thr["photos"] + 0.2, thr
+    for q in (T[:45], jd.analyse(EV.gaussian_blur(ti[:45], 1.0)).embeddings):
+        assert M.training_neighbour_share(q, T, H)["share"] > 0.97
+    # a generator's faces: training photos handed back are all copies, held-out photos none
+    assert EV.face_judgement(ctx, ti[:8], None)["train_neighbour"] == 1.0
+    r = EV.face_judgement(ctx, vi[:8], None)
+    assert r["train_neighbour"] == 0.0 and r["train_neighbour_null"] == pytest.approx(len(ti) / (len(ti) + len(vi)))

@@ -333,3 +333,35 @@ def test_staircase_contrast_finds_dots_at_the_masks_corners():
     edge_line = photo.clone()
     edge_line[(mb & ~(up & down & left & right)).expand(-1, 3, -1, -1)] -= 0.5  # the whole edge, not its corners
     assert staircase_contrast(edge_line, m)["ratio"] < 1.5 * r0["ratio"]
+
+
+def test_training_neighbour_share_has_a_chance_level_that_blur_does_not_move_and_copies_break():
+    """Memorisation against a held-out split. Training and held-out descriptors are two samples of one set, so a
+    face made without seeing either has its nearest neighbour in the training part with chance M / (M + H),
+    whatever it looks like: fresh draws and draws pulled toward the mean (what blur does to descriptors) stay at
+    chance, while the fixed-threshold share calls the pulled ones copies. Copies of training rows score 1, and a
+    generator that copies half the time is flagged (z > 2)."""
+    rng = np.random.default_rng(0)
+    D, n = 16, 1000
+    train, held = rng.normal(size=(2000, D)), rng.normal(size=(500, D))
+    fresh = rng.normal(size=(n, D))
+    shrunk = 0.3 * rng.normal(size=(n, D))  # a blurred face: close to every photo, a copy of none
+    copies = train[rng.choice(2000, n)] + 0.05 * rng.normal(size=(n, D))
+    half = np.concatenate([copies[: n // 2], fresh[n // 2:]])
+    s = {k: measures.training_neighbour_share(v, train, held) for k, v in
+         {"fresh": fresh, "shrunk": shrunk, "copies": copies, "half": half}.items()}
+    assert s["fresh"]["null"] == pytest.approx(0.8) and s["fresh"]["n_train"] == 2000 and s["fresh"]["n"] == n
+    assert abs(s["fresh"]["z"]) < 3 and abs(s["shrunk"]["z"]) < 3, (s["fresh"], s["shrunk"])
+    assert s["copies"]["share"] > 0.99 and s["half"]["z"] > 5
+    lo, hi = s["fresh"]["ci"]
+    assert lo < s["fresh"]["share"] < hi
+    # the splits swapped: chance is H / (M + H) (the training split is the one that counts)
+    assert measures.training_neighbour_share(fresh, held, train)["share"] == pytest.approx(0.2, abs=0.04)
+    # the threshold measure at the distance that splits fresh draws in half calls nearly every shrunk face a copy
+    thr = float(np.median(measures._nearest_distance(fresh, train)))
+    assert measures.near_copy_share(fresh, train, thr)["share"] == pytest.approx(0.5, abs=0.01)
+    assert measures.near_copy_share(shrunk, train, thr)["share"] > 0.95
+    with pytest.raises(ValueError, match="held-out"):
+        measures.training_neighbour_share(fresh, train, held[:0])
+    np.testing.assert_allclose(measures._nearest_distance(fresh[:50], train, chunk=7),
+                               np.sqrt(((fresh[:50, None] - train[None]) ** 2).sum(-1)).min(1), rtol=1e-9)

@@ -68,7 +68,8 @@ def photo_fitted_landmarks(model, ds, render) -> np.ndarray:
     return model_landmarks(model, f["coeffs"], render, f["poses"], f["expressions"])
 
 
-def mediapipe_ibug_map(train, judges: J.FaceJudges, n: int = 1000, cache_dir=None, workers: int = 1) -> dict:
+def mediapipe_ibug_map(train, judges: J.FaceJudges, n: int = 1000, cache_dir=None,
+                       workers: int | None = None) -> dict:
     """The MediaPipe 468 -> iBUG 68 map (``evaluation.judges.fit_mediapipe_to_ibug``) fitted on the first ``n`` training
     photos where dlib finds a face (never on test photos); cached as ``mp468_to_ibug68_<set>_<n>.npz``. Deterministic:
     same photos, same detections, same NNLS solution."""
@@ -192,9 +193,12 @@ class EvalContext:
     id_params: dict | None = None
     id_mean_params: dict | None = None
     train_embeddings: np.ndarray | None = None  # dlib descriptors of training photos (memorisation's reference)
+    # memorisation against a held-out split (``measures.training_neighbour_share``): descriptors of every training
+    # photo and of photos never trained on (the validation split), or None
+    copy_reference: tuple | None = None
     kid_stats: tuple | None = None  # (mean, std) of real training photos' descriptors: KID's standardisation
     n_embed: int = 500  # generated faces per run that get a descriptor (KID, face-FD, diversity)
-    workers: int = 1  # processes for the dlib judges (single-threaded C++)
+    workers: int | None = None  # processes for the dlib judges (single-threaded C++); None: the judges' default
     c2st_steps: int = 200
     seed: int = 0
 
@@ -251,7 +255,8 @@ def load_orl(size: int, n_people: int = 20, per_person: int = 5, grayscale: bool
     return torch.stack(imgs), np.array(ids)
 
 
-def kid_reference(jd, train_images, test_images, n_map: int = 1000, n_embed: int = 500, workers: int = 1):
+def kid_reference(jd, train_images, test_images, n_map: int = 1000, n_embed: int = 500,
+                  workers: int | None = None):
     """KID's two real sets, judged by ``jd``: the test photos (the reference every generator is compared with) and
     the faces of its standardisation (``measures.standardizer``): the first ``max(n_embed, 64)`` training photos
     of the ``n_map`` that fit the MediaPipe map, so neither the reference nor the real rung. Returns (test faces,
@@ -264,7 +269,7 @@ def build_context(model, train, test, n_synthetic: int = 500, n_codes: int = 2, 
                   n_embed: int = 500, n_map: int = 1000, orl_people: int = 20, orl_per_person: int = 5,
                   seed: int = 0, feature_steps: int = 600, depth_steps: int = 800, c2st_steps: int = 200,
                   cache_dir=None, judges_only: bool = False, n_test: int | None = None,
-                  workers: int = 1) -> EvalContext:
+                  workers: int | None = None, heldout=None) -> EvalContext:
     """Synthetic evaluation faces (matched framing; pose and expression drawn from the fitted training photos, or
     the photos' pose spread for a landmark-mesh set) with their target landmarks, the
     identity set, the test photos judged once, and the metric networks (trained on the training split only, cached
@@ -272,7 +277,9 @@ def build_context(model, train, test, n_synthetic: int = 500, n_codes: int = 2, 
 
     ``judges_only=True`` skips the networks trained here (no C2ST / FD / KID / depth RMSE / shape sensitivity): the
     dlib measures alone, e.g. for a model card or a quick check of a shipped generator; ``n_test`` uses only the first
-    test photos as the reference (faster, face-FD then has a larger small-sample bias: compare like with like)."""
+    test photos as the reference (faster, face-FD then has a larger small-sample bias: compare like with like).
+    ``heldout``: photos never trained on (the validation split) for memorisation against a held-out split
+    (``copy_reference``; every training photo gets a descriptor, cached in ``cache_dir``)."""
     render, pose = train.render_config(model), train.pose_jitter(model)
     if getattr(train, "fit", None) is not None:  # identity ~ N(0, I); pose, expression: the photos' fitted ones
         syn = train.synthetic(n_synthetic, seed=seed + 777, model=model)
@@ -308,6 +315,7 @@ def build_context(model, train, test, n_synthetic: int = 500, n_codes: int = 2, 
     real_train = ti[n_map:] if len(ti) > n_map + n_embed else ti
     train_mp = photo_mediapipe(train)[n_map:] if len(ti) > n_map + n_embed else photo_mediapipe(train)
     orl, orl_ids = load_orl(vi.shape[-1], orl_people, orl_per_person, grayscale=vi.shape[1] == 1)
+    copy_ref = None if heldout is None else copy_reference(jd, train, heldout, cache, fallback, workers)
     return EvalContext(
         real_train=real_train, real_test=vi, test_depth=vd, test_mask=vm,
         test_landmarks=photo_fitted_landmarks(model, test, render)[:n_test],
@@ -320,7 +328,27 @@ def build_context(model, train, test, n_synthetic: int = 500, n_codes: int = 2, 
         feature_net=feat, depth_estimator=est, judges=jd, fallback_box=fallback, mp_map=mp_map, n_embed=n_embed,
         workers=workers, c2st_steps=c2st_steps, seed=seed,
         syn_params=face_params(syn.coeffs, syn.poses, getattr(syn, "expressions", None)), id_params=id_params,
-        id_mean_params=mean_params, train_embeddings=std_faces.embeddings)
+        id_mean_params=mean_params, train_embeddings=std_faces.embeddings, copy_reference=copy_ref)
+
+
+def copy_reference(jd, train, heldout, cache=None, fallback_box=None, workers: int | None = None) -> tuple:
+    """Descriptors of every photo of ``train`` and of ``heldout`` (``PairedFaceDataset`` splits), judged like
+    generated faces (``fallback_box`` where dlib finds no face): memorisation's two reference sets. Cached in
+    ``cache`` by the splits' key and sizes (judging 9k photos takes minutes)."""
+    from ..io.files import atomic_savez
+
+    ti, hi = train.tensors()[0], heldout.tensors()[0]
+    name = (f"copy_reference_{train.config.key()}_{len(ti)}_{heldout.config.key()}_"
+            f"{getattr(heldout, 'split', '')}{len(hi)}.npz")
+    path = None if cache is None else Path(cache) / name
+    if path is not None and path.exists():
+        with np.load(path, allow_pickle=False) as z:
+            return z["train"], z["heldout"]
+    t = jd.analyse(ti, fallback_box=fallback_box, workers=workers).embeddings
+    h = jd.analyse(hi, fallback_box=fallback_box, workers=workers).embeddings
+    if path is not None:
+        atomic_savez(path, train=t, heldout=h)
+    return t, h
 
 
 def generator_fn(model, seed: int = 0):
@@ -396,10 +424,20 @@ def face_judgement(ctx: EvalContext, images: torch.Tensor, target_landmarks: np.
     if ctx.train_embeddings is not None:  # memorisation: near copies of training photos, beside the test photos'
         mem = measures.near_copy_share(faces.embeddings, ctx.train_embeddings)
         out.update({"near_copy": mem["share"], "near_copy_ci": mem["ci"], "near_copy_n_train": mem["n_train"]})
+    out.update(_training_neighbours(ctx, faces.embeddings))
     if target_landmarks is not None:
         e = measures.nme(lms, target_landmarks[:len(lms)], J.INNER_POINTS)
         out.update({"nme": e["nme"], "nme_ci": e["ci"]})
     return out
+
+
+def _training_neighbours(ctx: EvalContext, embeddings) -> dict:
+    """Memorisation against the held-out split (``measures.training_neighbour_share``), where the context has one."""
+    if ctx.copy_reference is None:
+        return {}
+    r = measures.training_neighbour_share(embeddings, *ctx.copy_reference)
+    return {"train_neighbour": r["share"], "train_neighbour_ci": r["ci"], "train_neighbour_null": r["null"],
+            "train_neighbour_z": r["z"]}
 
 
 # identity controls and the band each must fall in, else the identity measure is marked failed
@@ -548,6 +586,7 @@ def reference_rows(ctx: EvalContext) -> dict:
         mem = measures.near_copy_share(tf.embeddings, ctx.train_embeddings)
         rows[REFS["test"]].update({"near_copy": mem["share"], "near_copy_ci": mem["ci"],
                                    "near_copy_n_train": mem["n_train"]})
+    rows[REFS["test"]].update(_training_neighbours(ctx, tf.embeddings))
     s = measures.nme(tf.landmarks, np.roll(ctx.test_landmarks, 1, axis=0), J.INNER_POINTS)
     rows[REFS["shuffled"]] = {"nme": s["nme"], "nme_ci": s["ci"]}
     # identity controls, each with its band (IDENTITY_BANDS)
@@ -627,6 +666,12 @@ def ladder_checks(rows: dict) -> dict:
         check("corr_rmse", o["corr_rmse_ci"][1] < s["corr_rmse_ci"][0], "oracle < shuffled, intervals apart")
         check("corr_r", o["corr_r"] > s["corr_r"], "oracle > shuffled")
     check("face_diversity", g("const", "face_diversity") < g("test", "face_diversity"), "constant face < test photos")
+    if "train_neighbour" in rows[REFS["test"]]:  # memorisation against the held-out split
+        t, null = rows[REFS["test"]], rows[REFS["test"]]["train_neighbour_null"]
+        check("train_neighbour", g("train", "train_neighbour") >= 0.99 and g(b1, "train_neighbour") > null
+              and t["train_neighbour_ci"][0] <= null <= t["train_neighbour_ci"][1],
+              "copies (training photos) >= 0.99; their 1 px blur above the null; the test photos' interval holds "
+              f"the null {null:.3f}")
     zo, orl, dep = rows[REFS["z_only"]], rows[REFS["orl"]], rows[REFS["depth"]]
     inside = lambda v, key: IDENTITY_BANDS[key][0] <= v <= IDENTITY_BANDS[key][1]  # noqa: E731
     check("identity_auc", inside(zo["identity_auc"], "z_only") and inside(orl["identity_auc"], "orl")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,10 +117,12 @@ class FaceJudges:
                 embs[i] = np.asarray(self.resnet.compute_face_descriptor(im, shape))
         return found, boxes, lms, embs
 
-    def analyse(self, images, embed: bool = True, fallback_box=None, workers: int = 1) -> FaceAnalysis:
+    def analyse(self, images, embed: bool = True, fallback_box=None, workers: int | None = None) -> FaceAnalysis:
         """Detect, place 68 landmarks and (if ``embed``) compute descriptors. Identical images are judged once
         (a constant or depth-blind output costs one descriptor, not N). ``fallback_box`` overrides the default.
-        ``workers`` > 1 splits the images over forked processes (dlib runs on one core; same results)."""
+        ``workers`` > 1 splits the images over forked processes (dlib runs on one core; same results); None:
+        ``default_workers()``."""
+        workers = default_workers() if workers is None else workers
         fallback = tuple(fallback_box) if fallback_box is not None else self.fallback_box
         up = to_uint8_upsampled(images)
         s = up.shape[1] / images.shape[-1]  # upsampled pixels per input pixel
@@ -143,6 +146,17 @@ class FaceJudges:
 
 
 _JUDGES: FaceJudges | None = None
+WORKERS_VARIABLE = "FRANKENSTEIN_JUDGE_WORKERS"
+
+
+def default_workers() -> int:
+    """Processes the judges use when a caller does not say: the environment variable ``FRANKENSTEIN_JUDGE_WORKERS``
+    (e.g. one per core), else 1. Opt-in, because a pool cannot be forked from a daemonic process (a DataLoader
+    worker); the results are the same for any number."""
+    v = os.environ.get(WORKERS_VARIABLE, "1")
+    if not v.isdigit() or int(v) < 1:
+        raise ValueError(f"{WORKERS_VARIABLE}={v!r}: expected a whole number of processes >= 1")
+    return int(v)
 
 
 def _first_indices(inverse):

@@ -168,6 +168,39 @@ def near_copy_share(feats, train_feats, threshold: float = 0.6) -> dict:
             "median_nearest": float(np.median(d))}
 
 
+def _nearest_distance(a: np.ndarray, b: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    """Euclidean distance from each row of ``a`` to its nearest row of ``b`` (in chunks of ``b``: 10k x 10k stays
+    small)."""
+    best = np.full(len(a), np.inf)
+    aa = (a * a).sum(1)[:, None]
+    for i in range(0, len(b), chunk):
+        c = b[i:i + chunk]
+        best = np.minimum(best, (aa + (c * c).sum(1)[None] - 2 * a @ c.T).min(1))
+    return np.sqrt(np.maximum(best, 0))
+
+
+def training_neighbour_share(feats, train_feats, heldout_feats) -> dict:
+    """Memorisation against a held-out split: the share of ``feats`` (N, D) whose nearest real photo, among the
+    training photos ``train_feats`` (M, D) and photos never trained on ``heldout_feats`` (H, D), is a training photo.
+
+    If the two splits are random samples of one photo set and a face is made without looking at either (the faces
+    of a generator that did not memorise, real photos of neither split), its nearest neighbour in their union is
+    equally likely to be any of the M + H photos, so the expected share is the null M / (M + H) whatever the faces
+    look like: blurred, plain, depth maps. A generator that copies training photos pulls the share toward 1. A
+    fixed distance threshold (``near_copy_share``) has no such null: a blurred or constant face sits closer to
+    every photo and reads as a copy. Returns the share with its Wilson interval, the null, and
+    z = (share - null) / sqrt(null (1 - null) / N) (z > 2: more training neighbours than chance)."""
+    a, t, h = (np.asarray(x, np.float64) for x in (feats, train_feats, heldout_feats))
+    if not len(a) or not len(t) or not len(h):
+        raise ValueError(f"training_neighbour_share: need faces, training and held-out descriptors, got {len(a)}, "
+                         f"{len(t)} and {len(h)} rows")
+    k = int((_nearest_distance(a, t) < _nearest_distance(a, h)).sum())
+    null = len(t) / (len(t) + len(h))
+    share = k / len(a)
+    return {"share": share, "ci": wilson_interval(k, len(a)), "null": null, "n": len(a), "n_train": len(t),
+            "n_heldout": len(h), "z": (share - null) / math.sqrt(null * (1 - null) / len(a))}
+
+
 def standardizer(features) -> tuple:
     """(mean, std) per dimension of a real feature set, for ``kernel_distance_features(standardize=...)``."""
     f = np.asarray(features, np.float64)

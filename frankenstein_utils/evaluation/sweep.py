@@ -302,7 +302,7 @@ def slider_sweep(generate, model, render, z_dim: int, judges: J.FaceJudges | Non
                  n_components: int = 15, components=None, sigmas=SWEEP_SIGMAS, yaws=SWEEP_YAWS, n_codes: int = 8,
                  seed: int = 0, yaw_pivot: str = "eyes", base_pose=NEUTRAL_POSE,
                  noise_tolerance: float = NOISE_TOLERANCE, min_motion_px: float = MIN_MOTION_PX,
-                 workers: int = 1, batch_size: int = 256, inputs: SweepInputs | None = None,
+                 workers: int | None = None, batch_size: int = 256, inputs: SweepInputs | None = None,
                  return_images: bool = False) -> dict:
     """Sweep a generator over the explorer's range and judge it: ``generate(depth (B, 1, S, S), mask (B, 1, S, S) float,
     z (B, z_dim) or None) -> images (B, 3, S, S) in [-1, 1]`` (e.g. ``evaluation.context.generator_fn``), rendered with

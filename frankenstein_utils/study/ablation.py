@@ -49,7 +49,8 @@ def study_data(size: int = 64, n_synthetic: int = 2000, seed: int = 0, cache_dir
 
 
 def run_study(out_dir, names: list[str], steps: int, n_eval: int = 500, progress: bool = False, rescore: bool = False,
-              workers: int = 1, n_test: int | None = None, cache_dir="outputs/cache", limit: int | None = None,
+              workers: int | None = None, n_test: int | None = None, cache_dir="outputs/cache",
+              limit: int | None = None,
               **common) -> dict:
     """Train each named run (``flagship``, an ``ABLATIONS`` key, ``pix2pix``, ``bicyclegan``) for ``steps`` with the
     ``common`` settings, then score it with the evaluation's dlib judges at one N (``evaluation.context.build_context``,
