@@ -575,6 +575,6 @@ def test_issue_targets_judge_memorisation_against_chance_and_give_the_sweeps_wor
     rows = {"m from shape": plain, "m free": plain, "flag": plain, "raw": plain}
     assert not any("held-out" in t["target"] for t in R.issue_targets(refs, rows, {"m from shape": sweep},
                                                                       "m from shape", "flag", "raw"))
-    text = R.memorisation_text(refs, {"gen": {**gen, "train_neighbour": 0.91, "train_neighbour_ci": (0.88, 0.93),
+    text = EV.memorisation_table(refs, {"gen": {**gen, "train_neighbour": 0.91, "train_neighbour_ci": (0.88, 0.93),
                                               "near_copy_ci": (0.93, 0.97)}})
     assert "chance 0.900" in text and "| gen | 0.950 [0.930, 0.970] | 0.910 [0.880, 0.930] | +1.9 |" in text

@@ -173,6 +173,12 @@ def test_04_evaluation(out_dir, ran):
         lo, hi = EV.IDENTITY_BANDS["mean_shape"]
         assert r["identity_mean_shape_ok"] == (lo <= r["identity_mean_shape"] <= hi), name
         assert r["nme_ci"][0] <= r["nme"] <= r["nme_ci"][1] and r["identity_auc_ci"][0] <= r["identity_auc"] + 1e-9
+    # memorisation against the held-out split, for every run and row that has descriptors: the real training photos
+    # are copies (1), the test photos sit near chance M / (M + H), which is the same for every row
+    mem = rec["memorisation"]
+    chance = {v["chance"] for v in mem.values()}
+    assert len(chance) == 1 and 0.5 < chance.pop() < 1 and set(metrics["runs"]) <= set(mem)
+    assert mem[REFS["train"]]["held_out"] == 1.0 and REFS["test"] in mem
     # the oracle is scored against the photos' fitted landmarks; the MediaPipe-mapped line is a second, other number
     assert refs[REFS["test"]]["nme"] != refs[REFS["test"]]["nme_mediapipe"]
     # the winners follow from the numbers: the lowest KID among runs, where its ladder passed

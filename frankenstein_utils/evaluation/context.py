@@ -723,6 +723,30 @@ LADDER_OF = {"identity_auc": "identity_auc", "identity_same_share": "identity_au
 SCALE = {"kid": 1e3}  # shown x 10^3
 
 
+def memorisation_table(refs: dict, rows: dict) -> str:
+    """A "Memorisation" section in markdown: both measures for every row that has them (the threshold share of
+    ``measures.near_copy_share``; the held-out one of ``measures.training_neighbour_share`` beside its chance)."""
+    have = {k: r for k, r in {**refs, **rows}.items() if "near_copy" in r or "train_neighbour" in r}
+    if not have:
+        return ""
+    ci = lambda r, k: (f"{r[k]:.3f} [{r[k + '_ci'][0]:.3f}, {r[k + '_ci'][1]:.3f}]" if r.get(k) is not None  # noqa
+                       else "–")
+    lines = "\n".join(f"| {k} | {ci(r, 'near_copy')} | {ci(r, 'train_neighbour')} | "
+                      f"{r['train_neighbour_z']:+.1f} |" if "train_neighbour_z" in r else
+                      f"| {k} | {ci(r, 'near_copy')} | – | – |" for k, r in have.items())
+    null = next((r["train_neighbour_null"] for r in have.values() if "train_neighbour_null" in r), None)
+    chance = "" if null is None else (
+        f" Held-out split: the share of faces whose nearest photo (dlib descriptors), among every training photo "
+        f"and the validation photos never trained on, is a training photo; chance {null:.3f} (M / (M + H)) for "
+        f"any face made without seeing either split, whatever it looks like; z = (share - chance) / s.e.; copies of "
+        f"training photos score 1 (`evaluation.measures.training_neighbour_share`).")
+    n_thr = next((r["near_copy_n_train"] for r in have.values() if "near_copy_n_train" in r), "the")
+    return (f"## Memorisation\n\nThreshold: the share of faces within dlib's same-person distance 0.6 of one of "
+            f"{n_thr} training photos; it has no chance level, and blurred or plain faces, which sit close to "
+            f"every photo, read as copies (see the constant face, depth maps and blur rungs).{chance}\n\n| row | "
+            f"threshold share | held-out: nearest is a training photo | z |\n|---|---|---|---|\n{lines}\n")
+
+
 def _fmt(v, ci=None, digits=3):
     if not isinstance(v, (int, float)) or (isinstance(v, float) and math.isnan(v)):
         return "–"

@@ -434,29 +434,6 @@ def _memorisation_target(m: dict, test: dict) -> list:
              m["train_neighbour"], bound, m["train_neighbour"] <= bound)]
 
 
-def memorisation_text(refs: dict, rows: dict) -> str:
-    """The Memorisation section: both measures for every row that has them, the held-out one beside its chance."""
-    have = {k: r for k, r in {**refs, **rows}.items() if "near_copy" in r or "train_neighbour" in r}
-    if not have:
-        return ""
-    ci = lambda r, k: (f"{r[k]:.3f} [{r[k + '_ci'][0]:.3f}, {r[k + '_ci'][1]:.3f}]" if r.get(k) is not None  # noqa
-                       else "–")
-    lines = "\n".join(f"| {k} | {ci(r, 'near_copy')} | {ci(r, 'train_neighbour')} | "
-                      f"{r['train_neighbour_z']:+.1f} |" if "train_neighbour_z" in r else
-                      f"| {k} | {ci(r, 'near_copy')} | – | – |" for k, r in have.items())
-    null = next((r["train_neighbour_null"] for r in have.values() if "train_neighbour_null" in r), None)
-    chance = "" if null is None else (
-        f" Held-out split: the share of faces whose nearest photo (dlib descriptors), among every training photo "
-        f"and the validation photos never trained on, is a training photo; chance {null:.3f} (M / (M + H)) for "
-        f"any face made without seeing either split, whatever it looks like; z = (share - chance) / s.e.; copies of "
-        f"training photos score 1 (`evaluation.measures.training_neighbour_share`).")
-    n_thr = next((r["near_copy_n_train"] for r in have.values() if "near_copy_n_train" in r), "the")
-    return (f"## Memorisation\n\nThreshold: the share of faces within dlib's same-person distance 0.6 of one of "
-            f"{n_thr} training photos; it has no chance level, and blurred or plain faces, which sit close to "
-            f"every photo, read as copies (see the constant face, depth maps and blur rungs).{chance}\n\n| row | "
-            f"threshold share | held-out: nearest is a training photo | z |\n|---|---|---|---|\n{lines}\n")
-
-
 def report_text(result: dict) -> str:
     refs, rows, checks, c = result["references"], result["rows"], result["checks"], result["context"]
     table = EV.results_table(refs, rows, checks)
@@ -488,7 +465,7 @@ def report_text(result: dict) -> str:
             f"local contrast at the mask's pixel-staircase corners over the other edge pixels, `metrics."
             f"staircase_contrast`: a network drawing its input's aliased edge scores above the photos).\n\n| row | "
             f"checkerboard | edge dip (grey levels) | edge roughness | staircase |\n|---|---|---|---|---|\n{pics}\n\n"
-            f"{memorisation_text(refs, rows)}\n"
+            f"{EV.memorisation_table(refs, rows)}\n"
             f"## Sweeps over the explorer's range\n\n{sweeps}\n\nKID x 10^3 at "
             f"+-3 sigma (all 15 components, {main['end_kid']['n']} faces): {1e3 * main['end_kid']['kid']:.1f} +- "
             f"{1e3 * main['end_kid']['kid_se']:.1f}; the mean face with as many codes: "
