@@ -551,7 +551,7 @@ def test_issue_targets_judge_memorisation_against_chance_and_give_the_sweeps_wor
     se = (null * (1 - null) / n) ** 0.5
     gen = {"kid": 0.2, "diversity_share": 0.8, "code_spread": 0.7, "nme": 0.05, "identity_auc": 0.9, "detection": 1.0,
            "near_copy": 0.95, "checkerboard": 1e-3, "edge_dip": -5.0, "edge_roughness": 1.0, "n_judged": n,
-           "train_neighbour_null": null, "train_neighbour_z": 1.9}
+           "train_neighbour_null": null, "train_neighbour_se": se, "train_neighbour_z": 1.9}
     sweep = {"sweeps": {"c0": {"worst_detection": 29 / 32}, "c1": {"worst_detection": 1.0}}, "n_codes": 32,
              "end_kid": {"kid": 0.3}, "centre_kid": {"kid": 0.25}}
 

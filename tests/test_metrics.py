@@ -358,10 +358,20 @@ def test_training_neighbour_share_has_a_chance_level_that_blur_does_not_move_and
     # the splits swapped: chance is H / (M + H) (the training split is the one that counts)
     assert measures.training_neighbour_share(fresh, held, train)["share"] == pytest.approx(0.2, abs=0.04)
     # the threshold measure at the distance that splits fresh draws in half calls nearly every shrunk face a copy
-    thr = float(np.median(measures._nearest_distance(fresh, train)))
+    thr = float(np.median(measures._nearest(fresh, train)[0]))
     assert measures.near_copy_share(fresh, train, thr)["share"] == pytest.approx(0.5, abs=0.01)
     assert measures.near_copy_share(shrunk, train, thr)["share"] > 0.95
     with pytest.raises(ValueError, match="held-out"):
         measures.training_neighbour_share(fresh, train, held[:0])
-    np.testing.assert_allclose(measures._nearest_distance(fresh[:50], train, chunk=7),
-                               np.sqrt(((fresh[:50, None] - train[None]) ** 2).sum(-1)).min(1), rtol=1e-9)
+    full = np.sqrt(((fresh[:50, None] - train[None]) ** 2).sum(-1))
+    dist, idx = measures._nearest(fresh[:50], train, chunk=7)
+    np.testing.assert_allclose(dist, full.min(1), rtol=1e-9)
+    assert np.array_equal(idx, full.argmin(1))
+    # faces crowded onto a few nearest photos (20 faces, each 50 times) share their draws: the standard error counts
+    # them together (sqrt(50) times the binomial one), so 20 independent draws are not read as 1000
+    crowd = measures.training_neighbour_share(np.repeat(fresh[:20], 50, 0), train, held)
+    assert crowd["distinct_nearest"] <= 20 and crowd["se"] >= math.sqrt(0.8 * 0.2 * 20 * 50 ** 2) / 1000 - 1e-12
+    assert crowd["se"] > 5 * math.sqrt(0.8 * 0.2 / 1000) and abs(crowd["z"]) < 3
+    assert s["fresh"]["se"] >= math.sqrt(0.8 * 0.2 / n)  # never below the binomial one
+    own = measures.training_neighbour_share(held[:100] + 1e-6, train, held)  # each face its own (held-out) photo
+    assert own["share"] == 0 and own["distinct_nearest"] == 100 and own["se"] == pytest.approx(math.sqrt(0.16 / 100))

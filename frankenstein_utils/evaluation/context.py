@@ -437,7 +437,8 @@ def _training_neighbours(ctx: EvalContext, embeddings) -> dict:
         return {}
     r = measures.training_neighbour_share(embeddings, *ctx.copy_reference)
     return {"train_neighbour": r["share"], "train_neighbour_ci": r["ci"], "train_neighbour_null": r["null"],
-            "train_neighbour_z": r["z"]}
+            "train_neighbour_se": r["se"], "train_neighbour_z": r["z"],
+            "train_neighbour_distinct": r["distinct_nearest"]}
 
 
 # identity controls and the band each must fall in, else the identity measure is marked failed
@@ -738,8 +739,9 @@ def memorisation_table(refs: dict, rows: dict) -> str:
     chance = "" if null is None else (
         f" Held-out split: the share of faces whose nearest photo (dlib descriptors), among every training photo "
         f"and the validation photos never trained on, is a training photo; chance {null:.3f} (M / (M + H)) for "
-        f"any face made without seeing either split, whatever it looks like; z = (share - chance) / s.e.; copies of "
-        f"training photos score 1 (`evaluation.measures.training_neighbour_share`).")
+        f"any face made without seeing either split, whatever it looks like; z = (share - chance) / s.e., the s.e. "
+        f"counting faces that share a nearest photo together; copies of training photos score 1 "
+        f"(`evaluation.measures.training_neighbour_share`).")
     n_thr = next((r["near_copy_n_train"] for r in have.values() if "near_copy_n_train" in r), "the")
     return (f"## Memorisation\n\nThreshold: the share of faces within dlib's same-person distance 0.6 of one of "
             f"{n_thr} training photos; it has no chance level, and blurred or plain faces, which sit close to "

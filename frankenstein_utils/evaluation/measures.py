@@ -168,37 +168,47 @@ def near_copy_share(feats, train_feats, threshold: float = 0.6) -> dict:
             "median_nearest": float(np.median(d))}
 
 
-def _nearest_distance(a: np.ndarray, b: np.ndarray, chunk: int = 2048) -> np.ndarray:
-    """Euclidean distance from each row of ``a`` to its nearest row of ``b`` (in chunks of ``b``: 10k x 10k stays
-    small)."""
-    best = np.full(len(a), np.inf)
+def _nearest(a: np.ndarray, b: np.ndarray, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Euclidean distance from each row of ``a`` to its nearest row of ``b``, and that row's index (in chunks of
+    ``b``: 10k x 10k stays small)."""
+    best, idx = np.full(len(a), np.inf), np.zeros(len(a), np.int64)
     aa = (a * a).sum(1)[:, None]
     for i in range(0, len(b), chunk):
         c = b[i:i + chunk]
-        best = np.minimum(best, (aa + (c * c).sum(1)[None] - 2 * a @ c.T).min(1))
-    return np.sqrt(np.maximum(best, 0))
+        d = aa + (c * c).sum(1)[None] - 2 * a @ c.T
+        k = d.argmin(1)
+        better = d[np.arange(len(a)), k] < best
+        best[better], idx[better] = d[np.arange(len(a)), k][better], i + k[better]
+    return np.sqrt(np.maximum(best, 0)), idx
 
 
 def training_neighbour_share(feats, train_feats, heldout_feats) -> dict:
     """Memorisation against a held-out split: the share of ``feats`` (N, D) whose nearest real photo, among the
     training photos ``train_feats`` (M, D) and photos never trained on ``heldout_feats`` (H, D), is a training photo.
 
-    If the two splits are random samples of one photo set and a face is made without looking at either (the faces
-    of a generator that did not memorise, real photos of neither split), its nearest neighbour in their union is
-    equally likely to be any of the M + H photos, so the expected share is the null M / (M + H) whatever the faces
-    look like: blurred, plain, depth maps. A generator that copies training photos pulls the share toward 1. A
-    fixed distance threshold (``near_copy_share``) has no such null: a blurred or constant face sits closer to
-    every photo and reads as a copy. Returns the share with its Wilson interval, the null, and
-    z = (share - null) / sqrt(null (1 - null) / N) (z > 2: more training neighbours than chance)."""
+    Each face's nearest photo in the union is fixed; only which split it fell in is chance. If the split was drawn at
+    random and the faces do not depend on it (real photos of neither split, a generator that did not memorise), each
+    nearest photo is a training one with probability p = M / (M + H), so the share has mean p whatever the faces
+    look like: blurred, plain, depth maps. A generator that copies training photos pulls it toward 1. Faces that
+    share a nearest photo share its draw (blurred faces crowd onto a few "hub" photos), so the standard error counts
+    them together: with n_j faces on nearest photo j, se = sqrt(p (1 - p) sum_j n_j^2) / N (the binomial one when
+    every face has its own). A fixed distance threshold (``near_copy_share``) has no such chance level: a blurred or
+    constant face sits closer to every photo and reads as a copy. Returns the share, its interval (Wilson at the
+    effective size N^2 / sum_j n_j^2), the chance p, se and z = (share - p) / se (z > 2: more training neighbours
+    than chance), and how many distinct nearest photos there are."""
     a, t, h = (np.asarray(x, np.float64) for x in (feats, train_feats, heldout_feats))
     if not len(a) or not len(t) or not len(h):
         raise ValueError(f"training_neighbour_share: need faces, training and held-out descriptors, got {len(a)}, "
                          f"{len(t)} and {len(h)} rows")
-    k = int((_nearest_distance(a, t) < _nearest_distance(a, h)).sum())
-    null = len(t) / (len(t) + len(h))
-    share = k / len(a)
-    return {"share": share, "ci": wilson_interval(k, len(a)), "null": null, "n": len(a), "n_train": len(t),
-            "n_heldout": len(h), "z": (share - null) / math.sqrt(null * (1 - null) / len(a))}
+    (dt, it), (dh, ih) = _nearest(a, t), _nearest(a, h)
+    is_train = dt < dh
+    nearest = np.where(is_train, it, len(t) + ih)
+    counts = np.unique(nearest, return_counts=True)[1].astype(np.float64)
+    n, p, share = len(a), len(t) / (len(t) + len(h)), float(is_train.mean())
+    se = math.sqrt(p * (1 - p) * (counts ** 2).sum()) / n
+    n_eff = n * n / (counts ** 2).sum()
+    return {"share": share, "ci": wilson_interval(share * n_eff, n_eff), "null": p, "se": se, "z": (share - p) / se,
+            "n": n, "n_train": len(t), "n_heldout": len(h), "distinct_nearest": len(counts)}
 
 
 def standardizer(features) -> tuple:

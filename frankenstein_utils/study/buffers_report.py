@@ -23,7 +23,6 @@ of the picture itself: the checkerboard score (``evaluation.measures.checkerboar
 from __future__ import annotations
 
 import json
-import math
 import platform
 import time
 from pathlib import Path
@@ -423,12 +422,13 @@ def _per_point(sweep: dict, rate: float) -> str:
 
 def _memorisation_target(m: dict, test: dict) -> list:
     """Memorisation against the held-out split: the share of faces whose nearest photo is a training photo may not
-    lie above the chance share M / (M + H) by more than 2 standard errors at the faces' N (the test photos' share,
-    in the Memorisation section, checks that chance level on real photos never trained on)."""
+    lie above the chance share M / (M + H) by more than 2 of its standard errors (``measures.
+    training_neighbour_share``; the test photos' share, in the Memorisation section, checks that chance level on
+    real photos never trained on)."""
     if "train_neighbour" not in m:
         return []
-    null, n = m["train_neighbour_null"], m["n_judged"]
-    bound = null + 2 * math.sqrt(null * (1 - null) / n)
+    null = m["train_neighbour_null"]
+    bound = null + 2 * m["train_neighbour_se"]
     return [("memorisation, held-out split: share whose nearest photo is a training one <= chance + 2 s.e. "
              f"(chance {null:.3f}; test photos {test.get('train_neighbour', float('nan')):.3f})",
              m["train_neighbour"], bound, m["train_neighbour"] <= bound)]
