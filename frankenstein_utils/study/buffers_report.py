@@ -322,7 +322,8 @@ def compare(source, out_dir="outputs/buffers/compare", n: int = 500, workers: in
                                            seed=seed), 5))
     targets = issue_targets(refs, rows, sweeps, main_name, f"depth-only {flagship} (shipped)",
                             "raw render (appearance from shape, no network)")
-    result = {"source": label, "n": n, "seed": seed, "references": refs, "checks": checks, "rows": rows,
+    result = {"source": label, "source_arg": str(source), "n": n, "seed": seed, "references": refs, "checks": checks,
+              "rows": rows,
               "sweeps": sweeps, "context": {"test_photos": len(ctx.test_faces.embeddings),
                                             "identities": int(ctx.id_ids.max() + 1),
                                             "poses": int(ctx.id_poses.max() + 1), "codes": int(ctx.id_codes.max() + 1)},
@@ -455,7 +456,7 @@ def report_text(result: dict) -> str:
             f"photos' fits), judged with dlib descriptors against all {c['test_photos']} test photos; identity on "
             f"{c['identities']} identities x {c['poses']} poses x {c['codes']} codes; evaluation seed "
             f"{result['seed']}. {result['seconds']:.0f} s on {result['machine']}. Reproduce: `python -m "
-            f"frankenstein_utils.study.buffers_report compare {result['source'].split(' ')[0]} --n {result['n']} "
+            f"frankenstein_utils.study.buffers_report compare {result.get('source_arg', result['source'])} --n {result['n']} "
             f"--seed {result['seed']} --sweep-codes {main.get('n_codes', 8)}`.\n\n"
             f"## Ladders and controls\n\n{checks_md}\n\n## Table\n\n{table}\n\n## The picture itself\n\n"
             f"Checkerboard score (power on the Nyquist lines) and the ring at the mask edge (`evaluation.measures.edge_ring`: "
