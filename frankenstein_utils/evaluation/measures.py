@@ -162,7 +162,7 @@ def near_copy_share(feats, train_feats, threshold: float = 0.6) -> dict:
     a, b = np.asarray(feats, np.float64), np.asarray(train_feats, np.float64)
     if not len(a) or not len(b):
         return {"share": float("nan"), "ci": (float("nan"), float("nan")), "n": len(a), "n_train": len(b)}
-    d = np.sqrt(np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None] - 2 * a @ b.T, 0)).min(1)
+    d = _nearest(a, b)[0]
     k = int((d < threshold).sum())
     return {"share": k / len(a), "ci": wilson_interval(k, len(a)), "n": len(a), "n_train": len(b),
             "median_nearest": float(np.median(d))}
@@ -177,8 +177,9 @@ def _nearest(a: np.ndarray, b: np.ndarray, chunk: int = 2048) -> tuple[np.ndarra
         c = b[i:i + chunk]
         d = aa + (c * c).sum(1)[None] - 2 * a @ c.T
         k = d.argmin(1)
-        better = d[np.arange(len(a)), k] < best
-        best[better], idx[better] = d[np.arange(len(a)), k][better], i + k[better]
+        dk = d[np.arange(len(a)), k]
+        better = dk < best
+        best[better], idx[better] = dk[better], i + k[better]
     return np.sqrt(np.maximum(best, 0)), idx
 
 

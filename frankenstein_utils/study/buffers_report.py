@@ -389,8 +389,8 @@ def issue_targets(refs: dict, rows: dict, sweeps: dict, main: str, flagship: str
          ("identity AUC >= 0.9 (appearance from shape)", m["identity_auc"], 0.9, m["identity_auc"] >= 0.9),
          ("(identity AUC, appearance free)", free["identity_auc"], 0.9, None),
          ("face detection >= 95 %", m["detection"], 0.95, m["detection"] >= 0.95),
-         ("memorisation share <= test photos' (dlib distance < 0.6 to one of 500 training photos; fails its "
-          "known answers, see Memorisation)", m.get("near_copy"), R("test").get("near_copy"),
+         (f"memorisation share <= test photos' (dlib distance < 0.6 to one of {m.get('near_copy_n_train', '?')} "
+          "training photos; fails its known answers, see Memorisation)", m.get("near_copy"), R("test").get("near_copy"),
           None if m.get("near_copy") is None else m["near_copy"] <= R("test")["near_copy"]),
          *_memorisation_target(m, R("test")),
          ("realism better than the raw render (KID)", m["kid"], rr["kid"], m["kid"] < rr["kid"]),
