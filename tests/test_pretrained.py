@@ -297,6 +297,39 @@ def test_evaluation_table_replaces_the_evaluated_rows_and_keeps_the_other_models
     assert kept == [] and len(out.splitlines()) == 4
 
 
+def test_memorisation_section_replaces_the_evaluated_rows_and_keeps_the_other_models():
+    """``pretrained evaluate NAME`` writes a Memorisation section (both measures beside the chance of the held-out
+    one): the reference rows recomputed, NAME's row replaced, the other shipped models' rows kept in the shipped
+    order, rows of models no longer shipped dropped; rows without a measure are left out; nothing is kept from a
+    section with other columns."""
+    from frankenstein_utils.pretrained.scoring import memorisation_section
+    from frankenstein_utils.pretrained.shipped import available
+
+    a, b, c = available()[:3]
+
+    def row(share, thr=0.9):
+        return {"near_copy": thr, "near_copy_ci": (thr - 0.02, thr + 0.02), "near_copy_n_train": 8948,
+                "train_neighbour": share, "train_neighbour_ci": (share - 0.02, min(1.0, share + 0.02)),
+                "train_neighbour_null": 0.947, "train_neighbour_z": (share - 0.947) / 0.01}
+
+    refs = {"reference: real test photos": row(0.948, 0.82), "reference: one constant mean face": row(1.0, 1.0),
+            "reference: NME shuffled": {"nme": 0.1}}
+    first, _ = memorisation_section(refs, {a: row(0.95), b: row(0.97), c: row(0.93), "study/gone": row(0.5)})
+    assert first.startswith("## Memorisation") and "chance 0.947" in first
+    old = "# Evaluation\n\n## Table\n\n| row | KID |\n|---|---|\n| x | 1 |\n\n" + first + "\n## Sweeps\n"
+    section, kept = memorisation_section({"reference: real test photos": row(0.946, 0.83)}, {b: row(0.99)}, old)
+    assert kept == [a, c] and "kept from an earlier run" in section
+    body = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| row |")]
+    assert [line.split(" |")[0][2:] for line in body] == ["reference: real test photos", a, b, c]
+    assert body[0].startswith("| reference: real test photos | 0.830 [0.810, 0.850] | 0.946 [0.926, 0.966] | -0.1 |")
+    assert body[2] == f"| {b} | 0.900 [0.880, 0.920] | 0.990 [0.970, 1.000] | +4.3 |"  # replaced, not kept
+    assert body[1] == next(line for line in first.splitlines() if line.startswith(f"| {a} |"))
+    other = old.replace("| row | threshold share |", "| row | another share |")
+    section, kept = memorisation_section({}, {b: row(0.99)}, other)
+    assert kept == [] and len([line for line in section.splitlines() if line.startswith("| ")]) == 2  # head, b
+    assert memorisation_section({"reference: NME shuffled": {"nme": 0.1}}, {}, old) == ("", [])
+
+
 def test_sweep_table_replaces_the_swept_rows_and_keeps_the_others():
     """``pretrained sweep NAME`` replaces NAME's row of the sweep section and keeps the other shipped models' rows
     (in the shipped order); rows of models no longer shipped go, and nothing is kept from a table with other

@@ -189,6 +189,8 @@ def evaluate_shipped(names=None, workers: int = 2, out_md=None, **context_kw) ->
     pcfg = PairedConfig(size=size)
     train = PairedFaceDataset("train", pcfg, model=model, progress=False)
     test = PairedFaceDataset("test", pcfg, model=model, progress=False)
+    if "heldout" not in context_kw:  # memorisation against the validation split no generator trained on
+        context_kw["heldout"] = PairedFaceDataset("val", pcfg, model=model, progress=False)
     ctx = EV.build_context(model, train, test, judges_only=True, cache_dir="outputs/cache", workers=workers,
                            **context_kw)
     refs = EV.reference_rows(ctx)
@@ -218,12 +220,16 @@ def evaluate_shipped(names=None, workers: int = 2, out_md=None, **context_kw) ->
             + f". Reproduce: `{command}` (`evaluate NAME ...`: those rows alone are replaced).\n\n"
             f"## Ladders and controls\n\n"
             f"{checks_md}\n\n## Table\n\n{table}\n")
+    memo, _ = memorisation_section(refs, rows, old)
+    text += ("\n" + memo) if memo else ""
     mark = f"## {SWEEP_SECTION}"  # the sweeps (``sweep_shipped``) are kept
     text += ("\n" + old[old.index(mark):]) if mark in old else ""
     atomic_write_bytes(path, text.encode())
     keep = ("kid", "kid_se", "n_judged", "n_reference", "detection", "detection_ci", "nme", "nme_ci", "face_fd",
             "diversity_share", "code_spread", "identity_spread", "identity_auc", "identity_auc_ci",
-            "identity_mean_shape", "identity_mean_shape_ok", "identity_auc_same_pose")
+            "identity_mean_shape", "identity_mean_shape_ok", "identity_auc_same_pose", "near_copy", "near_copy_ci",
+            "train_neighbour", "train_neighbour_ci", "train_neighbour_null", "train_neighbour_se", "train_neighbour_z",
+            "train_neighbour_distinct")
     for name in names:
         gen = load_pretrained(name)
         row = {k: rows[name][k] for k in keep if k in rows[name]}
@@ -240,7 +246,12 @@ def evaluate_shipped(names=None, workers: int = 2, out_md=None, **context_kw) ->
                    f"\n| {1e3 * row['kid']:.2f} ± {1e3 * row['kid_se']:.2f} | {fmt('nme')} | {fmt('detection')} | "
                    f"{fmt('diversity_share')} | {fmt('code_spread')} | {fmt('identity_spread')} | "
                    f"{fmt('identity_auc')} [{row['identity_auc_ci'][0]:.3f}, {row['identity_auc_ci'][1]:.3f}] | "
-                   f"{fmt('identity_mean_shape')}{'' if row.get('identity_mean_shape_ok') else ' (outside 0.4-0.6)'} |\n")
+                   f"{fmt('identity_mean_shape')}{'' if row.get('identity_mean_shape_ok') else ' (outside 0.4-0.6)'} |\n"
+                   + (f"\nMemorisation against the held-out split: {row['train_neighbour']:.3f} "
+                      f"[{row['train_neighbour_ci'][0]:.3f}, {row['train_neighbour_ci'][1]:.3f}] of the faces have a "
+                      f"training photo as their nearest photo, chance {row['train_neighbour_null']:.3f}, z "
+                      f"{row['train_neighbour_z']:+.1f} (copies score 1; see the Memorisation section of "
+                      f"[{rel.split('/')[-1]}]({rel})).\n" if "train_neighbour" in row else ""))
         replace_card_section(md, EVALUATION_SECTION, section)
     return {"references": refs, "checks": checks, "rows": rows}
 
@@ -257,6 +268,25 @@ def table_with_kept_rows(table: str, references: list[str], old_text: str = "") 
     models = {**kept, **{n: line for n, line in new.items() if n not in references}}
     body = [new[n] for n in references] + [models[n] for n in _shipped_order(models)]
     return "\n".join([head, rule, *body]), sorted(kept)
+
+
+def memorisation_section(refs: dict, rows: dict, old_text: str = "") -> tuple[str, list[str]]:
+    """The section "Memorisation" of EVALUATION.md: ``evaluation.context.memorisation_table`` of the reference rows
+    ``refs`` and the evaluated models ``rows``, with the other shipped models' rows kept from the same table of an
+    earlier EVALUATION.md (``old_text``; same columns only, as ``table_with_kept_rows``). Returns (section, names of
+    the kept rows); ("", []) when no row was measured."""
+    from ..evaluation.context import memorisation_table
+
+    text = memorisation_table(refs, rows)
+    if not text:
+        return "", []
+    lines = text.rstrip("\n").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| row |"))
+    present = {_row_name(line) for line in lines[start + 2:]}
+    table, kept = table_with_kept_rows("\n".join(lines[start:]), [r for r in refs if r in present], old_text)
+    note = (f"\n\nThe rows of {len(kept)} other models are kept from an earlier run of the same evaluation."
+            if kept else "")
+    return "\n".join(lines[:start]).rstrip("\n") + note + "\n\n" + table + "\n", kept
 
 
 def _row_name(line: str) -> str:
