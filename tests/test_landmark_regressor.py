@@ -185,6 +185,32 @@ def test_downstream_table_cuts_every_source_to_the_same_n_and_reports_ratio_to_r
     assert res["n"] == 10 and res["rows"][0]["ratio_to_real"] is None and res["chance"] is not None
 
 
+def test_downstream_table_scores_every_row_against_a_second_reference_on_the_photos_it_covers():
+    """A second annotation of the test photos: each row's NME against it on the photos its mask uses, its ratio to
+    the real row's, and how far the test landmarks themselves sit from it (the conventions' disagreement)."""
+    real, synth = _blob_faces(64, 0, S=16), _blob_faces(40, 1, S=16)
+    test = _blob_faces(20, 2, S=16)
+    cfg = LR.RegressorConfig(steps=2, batch_size=8, width=4)
+    lm = np.asarray(test[1], np.float64)
+    used = np.arange(20) < 12
+    res = LR.downstream_table({"synth": synth, "real": real}, test, cfg, n=1000,
+                              second={"same": (lm, None), "moved": (lm + [1.0, 0.0], used)})
+    for r in res["rows"]:
+        assert r["second"]["same"]["nme"] == pytest.approx(r["nme"], abs=1e-12) and r["second"]["same"]["n"] == 20
+        assert r["second"]["moved"]["n"] == 12
+        assert r["second"]["moved"]["nme"] != pytest.approx(r["nme"])
+    rows = {r["label"]: r for r in res["rows"]}
+    assert rows["synth"]["second"]["moved"]["ratio_to_real"] == pytest.approx(
+        rows["synth"]["second"]["moved"]["nme"] / rows["real"]["second"]["moved"]["nme"])
+    eye = np.linalg.norm(lm[:12, 45] - lm[:12, 36], axis=-1)  # 1 px over each face's outer-eye-corner distance
+    assert res["second_disagreement"]["moved"] == pytest.approx(float(np.mean(1.0 / eye)))
+    assert res["second_disagreement"]["same"] == 0
+    assert "Against a second reference, moved, on the 12 test photos" in LR._markdown(
+        {**res, "wall_seconds": 1.0, "threads": 1, "command": "c"})
+    with pytest.raises(ValueError, match="second reference 'bad'"):
+        LR.downstream_table({"real": real}, test, cfg, second={"bad": (lm[:5], None)})
+
+
 def test_config_rejects_unknown_keys_and_wrong_types():
     with pytest.raises(ValueError, match="unknown"):
         LR.RegressorConfig.from_dict({"stepz": 3})
