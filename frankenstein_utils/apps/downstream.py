@@ -287,13 +287,14 @@ def downstream_table(sources: dict, test: tuple, cfg: RegressorConfig | None = N
     labels of the test landmarks' convention starts that far behind on the other reference, which compresses its
     ratios)."""
     cfg = cfg or RegressorConfig()
-    second = {k: (np.asarray(lm, np.float64), np.ones(len(test[0]), bool) if used is None else np.asarray(used, bool))
+    test_images, test_lm = test
+    T = len(test_images)
+    second = {k: (np.asarray(lm, np.float64), np.ones(T, bool) if used is None else np.asarray(used, bool))
               for k, (lm, used) in (second or {}).items()}
     for k, (lm, used) in second.items():
-        if lm.shape != (len(test[0]), 68, 2) or used.shape != (len(test[0]),) or not used.any():
-            raise ValueError(f"downstream_table: second reference {k!r} must be ({len(test[0])}, 68, 2) landmarks "
-                             f"with a ({len(test[0])},) mask using at least one photo")
-    test_images, test_lm = test
+        if lm.shape != (T, 68, 2) or used.shape != (T,) or not used.any():
+            raise ValueError(f"downstream_table: second reference {k!r} must be ({T}, 68, 2) landmarks "
+                             f"with a ({T},) mask using at least one photo")
     _check(test_images, torch.as_tensor(np.asarray(test_lm)), "downstream_table test")
     if not sources:
         raise ValueError("downstream_table: no sources")
@@ -320,6 +321,7 @@ def downstream_table(sources: dict, test: tuple, cfg: RegressorConfig | None = N
         r["ratio_to_real"] = r["nme"] / real["nme"] if real else None
         for k, sc in r["second"].items():
             sc["ratio_to_real"] = sc["nme"] / real["second"][k]["nme"] if real else None
+            sc["minus_real"] = sc["nme"] - real["second"][k]["nme"] if real else None
     disagreement = {k: float(nme(np.asarray(test_lm, np.float64)[used], lm[used], INNER_POINTS)["nme"])
                     for k, (lm, used) in second.items()}
     return {"recipe": asdict(cfg), "n": n_used, "test_n": int(len(test_images)), "rows": rows, "chance": chance,
@@ -372,7 +374,6 @@ def _markdown(res: dict) -> str:
                      f"{r['train_seconds']:.0f} |")
     c = res["chance"]
     lines += [f"| {c['label']} | | | {ci(c)} | | | |", ""]
-    real = next((r for r in res["rows"] if r["label"] == "real"), None)
     for k, d in res.get("second_disagreement", {}).items():
         n_used = res["rows"][0]["second"][k]["n"]
         lines += [f"Against a second reference, {k}, on the {n_used} test photos it covers: the fits' landmarks (the "
@@ -382,7 +383,7 @@ def _markdown(res: dict) -> str:
                   "| source | NME [95 % CI] | minus real | ratio to real |", "|---|---|---|---|"]
         for r in res["rows"]:
             sc = r["second"][k]
-            diff = f"{sc['nme'] - real['second'][k]['nme']:+.4f}" if real else "-"
+            diff = f"{sc['minus_real']:+.4f}" if sc.get("minus_real") is not None else "-"
             ratio = f"{sc['ratio_to_real']:.3f}" if sc.get("ratio_to_real") is not None else "-"
             lines.append(f"| {r['label']} | {ci(sc)} | {diff} | {ratio} |")
         lines.append("")

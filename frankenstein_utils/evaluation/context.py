@@ -727,9 +727,15 @@ SCALE = {"kid": 1e3}  # shown x 10^3
 def memorisation_table(refs: dict, rows: dict) -> str:
     """A "Memorisation" section in markdown: both measures for every row that has them (the threshold share of
     ``measures.near_copy_share``; the held-out one of ``measures.training_neighbour_share`` beside its chance)."""
+    parts = memorisation_parts(refs, rows)
+    return f"{parts[0]}\n\n{parts[1]}\n" if parts else ""
+
+
+def memorisation_parts(refs: dict, rows: dict) -> tuple[str, str] | None:
+    """``memorisation_table``'s two parts: (heading and text, the table), or None when no row has a measure."""
     have = {k: r for k, r in {**refs, **rows}.items() if "near_copy" in r or "train_neighbour" in r}
     if not have:
-        return ""
+        return None
     ci = lambda r, k: (f"{r[k]:.3f} [{r[k + '_ci'][0]:.3f}, {r[k + '_ci'][1]:.3f}]" if r.get(k) is not None  # noqa
                        else "–")
     lines = "\n".join(f"| {k} | {ci(r, 'near_copy')} | {ci(r, 'train_neighbour')} | "
@@ -745,8 +751,8 @@ def memorisation_table(refs: dict, rows: dict) -> str:
     n_thr = next((r["near_copy_n_train"] for r in have.values() if "near_copy_n_train" in r), "the")
     return (f"## Memorisation\n\nThreshold: the share of faces within dlib's same-person distance 0.6 of one of "
             f"{n_thr} training photos; it has no chance level, and blurred or plain faces, which sit close to "
-            f"every photo, read as copies (see the constant face, depth maps and blur rungs).{chance}\n\n| row | "
-            f"threshold share | held-out: nearest is a training photo | z |\n|---|---|---|---|\n{lines}\n")
+            f"every photo, read as copies (see the constant face, depth maps and blur rungs).{chance}",
+            f"| row | threshold share | held-out: nearest is a training photo | z |\n|---|---|---|---|\n{lines}")
 
 
 def _fmt(v, ci=None, digits=3):

@@ -275,18 +275,17 @@ def memorisation_section(refs: dict, rows: dict, old_text: str = "") -> tuple[st
     ``refs`` and the evaluated models ``rows``, with the other shipped models' rows kept from the same table of an
     earlier EVALUATION.md (``old_text``; same columns only, as ``table_with_kept_rows``). Returns (section, names of
     the kept rows); ("", []) when no row was measured."""
-    from ..evaluation.context import memorisation_table
+    from ..evaluation.context import memorisation_parts
 
-    text = memorisation_table(refs, rows)
-    if not text:
+    parts = memorisation_parts(refs, rows)
+    if parts is None:
         return "", []
-    lines = text.rstrip("\n").splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("| row |"))
-    present = {_row_name(line) for line in lines[start + 2:]}
-    table, kept = table_with_kept_rows("\n".join(lines[start:]), [r for r in refs if r in present], old_text)
+    intro, table = parts
+    present = {_row_name(line) for line in table.splitlines()[2:]}
+    table, kept = table_with_kept_rows(table, [r for r in refs if r in present], old_text)
     note = (f"\n\nThe rows of {len(kept)} other models are kept from an earlier run of the same evaluation."
             if kept else "")
-    return "\n".join(lines[:start]).rstrip("\n") + note + "\n\n" + table + "\n", kept
+    return intro + note + "\n\n" + table + "\n", kept
 
 
 def _row_name(line: str) -> str:
