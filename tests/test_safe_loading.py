@@ -2,9 +2,10 @@
 of this package is read without unpickling (``torch.load(weights_only=True)``: tensors and plain types only, or
 safetensors), so a payload hidden inside an otherwise valid file is refused with one line naming the file, and
 nothing runs. The payload here touches a marker file, standing for any code. Old files that need unpickling are
-refused with the command that converts them (which the user runs knowingly). Shipped weights are safetensors whose
+refused with the command that converts them (which reads them without running code either). Shipped weights are safetensors whose
 SHA-256 is recorded and checked."""
 import hashlib
+import io
 import json
 import pathlib
 import shutil
@@ -106,8 +107,8 @@ def test_apply_with_a_checkpoint_with_code_inside_exits_1_in_one_line_and_nothin
 
 
 def test_old_checkpoint_is_refused_with_the_convert_command_and_resumes_exactly_once_converted(tmp_path, capsys):
-    """A checkpoint as written before (numpy's RNG state pickled as an array): refused with the command; converted
-    knowingly (a warning says it runs the file), it resumes exactly."""
+    """A checkpoint as written before (numpy's RNG state pickled as an array): refused with the command; converted,
+    it resumes exactly."""
     data = {"paired": Pairs()}
     full = Trainer(cfg(tmp_path / "full", steps=4), data)
     full.fit(progress=False)
@@ -124,7 +125,7 @@ def test_old_checkpoint_is_refused_with_the_convert_command_and_resumes_exactly_
     from frankenstein_utils.pretrained.convert import main
 
     assert main([str(ck_path), str(tmp_path / "new.pt")]) == 0
-    assert "runs any code" in capsys.readouterr().err
+    assert capsys.readouterr().err == ""  # nothing to warn of: reading it runs nothing
     shutil.move(tmp_path / "new.pt", ck_path)
     rest = Trainer(cfg(tmp_path / "part", steps=4), data)
     assert rest.step == 2
@@ -159,12 +160,12 @@ def test_shipped_pickle_is_refused_by_load_pretrained_and_converts(tmp_path, cap
         P.load_pretrained(str(tmp_path / "U.safetensors"))
     refused(e, tmp_path / "U.safetensors")
     assert not marker.exists()
-    # a clean old file (tensors and plain values) loads without unpickling, and converts knowingly: the same generator
+    # a clean old file (tensors and plain values) loads without unpickling, and converts: the same generator
     from frankenstein_utils.pretrained.convert import main
 
     torch.save(old_shipped_blob(), tmp_path / "clean.pt")
     assert main([str(tmp_path / "clean.pt"), str(tmp_path / "clean.safetensors")]) == 0
-    assert "runs any code" in capsys.readouterr().err
+    assert capsys.readouterr().err == ""  # nothing to warn of: reading it runs nothing
     a, b = P.load_pretrained("study/U"), P.load_pretrained(str(tmp_path / "clean.safetensors"))
     c = P.load_pretrained(str(tmp_path / "clean.pt"))
     d, m = render_depth(face_model, torch.zeros(2, 15), a.render)
@@ -271,3 +272,56 @@ def test_metric_network_cache_loads_without_unpickling(tmp_path):
     again = M.train_feature_net(real, steps=2, batch_size=8, cache=tmp_path / "feat.pt")
     torch.testing.assert_close(again(real), net(real))
     torch.load(tmp_path / "feat.pt", weights_only=True)  # tensors and plain types only
+
+
+def old_checkpoint(tmp_path, payload=None):
+    """A checkpoint as the package wrote it before safe loading: numpy's RNG state as a pickled tuple with an array,
+    numpy numbers in the history, a path among the values; ``payload`` hidden in the history if given."""
+    Trainer(cfg(tmp_path / "run", steps=2), {"paired": Pairs()}).fit(progress=False)
+    path = tmp_path / "run" / "checkpoint.pt"
+    ck = torch.load(path, weights_only=True)
+    n = ck["rng"]["numpy"]
+    ck["rng"]["numpy"] = ("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    ck["history"][0]["loss_np"] = np.float64(0.25)
+    ck["history"][0]["count_np"] = np.int64(3)
+    ck["history"][0]["where"] = pathlib.Path("/data/run")
+    if payload is not None:
+        ck["history"][1]["note"] = payload
+    torch.save(ck, path)
+    return path
+
+
+def test_converting_reads_the_old_format_without_unpickling_and_refuses_code_inside(tmp_path, capsys):
+    """The converter itself never runs a file's code: it reads the older format's numpy arrays, numbers and paths
+    with a weights-only load that allows only those, so a payload in an otherwise old-format checkpoint is refused
+    with one line naming the file and nothing runs or is written; a clean one converts to plain values."""
+    from frankenstein_utils.pretrained.convert import main
+    from frankenstein_utils.train.checkpoint import read_checkpoint
+
+    marker = tmp_path / "marker"
+    evil = old_checkpoint(tmp_path / "e", payload=Touch(marker))
+    assert main([str(evil), str(tmp_path / "evil_new.pt")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and str(evil) in err, err
+    assert "builtins.getattr" in err, err  # names what it refused (the payload reaches Path.touch through getattr)
+    assert not marker.exists()
+    assert not (tmp_path / "evil_new.pt").exists()
+
+    clean = old_checkpoint(tmp_path / "c")
+    assert main([str(clean), str(tmp_path / "new.pt")]) == 0
+    ck = read_checkpoint(tmp_path / "new.pt")
+    h = ck["history"][0]
+    assert type(h["loss_np"]) is float and h["loss_np"] == 0.25
+    assert type(h["count_np"]) is int and h["count_np"] == 3
+    assert h["where"] == "/data/run"
+    key = ck["rng"]["numpy"]["key"]
+    assert key.dtype == torch.int64 and key.shape == (624,)
+    # numpy 1 named its pickling helpers numpy.core...: such a file (torch's legacy stream, so the path is a line)
+    legacy = tmp_path / "numpy1.pt"
+    buf = io.BytesIO()
+    torch.save(torch.load(clean, weights_only=False), buf, _use_new_zipfile_serialization=False)  # the test's own file
+    data = buf.getvalue()
+    assert b"numpy._core.multiarray" in data
+    legacy.write_bytes(data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    assert main([str(legacy), str(tmp_path / "from_numpy1.pt")]) == 0
+    assert torch.equal(read_checkpoint(tmp_path / "from_numpy1.pt")["rng"]["numpy"]["key"], key)

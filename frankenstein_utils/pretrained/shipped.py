@@ -286,7 +286,7 @@ def read_shipped(path, verify: bool = True) -> dict:
     if path.suffix == ".pt":
         from ..train.checkpoint import load_tensors_only
 
-        blob = load_tensors_only(path, "shipped model", f"if you trust the file, convert it: {CONVERT} {path} "
+        blob = load_tensors_only(path, "shipped model", f"convert it: {CONVERT} {path} "
                                  f"{path.with_suffix('.safetensors')}")
         if not (isinstance(blob, dict) and {"config", "G", "E", "render", "pose", "card"} <= set(blob)):
             raise ValueError(f"{path}: not a shipped model (a training checkpoint? load it with "

@@ -33,7 +33,9 @@ def load_tensors_only(path, what: str, hint: str, map_location="cpu"):
         if "Weights only load failed" not in str(e):
             raise ValueError(f"{path}: not a readable {what} ({type(e).__name__}: {_first_line(e)})") from e
         try:
-            names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+            allowed = {g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}"
+                       for g in torch.serialization.get_safe_globals()}  # those a caller allowed are not the reason
+            names = [n for n in torch.serialization.get_unsafe_globals_in_checkpoint(path) if n not in allowed]
             needs = f" ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})" if names else ""
         except Exception:  # not a zip checkpoint: a bare pickle
             needs = ""
@@ -46,8 +48,8 @@ def load_tensors_only(path, what: str, hint: str, map_location="cpu"):
 def read_checkpoint(path, map_location="cpu") -> dict:
     """A training checkpoint (``Trainer.state``), read without unpickling (``load_tensors_only``); one of the older,
     pickled format is refused with the command that converts it."""
-    ck = load_tensors_only(path, "checkpoint", f"an older checkpoint of this package? If you trust the file, "
-                           f"convert it: {CONVERT} {path} NEW.pt", map_location)
+    ck = load_tensors_only(path, "checkpoint", f"an older checkpoint of this package? Convert it: "
+                           f"{CONVERT} {path} NEW.pt", map_location)
     if isinstance(ck, dict) and "G" in ck and "render" in ck and "nets" not in ck:
         raise ValueError(f"{path}: a shipped model of the older format, not a training checkpoint: load it with "
                          f"pretrained.load_pretrained({str(path)!r}), or convert it: {CONVERT} {path} "
@@ -62,10 +64,10 @@ def to_plain(obj, where: str = "checkpoint"):
     plain value (dict, list, tuple, str, int, float, bool, None) raises ``TypeError`` naming where it is: what a
     weights-only load reads back. Containers with nothing to change are returned as they are (a state dict keeps
     its ``_metadata``)."""
+    if isinstance(obj, np.generic):  # before the plain types: numpy's float64 is a subclass of float
+        return obj.item()
     if obj is None or isinstance(obj, (str, bool, int, float, torch.Tensor, torch.dtype, torch.Size)):
         return obj
-    if isinstance(obj, np.generic):
-        return obj.item()
     if isinstance(obj, Path):
         return str(obj)
     if isinstance(obj, dict):

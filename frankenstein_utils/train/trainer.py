@@ -26,8 +26,8 @@ take the same branch; each process keeps its own replay pool, and every pool is 
 
 Checkpoints hold tensors and plain Python values only (numpy's RNG state as a tensor and numbers) and are read with
 ``torch.load(weights_only=True)``: reading one runs no code. A checkpoint of the older, pickled format is refused
-with the command that converts it (``python -m frankenstein_utils.pretrained.convert OLD NEW``, which unpickles OLD:
-run it only on files you trust).
+with the command that converts it (``python -m frankenstein_utils.pretrained.convert OLD NEW``, which reads OLD
+without running code too: it allows only the numpy arrays, numbers and paths the older format held).
 """
 
 from __future__ import annotations
