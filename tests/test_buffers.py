@@ -538,7 +538,8 @@ def test_input_truncation_scores_the_raw_render_at_each_k_with_the_same_codes_in
 def test_issue_targets_judge_memorisation_against_chance_and_give_the_sweeps_worst_interval():
     """The comparison's targets: the held-out memorisation share is met up to chance + 2 standard errors at the
     faces' N and missed above it; the sweep's detection target names the faces per point and the worst point's
-    Wilson interval; the Memorisation section lists both measures (stand-in numbers: the test is the rule)."""
+    Wilson interval; the Memorisation section lists both measures; the network-code spread is a target only where
+    it was measured, and its section lists the rows that have it (stand-in numbers: the test is the rule)."""
     from frankenstein_utils.evaluation import context as EV
     from frankenstein_utils.evaluation import measures as M
     from frankenstein_utils.study import buffers_report as R
@@ -575,6 +576,20 @@ def test_issue_targets_judge_memorisation_against_chance_and_give_the_sweeps_wor
     rows = {"m from shape": plain, "m free": plain, "flag": plain, "raw": plain}
     assert not any("held-out" in t["target"] for t in R.issue_targets(refs, rows, {"m from shape": sweep},
                                                                       "m from shape", "flag", "raw"))
+    assert not any("network's own code" in t["target"] for t in targets(null))
+    # the code spread with the issue's whole input fixed: only the network's own code varies
+    nc = {"descriptor_share": 0.17, "inside": 0.03, "outside": 0.28, "between": 0.5, "n_maps": 16, "n_codes": 8}
+    for share, met in ((0.17, False), (0.6, True)):
+        rows = {"m from shape": {**gen, "network_code": {**nc, "descriptor_share": share}}, "m free": gen,
+                "flag": gen, "raw": gen}
+        t = find(R.issue_targets(refs, rows, {"m from shape": sweep}, "m from shape", "flag", "raw"),
+                 "(the same, the network's own code alone")
+        assert t["measured"] == share and t["bound"] == 0.5 and t["met"] is met
+        assert "0.030 inside the face, 0.280 outside, 0.500 between inputs" in t["target"]
+    section = R.network_code_table({"m from shape": {"network_code": nc}, "raw": {}})
+    assert section.startswith("## The network's own code") and "16 synthetic inputs" in section
+    assert "| m from shape | 0.170 | 0.030 | 0.280 | 0.500 |" in section and "| raw |" not in section
+    assert R.network_code_table({"raw": {}}) == ""
     text = EV.memorisation_table(refs, {"gen": {**gen, "train_neighbour": 0.91, "train_neighbour_ci": (0.88, 0.93),
                                               "near_copy_ci": (0.93, 0.97)}})
     assert "chance 0.900" in text and "| gen | 0.950 [0.930, 0.970] | 0.910 [0.880, 0.930] | +1.9 |" in text

@@ -200,6 +200,48 @@ def test_a_generator_that_ignores_its_code_shows_it(data, face_model):
     assert EV.code_spread(ctx, by_code, 8) > 0.7
 
 
+def test_network_code_spread_shows_what_the_networks_own_code_changes_with_the_input_fixed(data, face_model):
+    """Known answers for the code a buffers network reads beside its appearance code z[:, :k]: a generator that
+    ignores it scores 0 everywhere; one that paints only the background from it changes nothing inside the face and
+    something outside; one that draws another photo for every code spreads like real people; a generator whose
+    whole code is appearance has no network code (None)."""
+    import hashlib
+
+    ctx = EV.build_context(face_model, data["tr"], data["te"], n_synthetic=16, n_codes=1, n_ids=2, n_poses=2,
+                           n_embed=8, n_map=150, orl_people=2, orl_per_person=2, n_test=30, judges_only=True,
+                           cache_dir=data["cache"])
+    photos = data["tr"].tensors()[0]
+    key = lambda *t: int(hashlib.sha1(b"".join(x.numpy().tobytes() for x in t)).hexdigest(), 16)  # noqa: E731
+
+    class Fake:
+        k, z_dim = 4, 8
+
+        def __init__(self, what):
+            self.what = what
+
+        def __call__(self, depth, mask, z=None):
+            face = [key(d, zi[:self.k] if self.what != "whole" else zi) % len(photos) for d, zi in zip(depth, z)]
+            out = photos[face].clone()
+            if self.what == "background":
+                bg = torch.tanh(z[:, self.k:self.k + 1])[:, :, None, None].expand_as(out)
+                out = torch.where(mask.bool().expand_as(out), out, bg)
+            return out
+
+    none = EV.network_code_spread(ctx, Fake("ignores"))
+    assert none["descriptor_share"] == 0 and none["inside"] == 0 and none["outside"] == 0
+    assert none["between"] > 0.2 and none["n_maps"] == 16 and none["n_codes"] == 8
+    bg = EV.network_code_spread(ctx, Fake("background"))
+    assert bg["inside"] == 0 and bg["outside"] > 0.2
+    whole = EV.network_code_spread(ctx, Fake("whole"))
+    assert whole["descriptor_share"] > 0.7 and whole["inside"] > 0.2 and whole["outside"] > 0.2
+    assert bg["descriptor_share"] < whole["descriptor_share"] / 2
+    appearance_only = Fake("ignores")
+    appearance_only.z_dim = 4
+    assert EV.network_code_spread(ctx, appearance_only) is None
+    with pytest.raises(ValueError, match="pixel_spread: images of shape"):
+        M.pixel_spread(photos[:4], ctx.syn_mask[:4])
+
+
 def test_memorisation_against_a_held_out_split_on_real_photos(data, face_model):
     """Photos of neither split sit at the chance share, blurred or not, where the fixed-threshold share calls blurred
     photos copies; training photos and their 1 px blur are copies (share 1); the context's held-out reference is

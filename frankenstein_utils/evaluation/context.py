@@ -493,6 +493,34 @@ def code_spread(ctx: EvalContext, generate, z_dim: int, n_maps: int = 16, n_code
     return measures.spread_share([emb[i * n_codes:(i + 1) * n_codes] for i in range(n_maps)], ctx.test_faces.embeddings)
 
 
+def network_code_spread(ctx: EvalContext, generate, n_maps: int = 16, n_codes: int = 8) -> dict | None:
+    """What the network's own code does when everything else is fixed: for each of ``n_maps`` synthetic inputs (shape,
+    pose, expression and, for a buffers generator, its appearance code ``z[:, :k]``), ``n_codes`` draws of the rest
+    of z (``generate.k``: the appearance part, 0 for a depth-only generator). ``descriptor_share``: the spread of the
+    faces' descriptors over those codes as a share of the test photos' (``measures.spread_share``; who the person
+    is); ``inside`` / ``outside``: the per-pixel standard deviation over the codes inside and outside the face
+    (``measures.pixel_spread``; hair, background and light show outside); ``between``: the same over different
+    inputs, one code each, over the whole picture (the scale). None for a generator with no network code."""
+    k = getattr(generate, "k", 0)
+    z_dim = getattr(generate, "z_dim", 0)
+    if z_dim <= k:
+        return None
+    n_maps = min(n_maps, len(ctx.syn_depth))
+    g = torch.Generator().manual_seed(ctx.seed + 2)
+    z = normal(n_maps, z_dim, generator=g).repeat_interleave(n_codes, 0)
+    z[:, k:] = normal(n_maps * n_codes, z_dim - k, generator=g)
+    rows = np.repeat(np.arange(n_maps), n_codes)
+    d, m = ctx.syn_depth[:n_maps][rows], ctx.syn_mask[:n_maps][rows]
+    params = None if ctx.syn_params is None else face_params(**ctx.syn_params, rows=rows)
+    imgs = call_generator(generate, d, m, z, params)
+    emb = ctx.judges.analyse(imgs, fallback_box=ctx.fallback_box, workers=ctx.workers).embeddings
+    share = measures.spread_share([emb[i * n_codes:(i + 1) * n_codes] for i in range(n_maps)],
+                                  ctx.test_faces.embeddings)
+    px = measures.pixel_spread(imgs.view(n_maps, n_codes, *imgs.shape[1:]), ctx.syn_mask[:n_maps])
+    between = float(imgs[::n_codes].float().std(0, unbiased=False).mean())
+    return {"descriptor_share": share, **px, "between": between, "n_maps": n_maps, "n_codes": n_codes}
+
+
 def evaluate_generator(ctx: EvalContext, generate, z_dim: int = 0, images: torch.Tensor | None = None) -> dict:
     """Every measure for ``generate(depth, mask, z) -> images in [-1, 1]`` (z ~ N(0, I) seeded when None) on the
     synthetic inputs: realism (C2ST, FD, KID; test photos as reference), correspondence (depth estimator; NME of dlib

@@ -227,6 +227,23 @@ def spread_share(groups, reference) -> float:
     return float(np.mean(within) / mean_pairwise_distance(reference))
 
 
+def pixel_spread(images: torch.Tensor, mask: torch.Tensor) -> dict:
+    """Where a generator's code changes the picture. ``images`` (M, K, C, H, W): M fixed inputs, each under K codes;
+    ``mask`` (M, 1, H, W): each input's face. Per pixel, the standard deviation over the K codes (mean over
+    channels), averaged over the pixels inside the face and outside it, then over the inputs:
+    sd_x = (1 / K) sum_k (x_k - mean_k x)^2, sqrt'd; inside = mean over inputs of mean_{p in face} sd_p.
+    0 = the code changes nothing there. In the images' units ([-1, 1])."""
+    if images.dim() != 5 or images.shape[1] < 2:
+        raise ValueError(f"pixel_spread: images of shape (inputs, codes >= 2, C, H, W), got {tuple(images.shape)}")
+    if mask.shape[0] != images.shape[0] or mask.shape[-2:] != images.shape[-2:]:
+        raise ValueError(f"pixel_spread: a mask of shape {tuple(mask.shape)} for images {tuple(images.shape)}")
+    sd = images.float().std(1, unbiased=False).mean(1)  # (M, H, W)
+    face = mask.bool().reshape(sd.shape)
+    region = lambda inside: float(np.mean([sd[i][face[i] == inside].mean().item() for i in range(len(sd))  # noqa: E731
+                                           if (face[i] == inside).any()]))
+    return {"inside": region(True), "outside": region(False)}
+
+
 def _weighted_auc(dpos, wpos, dneg, wneg) -> float:
     """P(positive distance < negative distance) + 0.5 P(tie), pairs weighted (Mann-Whitney with weights)."""
     order = np.argsort(dneg, kind="stable")

@@ -7,11 +7,13 @@ flagship, the sweep over the explorer's range, contact sheets, and the shipped f
     python -m frankenstein_utils.study.buffers_report swap CHECKPOINT_A CHECKPOINT_B [--n 200]
     python -m frankenstein_utils.study.buffers_report truncation [--k 100 70 40 20] [--n 200]
     python -m frankenstein_utils.study.buffers_report compare CHECKPOINT [--out DIR]
+    python -m frankenstein_utils.study.buffers_report codes CHECKPOINT [--n 500] [--seed 1]
     python -m frankenstein_utils.study.buffers_report ship CHECKPOINT --compare DIR --command "..." [--name buffers]
 
 (``curve``: every snapshot not yet scored; ``swap``: which region, face or background, carries a difference in
 realism between two generators; ``truncation``: how much realism the generator's input, the appearance colour
-with k components, keeps; ``compare``: the comparison at N = 500.)
+with k components, keeps; ``compare``: the comparison at N = 500; ``codes``: what the network's own code changes
+with the input, appearance included, held fixed, in compare's context.)
 
 Every number comes from the evaluation's measures (``evaluation``: KID on dlib descriptors against all test photos,
 NME against the face model's own landmarks with the fitted-photo oracle, detection, diversity and code spread as
@@ -292,6 +294,9 @@ def compare(source, out_dir="outputs/buffers/compare", n: int = 500, workers: in
         t1 = time.time()
         imgs = EV.call_generator(f, ctx.syn_depth, ctx.syn_mask, None, ctx.syn_params)
         rows[name] = {**EV.evaluate_generator(ctx, f, f.z_dim, images=imgs), **picture_checks(imgs, ctx.syn_mask)}
+        nc = EV.network_code_spread(ctx, f)
+        if nc is not None:
+            rows[name]["network_code"] = nc
         if name.startswith("buffers generator (appearance from"):
             atomic_write_bytes(out / "faces_evaluation_set.png", sheet(imgs[:64], 8))
         timing[name] = time.time() - t1
@@ -331,6 +336,44 @@ def compare(source, out_dir="outputs/buffers/compare", n: int = 500, workers: in
               "row_seconds": timing, "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores"}
     atomic_write_bytes(out / "EVALUATION.json", json.dumps(EV.to_json(result), indent=1).encode())
     atomic_write_bytes(out / "EVALUATION.md", report_text(result).encode())
+    return result
+
+
+def network_codes(source, out_dir="outputs/buffers/codes", n: int = 500, workers: int = 2, seed: int = 0,
+                  flagship: str = "flagship", cache_dir=None) -> dict:
+    """``evaluation.context.network_code_spread`` of the buffers generator ``source`` (appearance from shape and
+    free) and of the depth-only ``flagship`` on the synthetic inputs of ``compare``'s context (same ``n`` and
+    ``seed``), without the rest of the comparison; writes ``network_code.json``, ``network_code.md`` and
+    ``codes_network.png`` (8 inputs, one per row, under 8 network codes) into ``out_dir``."""
+    from ..data.buffers import BufferGenerator
+    from ..pretrained import shipped
+
+    t0 = time.time()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model, train, test = _data(cache_dir=cache_dir)
+    net, app, render, label = _net(source)
+    ctx = EV.build_context(model, train, test, n_synthetic=n, n_embed=n, judges_only=True,
+                           cache_dir=cache_dir or "outputs/cache", workers=workers, seed=seed)
+    gens = {"buffers generator (appearance from shape)": BufferGenerator(net, model, app, render, "from-shape", seed),
+            "buffers generator (appearance free)": BufferGenerator(net, model, app, render, "free", seed),
+            f"depth-only {flagship} (shipped)": EV.generator_fn(shipped.load_pretrained(flagship), seed)}
+    rows = {k: {"network_code": EV.network_code_spread(ctx, f)} for k, f in gens.items()}
+    f = next(iter(gens.values()))
+    g = torch.Generator().manual_seed(seed + 3)
+    z = normal(8, f.z_dim, generator=g).repeat_interleave(8, 0)
+    z[:, f.k:] = normal(64, f.z_dim - f.k, generator=g)
+    rows_idx = np.repeat(np.arange(8), 8)
+    imgs = EV.call_generator(f, ctx.syn_depth[rows_idx], ctx.syn_mask[rows_idx], z,
+                             EV.face_params(**ctx.syn_params, rows=rows_idx))
+    atomic_write_bytes(out / "codes_network.png", sheet(imgs, 8))
+    result = {"source": label, "n": n, "seed": seed, "rows": rows, "seconds": time.time() - t0}
+    atomic_write_bytes(out / "network_code.json", json.dumps(EV.to_json(result), indent=1).encode())
+    atomic_write_bytes(out / "network_code.md", (
+        f"# {label}: the network's own code\n\nThe synthetic inputs of `compare`'s context (N = {n}, seed {seed}); "
+        f"{result['seconds']:.0f} s. Reproduce: `python -m frankenstein_utils.study.buffers_report codes {source} "
+        f"--n {n} --seed {seed}`. `codes_network.png`: a row per input, its 8 network codes.\n\n"
+        + network_code_table(rows)).encode())
     return result
 
 
@@ -384,6 +427,7 @@ def issue_targets(refs: dict, rows: dict, sweeps: dict, main: str, flagship: str
          ("(where blur 2 px lies: KID)", m["kid"], R("blur2")["kid"], None),
          ("diversity >= 90 % of the test photos'", m["diversity_share"], 0.9, m["diversity_share"] >= 0.9),
          ("spread over codes for a fixed input >= 50 % of real", m["code_spread"], 0.5, m["code_spread"] >= 0.5),
+         *_network_code_target(m),
          ("NME <= 1.5 x oracle (fitted landmarks)", m["nme"], 1.5 * R("test")["nme"],
           m["nme"] <= 1.5 * R("test")["nme"]),
          ("identity AUC >= 0.9 (appearance from shape)", m["identity_auc"], 0.9, m["identity_auc"] >= 0.9),
@@ -410,6 +454,35 @@ def issue_targets(refs: dict, rows: dict, sweeps: dict, main: str, flagship: str
         ok = None if a is None or b is None or not np.isfinite(b) else (a - b) * sign > 0
         t.append((f"better than the depth-only flagship: {k}", a, b, ok))
     return [{"target": a, "measured": b, "bound": c, "met": d} for a, b, c, d in t]
+
+
+def _network_code_target(m: dict) -> list:
+    """The code spread read with the issue's input (depth, mask and the rendered appearance) held fixed: only the
+    network's own code varies (``evaluation.context.network_code_spread``); none for a row without it."""
+    nc = m.get("network_code")
+    if nc is None:
+        return []
+    return [("(the same, the network's own code alone: shape, pose and appearance fixed; pixel sd over codes "
+             f"{nc['inside']:.3f} inside the face, {nc['outside']:.3f} outside, {nc['between']:.3f} between inputs)",
+             nc["descriptor_share"], 0.5, nc["descriptor_share"] >= 0.5)]
+
+
+def network_code_table(rows: dict) -> str:
+    """The rows' ``network_code`` measures as a markdown section ('' when no row has them)."""
+    lines = [f"| {k} | {r['network_code']['descriptor_share']:.3f} | {r['network_code']['inside']:.3f} | "
+             f"{r['network_code']['outside']:.3f} | {r['network_code']['between']:.3f} |"
+             for k, r in rows.items() if r.get("network_code")]
+    if not lines:
+        return ""
+    nc = next(r["network_code"] for r in rows.values() if r.get("network_code"))
+    return ("## The network's own code\n\nEach of "
+            f"{nc['n_maps']} synthetic inputs (shape, pose, expression and its appearance code) under {nc['n_codes']} "
+            "draws of the network's own code alone (`evaluation.context.network_code_spread`): the spread of the "
+            "faces' descriptors over those codes as a share of the test photos' spread (who the person is), and the "
+            "per-pixel standard deviation over the codes inside and outside the face ([-1, 1] units; hair, "
+            "background and light show outside), beside the same between different inputs. A depth-only "
+            "generator's whole code is its network code.\n\n| row | descriptor spread share | pixel sd inside the "
+            "face | pixel sd outside | pixel sd between inputs |\n|---|---|---|---|---|\n" + "\n".join(lines) + "\n\n")
 
 
 def _per_point(sweep: dict, rate: float) -> str:
@@ -466,7 +539,7 @@ def report_text(result: dict) -> str:
             f"local contrast at the mask's pixel-staircase corners over the other edge pixels, `metrics."
             f"staircase_contrast`: a network drawing its input's aliased edge scores above the photos).\n\n| row | "
             f"checkerboard | edge dip (grey levels) | edge roughness | staircase |\n|---|---|---|---|---|\n{pics}\n\n"
-            f"{EV.memorisation_table(refs, rows)}\n"
+            f"{EV.memorisation_table(refs, rows)}\n{network_code_table(rows)}"
             f"## Sweeps over the explorer's range\n\n{sweeps}\n\nKID x 10^3 at "
             f"+-3 sigma (all 15 components, {main['end_kid']['n']} faces): {1e3 * main['end_kid']['kid']:.1f} +- "
             f"{1e3 * main['end_kid']['kid_se']:.1f}; the mean face with as many codes: "
@@ -510,6 +583,14 @@ def main(argv=None):
     e.add_argument("--flagship", default="flagship", help="the depth-only generator to compare with")
     e.add_argument("--seed", type=int, default=0, help="the evaluation's seed (synthetic faces, codes, identities)")
     e.add_argument("--sweep-codes", type=int, default=8, help="appearance codes (faces) at each point of the sweep")
+    o = sub.add_parser("codes", help="what the network's own code changes with the input (shape, pose, appearance) "
+                                     "fixed, in compare's context")
+    o.add_argument("source", help="a buffers checkpoint (.pt) or a shipped name")
+    o.add_argument("--out", default="outputs/buffers/codes")
+    o.add_argument("--n", type=int, default=500)
+    o.add_argument("--workers", type=int, default=2)
+    o.add_argument("--flagship", default="flagship")
+    o.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     if a.cmd == "curve":
@@ -525,6 +606,10 @@ def main(argv=None):
               f"components:")
         for k, v in r["rows"].items():
             print(f"k = {k}: {_kid_line(v)}")
+    elif a.cmd == "codes":
+        r = network_codes(a.source, a.out, a.n, a.workers, a.seed, a.flagship)
+        for k, v in r["rows"].items():
+            print(f"{k}: {v['network_code']}")
     elif a.cmd == "compare":
         r = compare(a.source, a.out, a.n, a.workers, seed=a.seed, flagship=a.flagship, sweep_codes=a.sweep_codes)
         for t in r["targets"]:
