@@ -216,7 +216,8 @@ def evaluate_shipped(names=None, workers: int = 2, out_md=None, **context_kw) ->
             f"Generated in float32 on {__import__('platform').machine()}; {time.time() - t0:.0f} s on "
             f"{__import__('os').cpu_count()} cores for {len(rows)} model(s)"
             + (f"; the rows of {len(kept)} other models are kept from an earlier run of the same evaluation (the same "
-               f"context and columns; scoring is deterministic)" if kept else "")
+               f"context and columns; scoring is seeded: a kept row repeats on the machine that made it, and on another "
+               f"CPU may differ in its last digits, as float round-off does)" if kept else "")
             + f". Reproduce: `{command}` (`evaluate NAME ...`: those rows alone are replaced).\n\n"
             f"## Ladders and controls\n\n"
             f"{checks_md}\n\n## Table\n\n{table}\n")
