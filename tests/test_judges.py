@@ -227,17 +227,18 @@ def test_network_code_spread_shows_what_the_networks_own_code_changes_with_the_i
                 out = torch.where(mask.bool().expand_as(out), out, bg)
             return out
 
-    none = EV.network_code_spread(ctx, Fake("ignores"))
+    kw = dict(n_maps=8, n_codes=4)
+    none = EV.network_code_spread(ctx, Fake("ignores"), **kw)
     assert none["descriptor_share"] == 0 and none["inside"] == 0 and none["outside"] == 0
-    assert none["between"] > 0.2 and none["n_maps"] == 16 and none["n_codes"] == 8
-    bg = EV.network_code_spread(ctx, Fake("background"))
+    assert none["between"] > 0.2 and none["n_maps"] == 8 and none["n_codes"] == 4
+    bg = EV.network_code_spread(ctx, Fake("background"), **kw)
     assert bg["inside"] == 0 and bg["outside"] > 0.2
-    whole = EV.network_code_spread(ctx, Fake("whole"))
+    whole = EV.network_code_spread(ctx, Fake("whole"), **kw)
     assert whole["descriptor_share"] > 0.7 and whole["inside"] > 0.2 and whole["outside"] > 0.2
     assert bg["descriptor_share"] < whole["descriptor_share"] / 2
     appearance_only = Fake("ignores")
     appearance_only.z_dim = 4
-    assert EV.network_code_spread(ctx, appearance_only) is None
+    assert EV.network_code_spread(ctx, appearance_only, **kw) is None
     with pytest.raises(ValueError, match="pixel_spread: images of shape"):
         M.pixel_spread(photos[:4], ctx.syn_mask[:4])
 
