@@ -353,6 +353,8 @@ def network_codes(source, out_dir="outputs/buffers/codes", n: int = 500, workers
     out.mkdir(parents=True, exist_ok=True)
     model, train, test = _data(cache_dir=cache_dir)
     net, app, render, label = _net(source)
+    if render.to_dict() != train.render_config(model).to_dict():
+        raise ValueError(f"{label}: rendered in another framing than the paired set's")
     ctx = EV.build_context(model, train, test, n_synthetic=n, n_embed=n, judges_only=True,
                            cache_dir=cache_dir or "outputs/cache", workers=workers, seed=seed)
     gens = {"buffers generator (appearance from shape)": BufferGenerator(net, model, app, render, "from-shape", seed),
