@@ -214,7 +214,7 @@ def test_network_code_spread_shows_what_the_networks_own_code_changes_with_the_i
     key = lambda *t: int(hashlib.sha1(b"".join(x.numpy().tobytes() for x in t)).hexdigest(), 16)  # noqa: E731
 
     class Fake:
-        k, z_dim = 4, 8
+        k, z_dim, code_dim = 4, 8, 4  # z[:, :4] appearance, z[:, 4:] the network's, as a BufferGenerator's
 
         def __init__(self, what):
             self.what = what
@@ -237,8 +237,18 @@ def test_network_code_spread_shows_what_the_networks_own_code_changes_with_the_i
     assert whole["descriptor_share"] > 0.7 and whole["inside"] > 0.2 and whole["outside"] > 0.2
     assert bg["descriptor_share"] < whole["descriptor_share"] / 2
     appearance_only = Fake("ignores")
-    appearance_only.z_dim = 4
+    appearance_only.z_dim, appearance_only.code_dim = 4, 0
     assert EV.network_code_spread(ctx, appearance_only, **kw) is None
+    # the generators compare scores: the raw render has no network code; a depth-only one's whole code is its own
+    from frankenstein_utils.facemodel.appearance import load_appearance
+    from frankenstein_utils.facemodel.appearance_render import RawRender
+
+    app = load_appearance()
+    assert EV.network_code_spread(ctx, RawRender(face_model, app, app.render_config(), "from-shape"), **kw) is None
+    assert EV.network_code_spread(ctx, RawRender(face_model, app, app.render_config(), "from-shape", k=40), **kw) is None
+    depth_only = EV.z_only_generator(photos)
+    whole_z = EV.network_code_spread(ctx, depth_only, **kw)
+    assert whole_z["descriptor_share"] > 0.7 and whole_z["inside"] > 0.2
     with pytest.raises(ValueError, match="pixel_spread: images of shape"):
         M.pixel_spread(photos[:4], ctx.syn_mask[:4])
 

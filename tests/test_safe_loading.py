@@ -274,14 +274,15 @@ def test_metric_network_cache_loads_without_unpickling(tmp_path):
     torch.load(tmp_path / "feat.pt", weights_only=True)  # tensors and plain types only
 
 
-def old_checkpoint(tmp_path, payload=None):
+def old_checkpoint(tmp_path, payload=None, key=None):
     """A checkpoint as the package wrote it before safe loading: numpy's RNG state as a pickled tuple with an array,
     numpy numbers in the history, a path among the values; ``payload`` hidden in the history if given."""
     Trainer(cfg(tmp_path / "run", steps=2), {"paired": Pairs()}).fit(progress=False)
     path = tmp_path / "run" / "checkpoint.pt"
     ck = torch.load(path, weights_only=True)
     n = ck["rng"]["numpy"]
-    ck["rng"]["numpy"] = ("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    key = n["key"].numpy().astype(np.uint32) if key is None else key
+    ck["rng"]["numpy"] = ("MT19937", key, n["pos"], n["has_gauss"], n["cached_gaussian"])
     ck["history"][0]["loss_np"] = np.float64(0.25)
     ck["history"][0]["count_np"] = np.int64(3)
     ck["history"][0]["where"] = pathlib.Path("/data/run")
@@ -307,6 +308,24 @@ def test_converting_reads_the_old_format_without_unpickling_and_refuses_code_ins
     assert not marker.exists()
     assert not (tmp_path / "evil_new.pt").exists()
 
+    # numpy's own pickling entry points, steered: each is refused and nothing is written (numpy's constructor over
+    # a buffer, bytes that do not fill the shape, an object array; with numpy itself they can read freed memory)
+    class NdarrayOverBuffer:
+        def __reduce__(self):
+            return np.ndarray, ((4,), np.dtype("u1"), b"abcd")
+
+    class ShortArray:
+        def __reduce__(self):
+            return (np.ndarray.__reduce__(np.zeros(1, np.uint8))[0], (np.ndarray, (0,), b"b"),
+                    (1, (1 << 20,), np.dtype("u1"), False, b"ab"))
+
+    for i, key in enumerate([NdarrayOverBuffer(), ShortArray(), np.array([1, "x"], dtype=object)]):
+        bad = old_checkpoint(tmp_path / f"b{i}", key=key)  # where the converter reads numpy's RNG key
+        assert main([str(bad), str(tmp_path / f"bad{i}.pt")]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("error: ") and str(bad) in err, err
+        assert not (tmp_path / f"bad{i}.pt").exists()
+
     clean = old_checkpoint(tmp_path / "c")
     assert main([str(clean), str(tmp_path / "new.pt")]) == 0
     ck = read_checkpoint(tmp_path / "new.pt")
@@ -316,12 +335,15 @@ def test_converting_reads_the_old_format_without_unpickling_and_refuses_code_ins
     assert h["where"] == "/data/run"
     key = ck["rng"]["numpy"]["key"]
     assert key.dtype == torch.int64 and key.shape == (624,)
-    # numpy 1 named its pickling helpers numpy.core...: such a file (torch's legacy stream, so the path is a line)
+    # numpy 1 named its pickling helpers numpy.core..., numpy 2 numpy._core...: a file of the other one (torch's
+    # legacy stream, so the path is a line)
     legacy = tmp_path / "numpy1.pt"
     buf = io.BytesIO()
     torch.save(torch.load(clean, weights_only=False), buf, _use_new_zipfile_serialization=False)  # the test's own file
     data = buf.getvalue()
-    assert b"numpy._core.multiarray" in data
-    legacy.write_bytes(data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    now, other = ((b"numpy._core.multiarray", b"numpy.core.multiarray") if b"numpy._core.multiarray" in data
+                  else (b"numpy.core.multiarray", b"numpy._core.multiarray"))
+    assert now in data
+    legacy.write_bytes(data.replace(now, other))
     assert main([str(legacy), str(tmp_path / "from_numpy1.pt")]) == 0
     assert torch.equal(read_checkpoint(tmp_path / "from_numpy1.pt")["rng"]["numpy"]["key"], key)

@@ -500,11 +500,16 @@ def network_code_spread(ctx: EvalContext, generate, n_maps: int = 16, n_codes: i
     faces' descriptors over those codes as a share of the test photos' (``measures.spread_share``; who the person
     is); ``inside`` / ``outside``: the per-pixel standard deviation over the codes inside and outside the face
     (``measures.pixel_spread``; hair, background and light show outside); ``between``: the same over different
-    inputs, one code each, over the whole picture (the scale). None for a generator with no network code."""
-    k = getattr(generate, "k", 0)
-    z_dim = getattr(generate, "z_dim", 0)
-    if z_dim <= k:
+    inputs, one code each, over the whole picture (the scale). None for a generator with no network code.
+    The network's part of z is the generator's ``code_dim`` last entries (a ``BufferGenerator``; the raw render's
+    is 0), or all of z for a generator that does not say (a depth-only one). With an SH-lit appearance model a
+    buffers generator draws each image's light itself, and the spread then counts that light as the network's; the
+    shipped model's light is baked."""
+    z_dim = getattr(generate, "z_dim", 0) or 0
+    code_dim = getattr(generate, "code_dim", z_dim)
+    if not code_dim:
         return None
+    k = z_dim - code_dim
     n_maps = min(n_maps, len(ctx.syn_depth))
     g = torch.Generator().manual_seed(ctx.seed + 2)
     z = normal(n_maps, z_dim, generator=g).repeat_interleave(n_codes, 0)

@@ -137,6 +137,7 @@ class RawRender:
     (``appearance_coefficients``), the colour that a buffers generator reading k components is given."""
 
     uses_face_params = True
+    code_dim = 0  # its whole code is appearance: no network code (``evaluation.context.network_code_spread``)
 
     def __init__(self, model, app: AppearanceModel, render: RenderConfig, mode: str = "from-shape", seed: int = 0,
                  background: torch.Tensor | None = None, batch_size: int = 128, k: int | None = None):

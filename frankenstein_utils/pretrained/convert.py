@@ -1,12 +1,16 @@
 """Converting files of the older, pickled formats (checkpoints, shipped models) to tensors-only files.
 
-The converter runs no code from the file either: the older formats held, besides tensors and plain values, numpy's RNG
-key (an array), numpy numbers in the history and paths, and the file is read with a weights-only load that allows
-exactly those (``OLD_FORMAT_GLOBALS``); anything else in it, code included, is refused before it runs."""
+The converter runs no code from the file either. The older formats held, besides tensors and plain values, numpy's
+RNG key (an array), numpy numbers in the history and paths. The file is read with a weights-only load in which the
+names numpy and pathlib were pickled by point to small stand-ins here (``OLD_FORMAT_GLOBALS``): they check the
+pickled description and copy the bytes into a new array, so no numpy object is ever built in place from what the file
+says (numpy's own ``_reconstruct`` and ``ndarray.__setstate__`` can be steered into reading freed memory), and a
+path becomes its string. Anything else in the file, code included, is refused before it runs."""
 
 from __future__ import annotations
 
 import io
+import math
 import pathlib
 from pathlib import Path
 
@@ -16,30 +20,101 @@ import torch
 from ..io.files import atomic_write_bytes
 from ..train.checkpoint import _first_line, load_tensors_only, read_checkpoint, to_plain
 
-try:
-    from numpy._core import multiarray
-except ImportError:  # numpy 1
-    from numpy.core import multiarray
+# numbers only: an object, string or structured dtype could make numpy read raw pointers
+_NUMBER_TYPES = {"b1", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8", "c8", "c16"}
 
-_NUMBER_DTYPES = [getattr(np.dtypes, n) for n in np.dtypes.__all__
-                  if n not in ("ObjectDType", "StrDType", "BytesDType", "VoidDType", "StringDType")]
-# (object, the path a pickle names it by): numpy 1 wrote numpy.core..., numpy 2 writes numpy._core...
+
+class OldDType:
+    """``numpy.dtype`` as the older files pickled it (``dtype('u4', False, True)``, then its state ``(3, '<', None,
+    None, None, -1, -1, 0)``): a number type and a byte order, nothing else."""
+
+    def __init__(self, spec, align=False, copy=True):
+        if not isinstance(spec, str) or spec.lstrip("<>|=") not in _NUMBER_TYPES:
+            raise ValueError(f"numpy dtype {spec!r}: not a number type of the older formats")
+        self.spec, self.order = spec.lstrip("<>|="), "="
+
+    def __setstate__(self, state):
+        if not (isinstance(state, tuple) and len(state) in (8, 9) and state[1] in ("<", ">", "|", "=")
+                and all(v is None for v in state[2:5])):
+            raise ValueError(f"numpy dtype state {state!r}: not that of a number type")
+        self.order = state[1]
+
+    def numpy(self) -> np.dtype:
+        d = np.dtype(self.spec)
+        return d.newbyteorder(self.order) if self.order in "<>" else d
+
+
+class OldArray:
+    """``numpy.ndarray`` as pickled (``_reconstruct(ndarray, (0,), b'b')``, then ``(1, shape, dtype, fortran,
+    bytes)``): the bytes are checked against the shape and type and copied into a new array (``.array``)."""
+
+    def __setstate__(self, state):
+        if not (isinstance(state, tuple) and len(state) == 5):
+            raise ValueError("numpy array state: not (version, shape, dtype, fortran, bytes)")
+        _, shape, dtype, fortran, raw = state
+        if not (isinstance(shape, tuple) and all(type(n) is int and n >= 0 for n in shape)
+                and isinstance(dtype, OldDType) and isinstance(fortran, bool) and isinstance(raw, bytes)):
+            raise ValueError("numpy array state: not (version, shape, dtype, fortran, bytes) of a number array")
+        d = dtype.numpy()
+        if len(raw) != math.prod(shape) * d.itemsize:
+            raise ValueError(f"numpy array of shape {shape} and type {d}: {len(raw)} bytes")
+        self.array = np.frombuffer(raw, dtype=d).copy().reshape(shape, order="F" if fortran else "C")
+
+
+def _old_reconstruct(cls, shape, typecode):
+    if cls is not OldArray:
+        raise ValueError("numpy _reconstruct of something other than an array")
+    return OldArray()
+
+
+def _old_scalar(dtype, raw):
+    """A numpy number as pickled (``scalar(dtype, bytes)``): the Python number."""
+    if not (isinstance(dtype, OldDType) and isinstance(raw, bytes) and len(raw) == dtype.numpy().itemsize):
+        raise ValueError("numpy scalar: not a number type and its bytes")
+    return np.frombuffer(raw, dtype=dtype.numpy())[0].item()
+
+
+def _old_path(*parts) -> str:
+    if not all(isinstance(p, str) for p in parts):
+        raise ValueError("path: parts that are not strings")
+    return str(pathlib.PurePath(*parts))
+
+
+# (stand-in, the name a pickle calls it by): numpy 1 wrote numpy.core..., numpy 2 writes numpy._core...; Python 3.13
+# pickles paths as pathlib._local...
 OLD_FORMAT_GLOBALS = [
-    *[(f, f"numpy.{core}.multiarray.{f.__name__}") for f in (multiarray._reconstruct, multiarray.scalar)
+    *[(f, f"numpy.{core}.multiarray.{name}") for f, name in ((_old_reconstruct, "_reconstruct"), (_old_scalar, "scalar"))
       for core in ("core", "_core")],
-    (np.ndarray, "numpy.ndarray"), (np.dtype, "numpy.dtype"),
-    *[(t, f"numpy.dtypes.{t.__name__}") for t in _NUMBER_DTYPES],
-    *[(c, f"pathlib.{c.__name__}") for c in (pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath,
-                                             pathlib.PureWindowsPath)],
+    (OldArray, "numpy.ndarray"), (OldDType, "numpy.dtype"),
+    *[(_old_path, f"pathlib.{where}{c}") for where in ("", "_local.")
+      for c in ("Path", "PosixPath", "WindowsPath", "PurePath", "PurePosixPath", "PureWindowsPath")],
 ]
 
 
+def _arrays(obj):
+    """``obj`` with each stand-in array replaced by its numpy array."""
+    if isinstance(obj, OldArray):
+        if not hasattr(obj, "array"):
+            raise ValueError("a numpy array without its data")
+        return obj.array
+    if isinstance(obj, dict):
+        return type(obj)((k, _arrays(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_arrays(v) for v in obj)
+    return obj
+
+
 def read_old_format(path):
-    """A file of the older formats, read with a weights-only load that also allows numpy arrays, numpy numbers and
-    paths (building them runs nothing from the file); anything else is refused in one line naming the file."""
+    """A file of the older formats, read with a weights-only load that also allows numpy arrays and numbers and
+    paths through the stand-ins above (building them runs nothing from the file and reads only its bytes);
+    anything else is refused in one line naming the file."""
     with torch.serialization.safe_globals(OLD_FORMAT_GLOBALS):
-        return load_tensors_only(path, "file", "the older formats hold only tensors, plain values, numpy arrays and "
-                                 "numbers and paths, so it was not made by this package: not converted")
+        obj = load_tensors_only(path, "file", "the older formats hold only tensors, plain values, numpy arrays and "
+                                "numbers and paths, so it was not made by this package: not converted")
+    try:
+        return _arrays(obj)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
 
 
 def convert(old, new) -> str:
@@ -69,7 +144,10 @@ def convert(old, new) -> str:
         raise ValueError(str(e)) from e
     buf = io.BytesIO()
     torch.save(plain, buf)
-    torch.load(io.BytesIO(buf.getvalue()), weights_only=True)  # reads back without unpickling before it is written
+    try:  # reads back without unpickling before it is written
+        torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{old}: its values do not read back without unpickling ({_first_line(e)}): not converted")
     atomic_write_bytes(new, buf.getvalue())
     read_checkpoint(new)
     return f"{new}: checkpoint at step {obj.get('step')}, read with weights_only=True"

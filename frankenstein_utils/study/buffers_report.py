@@ -364,7 +364,7 @@ def network_codes(source, out_dir="outputs/buffers/codes", n: int = 500, workers
     f = next(iter(gens.values()))
     g = torch.Generator().manual_seed(seed + 3)
     z = normal(8, f.z_dim, generator=g).repeat_interleave(8, 0)
-    z[:, f.k:] = normal(64, f.z_dim - f.k, generator=g)
+    z[:, f.z_dim - f.code_dim:] = normal(64, f.code_dim, generator=g)
     rows_idx = np.repeat(np.arange(8), 8)
     imgs = EV.call_generator(f, ctx.syn_depth[rows_idx], ctx.syn_mask[rows_idx], z,
                              EV.face_params(**ctx.syn_params, rows=rows_idx))
