@@ -271,12 +271,7 @@ def compare(source, out_dir="outputs/buffers/compare", n: int = 500, workers: in
     from ..pretrained import shipped
 
     t0 = time.time()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model, train, test = _data(cache_dir=cache_dir)
-    net, app, render, label = _net(source)
-    if render.to_dict() != train.render_config(model).to_dict():
-        raise ValueError(f"{label}: rendered in another framing than the paired set's")
+    out, model, train, test, net, app, render, label = _setup(source, out_dir, cache_dir)
     heldout = _split("val", model, train.config, cache_dir)  # never trained on: memorisation's held-out photos
     ctx = EV.build_context(model, train, test, n_synthetic=n, n_embed=n, judges_only=True, n_ids=n_ids,
                            n_poses=n_poses, cache_dir=cache_dir or "outputs/cache", workers=workers, seed=seed,
@@ -339,6 +334,18 @@ def compare(source, out_dir="outputs/buffers/compare", n: int = 500, workers: in
     return result
 
 
+def _setup(source, out_dir, cache_dir):
+    """(out folder, face model, training and test sets, network, appearance model, framing, label) of a buffers
+    generator ``source``, refused if it is framed otherwise than the paired set."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model, train, test = _data(cache_dir=cache_dir)
+    net, app, render, label = _net(source)
+    if render.to_dict() != train.render_config(model).to_dict():
+        raise ValueError(f"{label}: rendered in another framing than the paired set's")
+    return out, model, train, test, net, app, render, label
+
+
 def network_codes(source, out_dir="outputs/buffers/codes", n: int = 500, workers: int = 2, seed: int = 0,
                   flagship: str = "flagship", cache_dir=None) -> dict:
     """``evaluation.context.network_code_spread`` of the buffers generator ``source`` (appearance from shape and
@@ -349,12 +356,7 @@ def network_codes(source, out_dir="outputs/buffers/codes", n: int = 500, workers
     from ..pretrained import shipped
 
     t0 = time.time()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model, train, test = _data(cache_dir=cache_dir)
-    net, app, render, label = _net(source)
-    if render.to_dict() != train.render_config(model).to_dict():
-        raise ValueError(f"{label}: rendered in another framing than the paired set's")
+    out, model, train, test, net, app, render, label = _setup(source, out_dir, cache_dir)
     ctx = EV.build_context(model, train, test, n_synthetic=n, n_embed=n, judges_only=True,
                            cache_dir=cache_dir or "outputs/cache", workers=workers, seed=seed)
     gens = {"buffers generator (appearance from shape)": BufferGenerator(net, model, app, render, "from-shape", seed),
