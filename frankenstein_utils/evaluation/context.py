@@ -476,6 +476,29 @@ def identity(ctx: EvalContext, generate, z_dim: int, controls: bool = True) -> d
     return out
 
 
+def images_over_codes(ctx: EvalContext, generate, z: torch.Tensor, n_maps: int) -> torch.Tensor:
+    """The faces of the context's first ``n_maps`` synthetic inputs, each repeated len(z) / n_maps times in a row
+    (input 0 under its codes, then input 1, ...), under the codes ``z``."""
+    rows = np.repeat(np.arange(n_maps), len(z) // n_maps)
+    params = None if ctx.syn_params is None else face_params(**ctx.syn_params, rows=rows)
+    return call_generator(generate, ctx.syn_depth[:n_maps][rows], ctx.syn_mask[:n_maps][rows], z, params)
+
+
+def network_code_draws(n_maps: int, n_codes: int, z_dim: int, code_dim: int, generator) -> torch.Tensor:
+    """(n_maps * n_codes, z_dim) codes: one draw of z per input, repeated, with its last ``code_dim`` entries (the
+    network's own code) drawn again for every row: the appearance part held, the network's code varied."""
+    z = normal(n_maps, z_dim, generator=generator).repeat_interleave(n_codes, 0)
+    z[:, z_dim - code_dim:] = normal(n_maps * n_codes, code_dim, generator=generator)
+    return z
+
+
+def _spread_over_codes(ctx: EvalContext, images: torch.Tensor, n_maps: int, n_codes: int) -> float:
+    """``measures.spread_share`` of the descriptors of ``images`` (n_maps groups of n_codes, in a row) against the
+    test photos'."""
+    emb = ctx.judges.analyse(images, fallback_box=ctx.fallback_box, workers=ctx.workers).embeddings
+    return measures.spread_share([emb[i * n_codes:(i + 1) * n_codes] for i in range(n_maps)], ctx.test_faces.embeddings)
+
+
 def code_spread(ctx: EvalContext, generate, z_dim: int, n_maps: int = 16, n_codes: int = 8) -> float:
     """Mode collapse over codes: for each of ``n_maps`` fixed synthetic depth maps, the spread of the descriptors of its
     faces under ``n_codes`` appearance codes, as a share of the test photos' spread
@@ -483,20 +506,14 @@ def code_spread(ctx: EvalContext, generate, z_dim: int, n_maps: int = 16, n_code
     if not z_dim:
         return float("nan")
     n_maps = min(n_maps, len(ctx.syn_depth))
-    d = ctx.syn_depth[:n_maps].repeat_interleave(n_codes, 0)
-    m = ctx.syn_mask[:n_maps].repeat_interleave(n_codes, 0)
     z = normal(n_maps * n_codes, z_dim, generator=torch.Generator().manual_seed(ctx.seed + 1))
-    params = None if ctx.syn_params is None else face_params(**ctx.syn_params, rows=np.repeat(np.arange(n_maps),
-                                                                                             n_codes))
-    emb = ctx.judges.analyse(call_generator(generate, d, m, z, params), fallback_box=ctx.fallback_box,
-                             workers=ctx.workers).embeddings
-    return measures.spread_share([emb[i * n_codes:(i + 1) * n_codes] for i in range(n_maps)], ctx.test_faces.embeddings)
+    return _spread_over_codes(ctx, images_over_codes(ctx, generate, z, n_maps), n_maps, n_codes)
 
 
 def network_code_spread(ctx: EvalContext, generate, n_maps: int = 16, n_codes: int = 8) -> dict | None:
     """What the network's own code does when everything else is fixed: for each of ``n_maps`` synthetic inputs (shape,
-    pose, expression and, for a buffers generator, its appearance code ``z[:, :k]``), ``n_codes`` draws of the rest
-    of z (``generate.k``: the appearance part, 0 for a depth-only generator). ``descriptor_share``: the spread of the
+    pose, expression and, for a buffers generator, its appearance code), ``n_codes`` draws of the network's own code
+    (``network_code_draws``). ``descriptor_share``: the spread of the
     faces' descriptors over those codes as a share of the test photos' (``measures.spread_share``; who the person
     is); ``inside`` / ``outside``: the per-pixel standard deviation over the codes inside and outside the face
     (``measures.pixel_spread``; hair, background and light show outside); ``between``: the same over different
@@ -509,18 +526,10 @@ def network_code_spread(ctx: EvalContext, generate, n_maps: int = 16, n_codes: i
     code_dim = getattr(generate, "code_dim", z_dim)
     if not code_dim:
         return None
-    k = z_dim - code_dim
     n_maps = min(n_maps, len(ctx.syn_depth))
-    g = torch.Generator().manual_seed(ctx.seed + 2)
-    z = normal(n_maps, z_dim, generator=g).repeat_interleave(n_codes, 0)
-    z[:, k:] = normal(n_maps * n_codes, z_dim - k, generator=g)
-    rows = np.repeat(np.arange(n_maps), n_codes)
-    d, m = ctx.syn_depth[:n_maps][rows], ctx.syn_mask[:n_maps][rows]
-    params = None if ctx.syn_params is None else face_params(**ctx.syn_params, rows=rows)
-    imgs = call_generator(generate, d, m, z, params)
-    emb = ctx.judges.analyse(imgs, fallback_box=ctx.fallback_box, workers=ctx.workers).embeddings
-    share = measures.spread_share([emb[i * n_codes:(i + 1) * n_codes] for i in range(n_maps)],
-                                  ctx.test_faces.embeddings)
+    z = network_code_draws(n_maps, n_codes, z_dim, code_dim, torch.Generator().manual_seed(ctx.seed + 2))
+    imgs = images_over_codes(ctx, generate, z, n_maps)
+    share = _spread_over_codes(ctx, imgs, n_maps, n_codes)
     px = measures.pixel_spread(imgs.view(n_maps, n_codes, *imgs.shape[1:]), ctx.syn_mask[:n_maps])
     between = float(imgs[::n_codes].float().std(0, unbiased=False).mean())
     return {"descriptor_share": share, **px, "between": between, "n_maps": n_maps, "n_codes": n_codes}

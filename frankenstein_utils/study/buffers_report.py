@@ -364,12 +364,8 @@ def network_codes(source, out_dir="outputs/buffers/codes", n: int = 500, workers
             f"depth-only {flagship} (shipped)": EV.generator_fn(shipped.load_pretrained(flagship), seed)}
     rows = {k: {"network_code": EV.network_code_spread(ctx, f)} for k, f in gens.items()}
     f = next(iter(gens.values()))
-    g = torch.Generator().manual_seed(seed + 3)
-    z = normal(8, f.z_dim, generator=g).repeat_interleave(8, 0)
-    z[:, f.z_dim - f.code_dim:] = normal(64, f.code_dim, generator=g)
-    rows_idx = np.repeat(np.arange(8), 8)
-    imgs = EV.call_generator(f, ctx.syn_depth[rows_idx], ctx.syn_mask[rows_idx], z,
-                             EV.face_params(**ctx.syn_params, rows=rows_idx))
+    z = EV.network_code_draws(8, 8, f.z_dim, f.code_dim, torch.Generator().manual_seed(seed + 3))
+    imgs = EV.images_over_codes(ctx, f, z, 8)
     atomic_write_bytes(out / "codes_network.png", sheet(imgs, 8))
     result = {"source": label, "n": n, "seed": seed, "rows": rows, "seconds": time.time() - t0}
     atomic_write_bytes(out / "network_code.json", json.dumps(EV.to_json(result), indent=1).encode())
